@@ -1,0 +1,308 @@
+// XLA FFI binding layer: decodes buffers, validates every shape and id (never reading out of
+// bounds), splits the work over XLA's intra-op thread pool and calls the maths in kernels.cc.
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "nanobind/nanobind.h"
+#include "parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+namespace nb = nanobind;
+
+namespace jslide {
+namespace {
+
+std::atomic<int64_t> g_max_threads{0};
+
+// Rows of work below which a kernel does not bother to split.
+constexpr int64_t kMinRowsPerTask = 8;
+
+using F32 = ffi::Buffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+
+std::string Dims(ffi::Span<const int64_t> dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+ffi::Error Invalid(const std::string& kernel, const std::string& msg) {
+  return ffi::Error::InvalidArgument(kernel + ": " + msg);
+}
+
+template <typename B>
+ffi::Error CheckRank(const std::string& k, const char* name, const B& buf, size_t rank) {
+  if (buf.dimensions().size() != rank)
+    return Invalid(k, std::string(name) + " must have rank " + std::to_string(rank) +
+                          ", got shape " + Dims(buf.dimensions()));
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckIds(const std::string& k, const char* name, const S32& ids, int64_t n) {
+  const int64_t bad = FirstIdOutOfRange(ids.typed_data(), ids.element_count(), n);
+  if (bad >= 0)
+    return Invalid(k, std::string(name) + " holds " + std::to_string(ids.typed_data()[bad]) +
+                          " at flat position " + std::to_string(bad) +
+                          "; ids must lie in [-1, " + std::to_string(n) + ")");
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckFinite(const std::string& k, const char* name, const F32& x) {
+  const int64_t bad = FirstNonFinite(x.typed_data(), x.element_count());
+  if (bad >= 0)
+    return Invalid(k, std::string(name) + " has a non-finite value at flat position " +
+                          std::to_string(bad) + "; refusing to write it into a table");
+  return ffi::Error::Success();
+}
+
+#define JSLIDE_RETURN_IF_ERROR(expr)         \
+  do {                                       \
+    ffi::Error jslide_err_ = (expr);         \
+    if (jslide_err_.failure()) return jslide_err_; \
+  } while (0)
+
+// Shapes of a factored row-sparse matrix: ids, coef [R, A]; vecs [R, D]; table rows [N, D].
+ffi::Error CheckFactored(const std::string& k, const S32& ids, const F32& coef,
+                         const F32& vecs, int64_t n, int64_t d) {
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "ids", ids, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "coef", coef, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "vecs", vecs, 2));
+  if (coef.dimensions()[0] != ids.dimensions()[0] || coef.dimensions()[1] != ids.dimensions()[1])
+    return Invalid(k, "coef shape " + Dims(coef.dimensions()) + " must equal ids shape " +
+                          Dims(ids.dimensions()));
+  if (vecs.dimensions()[0] != ids.dimensions()[0] || vecs.dimensions()[1] != d)
+    return Invalid(k, "vecs shape " + Dims(vecs.dimensions()) + " must be [" +
+                          std::to_string(ids.dimensions()[0]) + ", " + std::to_string(d) + "]");
+  return CheckIds(k, "ids", ids, n);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+ffi::Error GatherDotImpl(ffi::ThreadPool pool, F32 x, F32 w, F32 b, S32 ids, F32Out y) {
+  const std::string k = "jslide_gather_dot";
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "x", x, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "b", b, 1));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "ids", ids, 2));
+  const int64_t r = x.dimensions()[0], d = x.dimensions()[1];
+  const int64_t n = w.dimensions()[0], a = ids.dimensions()[1];
+  if (w.dimensions()[1] != d)
+    return Invalid(k, "w shape " + Dims(w.dimensions()) + " does not match x shape " +
+                          Dims(x.dimensions()));
+  if (ids.dimensions()[0] != r)
+    return Invalid(k, "ids shape " + Dims(ids.dimensions()) + " must have " +
+                          std::to_string(r) + " rows like x");
+  const int64_t n_bias = b.dimensions()[0];
+  if (n_bias != 0 && n_bias != n)
+    return Invalid(k, "b must have " + std::to_string(n) + " entries (or 0 for no bias), got " +
+                          std::to_string(n_bias));
+  if (y->dimensions().size() != 2 || y->dimensions()[0] != r || y->dimensions()[1] != a)
+    return Invalid(k, "result shape " + Dims(y->dimensions()) + " must equal ids shape");
+  JSLIDE_RETURN_IF_ERROR(CheckIds(k, "ids", ids, n));
+  const float* bias = n_bias ? b.typed_data() : nullptr;
+  ParallelFor(pool, r, kMinRowsPerTask, [&](int64_t begin, int64_t end) {
+    GatherDotRows(x.typed_data(), w.typed_data(), bias, ids.typed_data(), a, d,
+                  y->typed_data(), begin, end);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GatherWeightedSumImpl(ffi::ThreadPool pool, S32 ids, F32 coef, F32 w, F32Out out) {
+  const std::string k = "jslide_gather_weighted_sum";
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "ids", ids, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "coef", coef, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
+  const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
+  const int64_t n = w.dimensions()[0], d = w.dimensions()[1];
+  if (coef.dimensions()[0] != r || coef.dimensions()[1] != a)
+    return Invalid(k, "coef shape " + Dims(coef.dimensions()) + " must equal ids shape " +
+                          Dims(ids.dimensions()));
+  if (out->dimensions().size() != 2 || out->dimensions()[0] != r || out->dimensions()[1] != d)
+    return Invalid(k, "result shape " + Dims(out->dimensions()) + " must be [R, D]");
+  JSLIDE_RETURN_IF_ERROR(CheckIds(k, "ids", ids, n));
+  ParallelFor(pool, r, kMinRowsPerTask, [&](int64_t begin, int64_t end) {
+    GatherWeightedSumRows(ids.typed_data(), coef.typed_data(), a, w.typed_data(), d,
+                          out->typed_data(), begin, end);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error ScatterOuterImpl(ffi::ThreadPool pool, S32 ids, F32 coef, F32 vecs, F32Out dense) {
+  const std::string k = "jslide_scatter_outer";
+  if (dense->dimensions().size() != 2)
+    return Invalid(k, "result must have rank 2, got " + Dims(dense->dimensions()));
+  const int64_t n = dense->dimensions()[0], d = dense->dimensions()[1];
+  JSLIDE_RETURN_IF_ERROR(CheckFactored(k, ids, coef, vecs, n, d));
+  const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
+  // Each worker owns a range of output rows, so no two write the same row.
+  ParallelFor(pool, n, 1024, [&](int64_t begin, int64_t end) {
+    ScatterOuterRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, d,
+                     dense->typed_data(), begin, end);
+  });
+  return ffi::Error::Success();
+}
+
+// With input_output_aliases and donated inputs the result buffer is the input buffer; if XLA
+// gave a distinct one, start it from the input so the update is still correct.
+void StartFrom(const F32& in, F32Out& out) {
+  if (out->untyped_data() != in.untyped_data())
+    std::memcpy(out->untyped_data(), in.untyped_data(), in.size_bytes());
+}
+
+// Splits table rows into ranges, one per worker, each owning the rows it updates.
+template <typename Fn>
+void ForRowRanges(ffi::ThreadPool& pool, int64_t n, int64_t work, Fn&& fn) {
+  const int64_t workers = NumWorkers(pool, work, 256);
+  ParallelChunks(pool, n, workers, [&](int64_t, int64_t begin, int64_t end) {
+    RowScratch scratch;
+    fn(begin, end, scratch);
+  });
+}
+
+ffi::Error SparseAdamImpl(ffi::ThreadPool pool, F32 w, F32 m, F32 v, S32 ids, F32 coef,
+                          F32 vecs, F32 hyper, float b1, float b2, float eps, F32Out w_out,
+                          F32Out m_out, F32Out v_out) {
+  const std::string k = "jslide_sparse_adam";
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
+  const int64_t n = w.dimensions()[0], d = w.dimensions()[1];
+  for (const F32* s : {&m, &v})
+    if (s->dimensions().size() != 2 || s->dimensions()[0] != n || s->dimensions()[1] != d)
+      return Invalid(k, "Adam moments must have the table's shape " + Dims(w.dimensions()) +
+                            ", got " + Dims(s->dimensions()));
+  if (hyper.element_count() != 3)
+    return Invalid(k, "hyper must hold [learning_rate, 1 - b1^t, 1 - b2^t]");
+  JSLIDE_RETURN_IF_ERROR(CheckFactored(k, ids, coef, vecs, n, d));
+  JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "coef", coef));
+  JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "vecs", vecs));
+  JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "hyper", hyper));
+  const float* hp = hyper.typed_data();
+  if (!(hp[1] > 0.0f) || !(hp[2] > 0.0f))
+    return Invalid(k, "bias corrections 1 - b^t must be positive (is the step count >= 1?)");
+  StartFrom(w, w_out);
+  StartFrom(m, m_out);
+  StartFrom(v, v_out);
+  const AdamHyper h{hp[0], b1, b2, eps, hp[1], hp[2]};
+  const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
+  ForRowRanges(pool, n, r * a, [&](int64_t begin, int64_t end, RowScratch& scratch) {
+    SparseAdamRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, d,
+                   w_out->typed_data(), m_out->typed_data(), v_out->typed_data(), h, begin,
+                   end, scratch);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error SparseSgdImpl(ffi::ThreadPool pool, F32 w, S32 ids, F32 coef, F32 vecs, F32 hyper,
+                         F32Out w_out) {
+  const std::string k = "jslide_sparse_sgd";
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
+  const int64_t n = w.dimensions()[0], d = w.dimensions()[1];
+  if (hyper.element_count() != 1) return Invalid(k, "hyper must hold [learning_rate]");
+  JSLIDE_RETURN_IF_ERROR(CheckFactored(k, ids, coef, vecs, n, d));
+  JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "coef", coef));
+  JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "vecs", vecs));
+  JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "hyper", hyper));
+  StartFrom(w, w_out);
+  const float lr = hyper.typed_data()[0];
+  const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
+  ForRowRanges(pool, n, r * a, [&](int64_t begin, int64_t end, RowScratch& scratch) {
+    SparseSgdRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, d,
+                  w_out->typed_data(), lr, begin, end, scratch);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+int64_t MaxThreads() { return g_max_threads.load(std::memory_order_relaxed); }
+void SetMaxThreads(int64_t n) { g_max_threads.store(n < 0 ? 0 : n, std::memory_order_relaxed); }
+
+}  // namespace jslide
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideGatherDot, jslide::GatherDotImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::F32>()  // x
+                                  .Arg<jslide::F32>()  // w
+                                  .Arg<jslide::F32>()  // b
+                                  .Arg<jslide::S32>()  // ids
+                                  .Ret<jslide::F32>()  // y
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideGatherWeightedSum, jslide::GatherWeightedSumImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::S32>()  // ids
+                                  .Arg<jslide::F32>()  // coef
+                                  .Arg<jslide::F32>()  // w
+                                  .Ret<jslide::F32>()  // out
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideScatterOuter, jslide::ScatterOuterImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::S32>()  // ids
+                                  .Arg<jslide::F32>()  // coef
+                                  .Arg<jslide::F32>()  // vecs
+                                  .Ret<jslide::F32>()  // dense
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseAdam, jslide::SparseAdamImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::F32>()  // w
+                                  .Arg<jslide::F32>()  // m
+                                  .Arg<jslide::F32>()  // v
+                                  .Arg<jslide::S32>()  // ids
+                                  .Arg<jslide::F32>()  // coef
+                                  .Arg<jslide::F32>()  // vecs
+                                  .Arg<jslide::F32>()  // hyper
+                                  .Attr<float>("b1")
+                                  .Attr<float>("b2")
+                                  .Attr<float>("eps")
+                                  .Ret<jslide::F32>()  // w
+                                  .Ret<jslide::F32>()  // m
+                                  .Ret<jslide::F32>()  // v
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseSgd, jslide::SparseSgdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::F32>()  // w
+                                  .Arg<jslide::S32>()  // ids
+                                  .Arg<jslide::F32>()  // coef
+                                  .Arg<jslide::F32>()  // vecs
+                                  .Arg<jslide::F32>()  // hyper
+                                  .Ret<jslide::F32>()  // w
+);
+
+namespace {
+
+template <typename T>
+nb::capsule EncapsulateFfiHandler(T* fn) {
+  return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+}  // namespace
+
+NB_MODULE(_jslide_ffi, m) {
+  m.def("registrations", []() {
+    nb::dict d;
+    d["jslide_gather_dot"] = EncapsulateFfiHandler(JslideGatherDot);
+    d["jslide_gather_weighted_sum"] = EncapsulateFfiHandler(JslideGatherWeightedSum);
+    d["jslide_scatter_outer"] = EncapsulateFfiHandler(JslideScatterOuter);
+    d["jslide_sparse_adam"] = EncapsulateFfiHandler(JslideSparseAdam);
+    d["jslide_sparse_sgd"] = EncapsulateFfiHandler(JslideSparseSgd);
+    return d;
+  });
+  m.def("set_max_threads", &jslide::SetMaxThreads, nb::arg("n"),
+        "Caps the threads one kernel call uses (0: all of XLA's intra-op pool).");
+  m.def("max_threads", &jslide::MaxThreads);
+  m.def("kernel_isa", &jslide::KernelIsa,
+        "Instruction set the dispatched kernels use on this machine.");
+}

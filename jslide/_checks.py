@@ -1,0 +1,57 @@
+"""Argument checks shared by the public wrappers: clear errors raised before a kernel runs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+  """True when x has values now (not an abstract tracer), so dynamic checks can run in Python."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def float32_array(fn: str, name: str, x, ndim: int | None = None):
+  """x as a float32 array; TypeError for other dtypes, ValueError for the wrong rank."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is None:
+    x = jnp.asarray(x)
+    dtype = x.dtype
+  if dtype != jnp.float32:
+    raise TypeError(f"{fn}: {name} must be float32, got {dtype}")
+  if ndim is not None and jnp.ndim(x) != ndim:
+    raise ValueError(f"{fn}: {name} must have rank {ndim}, got shape {jnp.shape(x)}")
+  return x
+
+
+def int32_ids(fn: str, name: str, ids, num_rows: int | None = None, ndim: int | None = None):
+  """ids as int32; TypeError for non-integer dtypes. Concrete ids are range-checked here
+  (each in [-1, num_rows)); traced ids are range-checked by the kernel."""
+  dtype = getattr(ids, "dtype", None)
+  if dtype is None:
+    ids = jnp.asarray(ids)
+    dtype = ids.dtype
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(f"{fn}: {name} must have an integer dtype (int32), got {dtype}")
+  if ndim is not None and jnp.ndim(ids) != ndim:
+    raise ValueError(f"{fn}: {name} must have rank {ndim}, got shape {jnp.shape(ids)}")
+  if num_rows is not None and is_concrete(ids) and np.size(ids):
+    arr = np.asarray(ids)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < -1 or hi >= num_rows:
+      bad = lo if lo < -1 else hi
+      raise ValueError(
+          f"{fn}: {name} holds {bad}; ids must lie in [-1, {num_rows}) "
+          f"(-1 is padding, {num_rows} is the number of table rows)")
+  if dtype != jnp.int32:
+    if num_rows is not None and num_rows > np.iinfo(np.int32).max:
+      raise ValueError(f"{fn}: tables of more than 2**31 - 1 rows are not supported")
+    ids = jnp.asarray(ids, jnp.int32)
+  return ids
+
+
+def positive_int(fn: str, name: str, value) -> int:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+    raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+  return int(value)

@@ -1,0 +1,138 @@
+"""Direct wrappers of jslide's XLA FFI kernels (no autodiff rules; see :mod:`jslide.ops`).
+
+Every kernel works on float32 tables of rows, ``w: f32[N, D]``, and on *factored row-sparse*
+matrices: ``ids: int32[R, A]`` (-1 is padding), ``coef: f32[R, A]`` and ``vecs: f32[R, D]``,
+standing for the [N, D] matrix whose row n is the sum of ``coef[r, j] * vecs[r]`` over all
+(r, j) with ``ids[r, j] == n``. Shapes and dtypes are checked here; the kernels check ids
+against N again (their values are only known at run time) and report bad ones as errors.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jslide import _ffi  # noqa: F401  (registers the FFI targets)
+from jslide._checks import float32_array, int32_ids
+
+
+def _check_factored(fn, ids, coef, vecs, num_rows, d):
+  ids = int32_ids(fn, "ids", ids, num_rows, ndim=2)
+  coef = float32_array(fn, "coef", coef, ndim=2)
+  vecs = float32_array(fn, "vecs", vecs, ndim=2)
+  if coef.shape != ids.shape:
+    raise ValueError(f"{fn}: coef shape {coef.shape} must equal ids shape {ids.shape}")
+  if vecs.shape != (ids.shape[0], d):
+    raise ValueError(f"{fn}: vecs shape {vecs.shape} must be ({ids.shape[0]}, {d})")
+  return ids, coef, vecs
+
+
+def gather_dot(x, w, b, ids):
+  """``y[r, j] = x[r] . w[ids[r, j]] + b[ids[r, j]]``; 0 where ``ids[r, j] == -1``.
+
+  Args:
+    x: f32[R, D]. w: f32[N, D]. b: f32[N], or None for no bias. ids: int32[R, A].
+  Returns:
+    f32[R, A].
+  """
+  fn = "gather_dot"
+  x = float32_array(fn, "x", x, ndim=2)
+  w = float32_array(fn, "w", w, ndim=2)
+  if x.shape[1] != w.shape[1]:
+    raise ValueError(f"{fn}: x shape {x.shape} and w shape {w.shape} differ in D")
+  if b is None:
+    b = jnp.zeros((0,), jnp.float32)
+  else:
+    b = float32_array(fn, "b", b, ndim=1)
+    if b.shape[0] != w.shape[0]:
+      raise ValueError(f"{fn}: b shape {b.shape} must be ({w.shape[0]},) like w's rows")
+  ids = int32_ids(fn, "ids", ids, w.shape[0], ndim=2)
+  if ids.shape[0] != x.shape[0]:
+    raise ValueError(f"{fn}: ids shape {ids.shape} must have {x.shape[0]} rows like x")
+  out = jax.ShapeDtypeStruct(ids.shape, jnp.float32)
+  return jax.ffi.ffi_call("jslide_gather_dot", out, vmap_method="sequential")(x, w, b, ids)
+
+
+def gather_weighted_sum(ids, coef, w):
+  """``out[r] = sum_j coef[r, j] * w[ids[r, j]]`` (padding ids contribute nothing).
+
+  Args:
+    ids: int32[R, A]. coef: f32[R, A]. w: f32[N, D].
+  Returns:
+    f32[R, D].
+  """
+  fn = "gather_weighted_sum"
+  w = float32_array(fn, "w", w, ndim=2)
+  ids = int32_ids(fn, "ids", ids, w.shape[0], ndim=2)
+  coef = float32_array(fn, "coef", coef, ndim=2)
+  if coef.shape != ids.shape:
+    raise ValueError(f"{fn}: coef shape {coef.shape} must equal ids shape {ids.shape}")
+  out = jax.ShapeDtypeStruct((ids.shape[0], w.shape[1]), jnp.float32)
+  return jax.ffi.ffi_call("jslide_gather_weighted_sum", out, vmap_method="sequential")(
+      ids, coef, w)
+
+
+def scatter_outer(ids, coef, vecs, num_rows: int):
+  """The dense f32[num_rows, D] form of the factored row-sparse matrix (ids, coef, vecs).
+
+  This is the dense gradient of a table (what plain ``jax.grad`` returns); it costs
+  O(num_rows * D) and exists for the dense path and for checking.
+  """
+  fn = "scatter_outer"
+  d = jnp.shape(vecs)[1] if jnp.ndim(vecs) == 2 else -1
+  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, num_rows, d)
+  out = jax.ShapeDtypeStruct((num_rows, vecs.shape[1]), jnp.float32)
+  return jax.ffi.ffi_call("jslide_scatter_outer", out, vmap_method="sequential")(
+      ids, coef, vecs)
+
+
+def _check_table_state(fn, w, *states):
+  w = float32_array(fn, "w", w, ndim=2)
+  out = []
+  for name, s in states:
+    s = float32_array(fn, name, s, ndim=2)
+    if s.shape != w.shape:
+      raise ValueError(f"{fn}: {name} shape {s.shape} must equal the table shape {w.shape}")
+    out.append(s)
+  return w, out
+
+
+def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction1,
+                     bias_correction2, b1: float, b2: float, eps: float):
+  """Lazy Adam on the rows of ``w`` that occur in ``ids``, in place when w, m, v are donated.
+
+  For every row n occurring in ids, with g the summed gradient of that row:
+  ``m[n] = b1 m[n] + (1 - b1) g``, ``v[n] = b2 v[n] + (1 - b2) g**2``,
+  ``w[n] -= learning_rate * (m[n] / bias_correction1) / (sqrt(v[n] / bias_correction2) + eps)``.
+  Rows that do not occur are left as they are. The learning rate and bias corrections are
+  traced scalars (schedules do not recompile); b1, b2 and eps are static.
+
+  Args:
+    w, m, v: f32[N, D] table and Adam moments. ids, coef: [R, A]; vecs: f32[R, D].
+  Returns:
+    (w, m, v) updated, aliased to the inputs.
+  """
+  fn = "sparse_adam_rows"
+  w, (m, v) = _check_table_state(fn, w, ("m", m), ("v", v))
+  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], w.shape[1])
+  hyper = jnp.stack([jnp.asarray(learning_rate, jnp.float32),
+                     jnp.asarray(bias_correction1, jnp.float32),
+                     jnp.asarray(bias_correction2, jnp.float32)])
+  shape = jax.ShapeDtypeStruct(w.shape, jnp.float32)
+  return jax.ffi.ffi_call(
+      "jslide_sparse_adam", (shape, shape, shape), vmap_method="sequential",
+      input_output_aliases={0: 0, 1: 1, 2: 2},
+  )(w, m, v, ids, coef, vecs, hyper, b1=np.float32(b1), b2=np.float32(b2), eps=np.float32(eps))
+
+
+def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate):
+  """``w[n] -= learning_rate * g[n]`` for the rows occurring in ids, in place when donated."""
+  fn = "sparse_sgd_rows"
+  w, _ = _check_table_state(fn, w)
+  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], w.shape[1])
+  hyper = jnp.reshape(jnp.asarray(learning_rate, jnp.float32), (1,))
+  return jax.ffi.ffi_call(
+      "jslide_sparse_sgd", jax.ShapeDtypeStruct(w.shape, jnp.float32),
+      vmap_method="sequential", input_output_aliases={0: 0},
+  )(w, ids, coef, vecs, hyper)

@@ -1,0 +1,135 @@
+"""Differentiable sparse ops built on jslide's kernels.
+
+Both ops are pure functions that work under ``jit``, ``grad`` (every float argument,
+the table included) and ``vmap``. Plain ``jax.grad`` with respect to a table returns the
+exact *dense* gradient, so the ops are drop-in correct; :func:`jslide.value_and_grad`
+returns it row-sparse instead, at a cost independent of the table's size.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from jslide import kernels
+from jslide._checks import float32_array, int32_ids
+from jslide._tape import common_tape, unwrap_table
+
+
+# ------------------------------------------------------------------------ sparse_linear
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _sparse_linear(x, w, b, ids, grad_w: bool, grad_b: bool):
+  return kernels.gather_dot(x, w, b, ids)
+
+
+def _sparse_linear_fwd(x, w, b, ids, grad_w, grad_b):
+  return kernels.gather_dot(x, w, b, ids), (x, w, b, ids)
+
+
+def _sparse_linear_bwd(grad_w, grad_b, res, g):
+  x, w, b, ids = res
+  n = w.shape[0]
+  dx = kernels.gather_weighted_sum(ids, g, w)
+  dw = kernels.scatter_outer(ids, g, x, n) if grad_w else None
+  db = None
+  if b is not None and grad_b:
+    db = kernels.scatter_outer(ids, g, jnp.ones((x.shape[0], 1), x.dtype), n).reshape(n)
+  return dx, dw, db, None
+
+
+_sparse_linear.defvjp(_sparse_linear_fwd, _sparse_linear_bwd)
+
+
+def sparse_linear(x, w, b, ids):
+  """Scores of selected output neurons: ``y[..., j] = x[...] . w[ids[..., j]] + b[ids[..., j]]``.
+
+  Only the A neurons named in ``ids`` are computed per example, so the cost is O(B*A*d),
+  not O(B*N*d). Padding ids (-1) give 0.
+
+  Args:
+    x: f32[..., d], the inputs.
+    w: f32[N, d], one row per output neuron.
+    b: f32[N] bias, or None.
+    ids: int[..., A], active neurons per example, in [-1, N); leading dims as x's.
+  Returns:
+    f32[..., A].
+  """
+  fn = "sparse_linear"
+  w_val, w_ref = unwrap_table(fn, "w", w)
+  b_val, b_ref = unwrap_table(fn, "b", b)
+  x = float32_array(fn, "x", x)
+  w_val = float32_array(fn, "w", w_val, ndim=2)
+  n, d = w_val.shape
+  if x.ndim < 1 or x.shape[-1] != d:
+    raise ValueError(f"{fn}: x shape {x.shape} must end in d={d} like w shape {w_val.shape}")
+  if b_val is not None:
+    b_val = float32_array(fn, "b", b_val, ndim=1)
+    if b_val.shape != (n,):
+      raise ValueError(f"{fn}: b shape {b_val.shape} must be ({n},) like w's rows")
+  ids = int32_ids(fn, "ids", ids, n)
+  if ids.ndim != x.ndim or ids.shape[:-1] != x.shape[:-1]:
+    raise ValueError(f"{fn}: ids shape {ids.shape} must be x's leading shape {x.shape[:-1]} "
+                     "plus the number of active neurons")
+  lead, a = x.shape[:-1], ids.shape[-1]
+  x2, ids2 = x.reshape(-1, d), ids.reshape(-1, a)
+  y = _sparse_linear(x2, w_val, b_val, ids2, w_ref is None, b_ref is None)
+  tape = common_tape(fn, w_ref, b_ref)
+  if tape is not None:
+    slots = [(r.slot, role) for r, role in ((w_ref, "w"), (b_ref, "b")) if r is not None]
+    y = tape.tap(y, "sparse_linear", slots, dict(ids=ids2, x=x2))
+  return y.reshape(*lead, a)
+
+
+# ------------------------------------------------------------------------ embedding_bag
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _embedding_bag(ids, vals, w, grad_w: bool):
+  return kernels.gather_weighted_sum(ids, vals, w)
+
+
+def _embedding_bag_fwd(ids, vals, w, grad_w):
+  return kernels.gather_weighted_sum(ids, vals, w), (ids, vals, w)
+
+
+def _embedding_bag_bwd(grad_w, res, g):
+  ids, vals, w = res
+  dvals = kernels.gather_dot(g, w, None, ids)
+  dw = kernels.scatter_outer(ids, vals, g, w.shape[0]) if grad_w else None
+  return None, dvals, dw
+
+
+_embedding_bag.defvjp(_embedding_bag_fwd, _embedding_bag_bwd)
+
+
+def embedding_bag(feat_ids, feat_vals, w):
+  """A sparse input batch times a table: ``h[...] = sum_k feat_vals[..., k] * w[feat_ids[..., k]]``.
+
+  The input layer for bag-of-words / libsvm data with many features: cost O(B*F*d).
+
+  Args:
+    feat_ids: int[..., F], feature ids in [-1, N_in); -1 is padding.
+    feat_vals: f32[..., F], the feature values.
+    w: f32[N_in, d].
+  Returns:
+    f32[..., d].
+  """
+  fn = "embedding_bag"
+  w_val, w_ref = unwrap_table(fn, "w", w)
+  w_val = float32_array(fn, "w", w_val, ndim=2)
+  n, d = w_val.shape
+  feat_ids = int32_ids(fn, "feat_ids", feat_ids, n)
+  feat_vals = float32_array(fn, "feat_vals", feat_vals)
+  if feat_vals.shape != feat_ids.shape or feat_ids.ndim < 1:
+    raise ValueError(f"{fn}: feat_vals shape {feat_vals.shape} must equal feat_ids shape "
+                     f"{feat_ids.shape}")
+  lead, f = feat_ids.shape[:-1], feat_ids.shape[-1]
+  ids2, vals2 = feat_ids.reshape(-1, f), feat_vals.reshape(-1, f)
+  h = _embedding_bag(ids2, vals2, w_val, w_ref is None)
+  if w_ref is not None:
+    h = w_ref.tape.tap(h, "embedding_bag", [(w_ref.slot, "w")], dict(ids=ids2, vals=vals2))
+  return h.reshape(*lead, d)
