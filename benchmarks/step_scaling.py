@@ -1,0 +1,168 @@
+"""One training step of a large output layer: jslide (sparse) against dense JAX + Optax.
+
+The model is the output layer of an extreme classifier: inputs x f32[B, d] (stand-ins for a
+hidden layer's activations), a table w f32[N, d] and bias b f32[N], softmax cross-entropy
+against one label per example.
+
+- dense: logits over all N neurons, ``jax.grad``, ``optax.adam``; params and state donated.
+- sparse: logits over A active neurons per example (the label plus A-1 others) with
+  ``jslide.sparse_linear``, ``jslide.value_and_grad`` (row-sparse table gradients),
+  ``jslide.optim.sparse_adam`` (lazy, in place); params and state donated.
+
+Active sets (``--active``): ``pool`` (default) draws each step's ids from 8,192 distinct rows,
+the setting of the developers' guide (what an LSH index retrieving similar neurons for
+similar inputs gives); ``uniform`` draws every id uniformly from all N rows (up to B*A =
+32,768 distinct rows a step, the worst case for the sparse step).
+
+Every (mode, N) runs in a fresh subprocess, so the peak resident memory of the sparse run is
+its own (the issue's `sparse_peak_rss_mb`).
+
+    python benchmarks/step_scaling.py --json results/step_scaling.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+D, B, A, POOL = 128, 128, 256, 8192
+
+
+def make_batches(n: int, active: str, count: int, seed: int = 0):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  batches = []
+  for _ in range(count):
+    x = rng.normal(size=(B, D)).astype(np.float32)
+    if active == "pool":
+      pool = rng.choice(n, size=min(POOL, n), replace=False).astype(np.int32)
+      labels = pool[rng.integers(0, pool.size, size=B)]
+      others = pool[np.argsort(rng.random((B, pool.size)), axis=1)[:, :A - 1]]
+    else:
+      labels = rng.integers(0, n, size=B).astype(np.int32)
+      others = rng.integers(0, n, size=(B, A - 1)).astype(np.int32)
+    ids = np.concatenate([labels[:, None], others], axis=1).astype(np.int32)
+    batches.append((x, labels[:, None].astype(np.int32), ids))
+  return batches
+
+
+def worker(mode: str, n: int, active: str, steps: int, budget_s: float) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  import jslide
+
+  key = jax.random.PRNGKey(0)
+  params = {"w": jslide.initializers.normal_table(key, n, D, 0.01),
+            "b": jnp.zeros((n,), jnp.float32)}
+  batches = [tuple(jnp.asarray(a) for a in bt) for bt in make_batches(n, active, 4)]
+
+  if mode == "dense":
+    tx = optax.adam(1e-3)
+
+    def loss_fn(p, x, labels, ids):
+      logits = x @ p["w"].T + p["b"]
+      return jslide.losses.softmax_cross_entropy(logits, labels).mean()
+
+    def step(p, state, x, labels, ids):
+      loss, g = jax.value_and_grad(loss_fn)(p, x, labels, ids)
+      u, state = tx.update(g, state, p)
+      return optax.apply_updates(p, u), state, loss
+  else:
+    tables = jslide.tables.min_rows(n)
+    tx = jslide.optim.sparse_adam(1e-3)
+
+    def loss_fn(p, x, labels, ids):
+      logits = jslide.sparse_linear(x, p["w"], p["b"], ids)
+      return jslide.losses.active_softmax_cross_entropy(logits, ids, labels).mean()
+
+    def step(p, state, x, labels, ids):
+      loss, g = jslide.value_and_grad(loss_fn, tables=tables)(p, x, labels, ids)
+      u, state = tx.update(g, state, p)
+      return jslide.optim.apply_updates(p, u), state, loss
+
+  state = tx.init(params)
+  step = jax.jit(step, donate_argnums=(0, 1))
+  times, losses = [], []
+  start = time.perf_counter()
+  for i in range(steps + 2):
+    t0 = time.perf_counter()
+    params, state, loss = step(params, state, *batches[i % len(batches)])
+    loss.block_until_ready()
+    if i >= 2:  # the first two include compilation
+      times.append(time.perf_counter() - t0)
+    losses.append(float(loss))
+    if i >= 4 and time.perf_counter() - start > budget_s:
+      break
+  table_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  return {"ms": 1e3 * statistics.median(times), "steps_timed": len(times),
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "params_and_state_mb": (table_bytes + state_bytes) / 2**20,
+          "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def run_worker(mode, n, active, steps, budget_s) -> dict:
+  cmd = [sys.executable, __file__, "--worker", mode, "--n", str(n), "--active", active,
+         "--steps", str(steps), "--budget", str(budget_s)]
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+  p.add_argument("--active", choices=["pool", "uniform"], default="pool")
+  p.add_argument("--steps", type=int, default=30, help="timed steps per run (at most)")
+  p.add_argument("--budget", type=float, default=20.0, help="seconds per run for timed steps")
+  p.add_argument("--json", help="write the results to this file")
+  p.add_argument("--worker", choices=["dense", "sparse"], help=argparse.SUPPRESS)
+  args = p.parse_args()
+
+  if args.worker:
+    print(json.dumps(worker(args.worker, args.n[0], args.active, args.steps, args.budget)))
+    return
+
+  import jslide
+  rows = []
+  print(f"d={D} B={B} A={A} active={args.active} cores={os.cpu_count()} isa={jslide.kernel_isa()}")
+  header = (f"{'N':>10} {'dense ms':>10} {'sparse ms':>10} {'speedup':>8} "
+            f"{'sparse RSS MB':>14} {'params+state MB':>16} {'RSS ratio':>9}")
+  print(header)
+  for n in args.n:
+    dense = run_worker("dense", n, args.active, args.steps, args.budget)
+    sparse = run_worker("sparse", n, args.active, args.steps, args.budget)
+    row = {"n": n, "d": D, "batch": B, "active": A, "active_sets": args.active,
+           "dense_ms": dense["ms"], "sparse_ms": sparse["ms"],
+           "speedup": dense["ms"] / sparse["ms"],
+           "sparse_peak_rss_mb": sparse["peak_rss_mb"],
+           "dense_peak_rss_mb": dense["peak_rss_mb"],
+           "params_and_state_mb": sparse["params_and_state_mb"],
+           "sparse_rss_over_state": sparse["peak_rss_mb"] / sparse["params_and_state_mb"],
+           "sparse_loss": [sparse["first_loss"], sparse["last_loss"]],
+           "dense_loss": [dense["first_loss"], dense["last_loss"]]}
+    rows.append(row)
+    print(f"{n:>10,} {row['dense_ms']:>10.2f} {row['sparse_ms']:>10.3f} {row['speedup']:>7.0f}x "
+          f"{row['sparse_peak_rss_mb']:>14.0f} {row['params_and_state_mb']:>16.0f} "
+          f"{row['sparse_rss_over_state']:>9.2f}", flush=True)
+  base = rows[0]["sparse_ms"]
+  for row in rows:
+    row["sparse_ms_over_smallest_n"] = row["sparse_ms"] / base
+  print("sparse step time relative to N=%s: %s" % (
+      f"{rows[0]['n']:,}", ", ".join(f"{r['sparse_ms_over_smallest_n']:.2f}" for r in rows)))
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+  main()

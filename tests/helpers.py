@@ -1,0 +1,19 @@
+"""Shared test data builders."""
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def normal(rng, *shape, scale=1.0):
+  return jnp.asarray(scale * rng.normal(size=shape), jnp.float32)
+
+
+def random_ids(rng, n, shape, pad_frac=0.2):
+  """int32 ids in [0, n) with about pad_frac of them -1, duplicates allowed."""
+  ids = rng.integers(0, n, size=shape)
+  ids = np.where(rng.random(shape) < pad_frac, -1, ids)
+  return jnp.asarray(ids, jnp.int32)
+
+
+def assert_close(a, b, rtol=2e-5, atol=2e-5):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
