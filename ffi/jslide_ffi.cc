@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "lsh_ffi.h"
 #include "nanobind/nanobind.h"
 #include "parallel.h"
 #include "xla/ffi/api/ffi.h"
@@ -298,6 +299,7 @@ NB_MODULE(_jslide_ffi, m) {
     d["jslide_scatter_outer"] = EncapsulateFfiHandler(JslideScatterOuter);
     d["jslide_sparse_adam"] = EncapsulateFfiHandler(JslideSparseAdam);
     d["jslide_sparse_sgd"] = EncapsulateFfiHandler(JslideSparseSgd);
+    for (const auto& [name, handler] : jslide::LshHandlers()) d[name] = EncapsulateFfiHandler(handler);
     return d;
   });
   m.def("set_max_threads", &jslide::SetMaxThreads, nb::arg("n"),

@@ -1,0 +1,255 @@
+#include "lsh.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace jslide {
+namespace {
+
+// splitmix64: a counter-based generator, so results do not depend on the thread schedule.
+struct Rng {
+  uint64_t state;
+  uint64_t Next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, n) (n > 0); the modulo bias is below 2^-32 for n < 2^32.
+  uint64_t Below(uint64_t n) { return Next() % n; }
+};
+
+int Log2(int64_t v) {
+  int b = 0;
+  while ((int64_t{1} << b) < v) ++b;
+  return b;
+}
+
+}  // namespace
+
+void SimHashCodes(const float* x, const int32_t* idx, const float* sign, int64_t l, int64_t k,
+                  int64_t nnz, int32_t* codes) {
+  for (int64_t t = 0; t < l; ++t) {
+    int32_t code = 0;
+    for (int64_t b = 0; b < k; ++b) {
+      const int64_t base = (t * k + b) * nnz;
+      float s = 0.0f;
+      for (int64_t i = 0; i < nnz; ++i) s += sign[base + i] * x[idx[base + i]];
+      code |= static_cast<int32_t>(s >= 0.0f) << b;
+    }
+    codes[t] = code;
+  }
+}
+
+void DwtaCodes(const float* x, const int32_t* bins, int64_t l, int64_t k, int64_t bin_size,
+               int32_t* codes, int32_t* scratch) {
+  const int64_t num_hashes = l * k;
+  int32_t* value = scratch;             // argmax position per hash, -1 if the bin is empty
+  for (int64_t h = 0; h < num_hashes; ++h) {
+    const int32_t* bin = bins + h * bin_size;
+    int32_t best = -1;
+    float best_val = 0.0f;
+    for (int64_t i = 0; i < bin_size; ++i) {
+      const float v = x[bin[i]];
+      if (v != 0.0f && (best < 0 || v > best_val)) {
+        best = static_cast<int32_t>(i);
+        best_val = v;
+      }
+    }
+    value[h] = best;
+  }
+  const int bits = Log2(bin_size);
+  for (int64_t t = 0; t < l; ++t) {
+    int32_t code = 0;
+    for (int64_t b = 0; b < k; ++b) {
+      const int64_t h = t * k + b;
+      int32_t v = value[h];
+      for (int attempt = 1; v < 0 && attempt <= kDwtaMaxProbes; ++attempt)
+        v = value[DwtaProbe(static_cast<uint32_t>(h), attempt, static_cast<uint32_t>(num_hashes))];
+      code |= std::max(v, 0) << (b * bits);
+    }
+    codes[t] = code;
+  }
+}
+
+void SparseSimHashCodes(const int32_t* ids, const float* vals, int64_t f, const uint32_t* seeds,
+                        int64_t l, int64_t k, int32_t* codes) {
+  for (int64_t t = 0; t < l; ++t) {
+    int32_t code = 0;
+    for (int64_t b = 0; b < k; ++b) {
+      const uint32_t seed = seeds[t * k + b];
+      float s = 0.0f;
+      for (int64_t i = 0; i < f; ++i)
+        if (ids[i] >= 0) s += SparseSimHashEntry(seed, static_cast<uint32_t>(ids[i])) * vals[i];
+      code |= static_cast<int32_t>(s >= 0.0f) << b;
+    }
+    codes[t] = code;
+  }
+}
+
+void BuildIndexTables(const int32_t* codes, int64_t n, int64_t l, int64_t num_buckets,
+                      int32_t* offsets, int32_t* ids, int64_t t_begin, int64_t t_end) {
+  const int64_t width = num_buckets + 1;
+  for (int64_t t = t_begin; t < t_end; ++t)
+    std::memset(offsets + t * width, 0, sizeof(int32_t) * width);
+  // One pass over the rows for all of this worker's tables: counts, then prefix sums.
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t t = t_begin; t < t_end; ++t) ++offsets[t * width + codes[r * l + t] + 1];
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    int32_t* o = offsets + t * width;
+    for (int64_t c = 0; c < num_buckets; ++c) o[c + 1] += o[c];
+  }
+  // Placement: a running cursor per bucket, kept in the next bucket's start (restored after).
+  std::vector<int32_t> cursor;
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int32_t* o = offsets + t * width;
+    cursor.assign(o, o + num_buckets);
+    int32_t* out = ids + t * n;
+    for (int64_t r = 0; r < n; ++r) out[cursor[codes[r * l + t]]++] = static_cast<int32_t>(r);
+  }
+}
+
+// ------------------------------------------------------------------------------ IdCounter
+
+void IdCounter::Reserve(int64_t max_items) {
+  uint64_t cap = 16;
+  while (cap < static_cast<uint64_t>(2 * max_items)) cap <<= 1;
+  if (cap > slot_id_.size()) {
+    slot_id_.assign(cap, -1);
+    slot_count_.assign(cap, 0);
+    used_.clear();
+    keys_.clear();
+  }
+  mask_ = slot_id_.size() - 1;
+}
+
+int64_t IdCounter::Slot(int32_t id) const {
+  uint64_t s = Mix32(static_cast<uint32_t>(id)) & mask_;
+  while (slot_id_[s] != -1 && slot_id_[s] != id) s = (s + 1) & mask_;
+  return static_cast<int64_t>(s);
+}
+
+int32_t IdCounter::Add(int32_t id) {
+  const int64_t s = Slot(id);
+  if (slot_id_[s] == -1) {
+    slot_id_[s] = id;
+    used_.push_back(s);
+    keys_.push_back(id);
+  }
+  return ++slot_count_[s];
+}
+
+bool IdCounter::Contains(int32_t id) const { return slot_id_[Slot(id)] == id; }
+
+int32_t IdCounter::Count(int32_t id) const {
+  const int64_t s = Slot(id);
+  return slot_id_[s] == id ? slot_count_[s] : 0;
+}
+
+void IdCounter::Clear() {
+  for (int64_t s : used_) {
+    slot_id_[s] = -1;
+    slot_count_[s] = 0;
+  }
+  used_.clear();
+  keys_.clear();
+}
+
+// ------------------------------------------------------------------------------ QueryOne
+
+bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
+              const int32_t* force, int64_t num_force, const QueryConfig& cfg, uint64_t example,
+              int32_t* out, QueryScratch& s) {
+  Rng rng{cfg.seed ^ (example * 0xd1342543de82ef95ull)};
+  const int64_t budget = cfg.budget, n = cfg.num_rows;
+  // At most `budget` ids are read from any one bucket (from a random start, cyclically), so
+  // the cost of a query is O(L * budget) whatever the bucket sizes.
+  const int64_t per_bucket = budget;
+  s.counter.Reserve(cfg.num_tables * per_bucket + 1);
+  s.chosen.Reserve(budget + 1);
+  s.counter.Clear();
+  s.chosen.Clear();
+  int64_t filled = 0;
+  for (int64_t i = 0; i < num_force && filled < budget; ++i)
+    if (force[i] >= 0 && !s.chosen.Contains(force[i])) {
+      s.chosen.Add(force[i]);
+      out[filled++] = force[i];
+    }
+
+  const int64_t width = cfg.num_buckets + 1;
+  for (int64_t t = 0; t < cfg.num_tables; ++t) {
+    const int32_t* o = offsets + t * width;
+    const int32_t code = codes[t];
+    const int64_t begin = o[code], size = o[code + 1] - o[code];
+    if (begin < 0 || size < 0 || begin + size > n) return false;  // a corrupt index
+    if (size == 0) continue;
+    const int32_t* bucket = ids + t * n + begin;
+    if (size <= per_bucket) {
+      for (int64_t i = 0; i < size; ++i) s.counter.Add(bucket[i]);
+    } else {
+      const int64_t start = static_cast<int64_t>(rng.Below(size));
+      for (int64_t i = 0; i < per_bucket; ++i) s.counter.Add(bucket[(start + i) % size]);
+    }
+  }
+
+  // Candidates not already forced, filtered and ordered by the strategy.
+  s.candidates.clear();
+  for (int32_t id : s.counter.Keys()) {
+    if (s.chosen.Contains(id)) continue;
+    if (cfg.strategy == QueryStrategy::kThreshold && s.counter.Count(id) < cfg.threshold) continue;
+    s.candidates.push_back(id);
+  }
+  const int64_t room = budget - filled;
+  const int64_t m = static_cast<int64_t>(s.candidates.size());
+  if (cfg.strategy == QueryStrategy::kTopK) {
+    // Most tables first; random order among equal counts.
+    s.order.resize(m);
+    for (int64_t i = 0; i < m; ++i)
+      s.order[i] = (static_cast<uint64_t>(0xffff - std::min(s.counter.Count(s.candidates[i]), 0xffff)) << 48) |
+                   ((rng.Next() & 0xffffu) << 32) | static_cast<uint32_t>(s.candidates[i]);
+    const int64_t take = std::min(room, m);
+    std::partial_sort(s.order.begin(), s.order.begin() + take, s.order.end());
+    for (int64_t i = 0; i < take; ++i) {
+      const int32_t id = static_cast<int32_t>(s.order[i] & 0xffffffffu);
+      s.chosen.Add(id);
+      out[filled++] = id;
+    }
+  } else {
+    // A uniform random subset of the candidates (partial Fisher-Yates).
+    const int64_t take = std::min(room, m);
+    for (int64_t i = 0; i < take; ++i) {
+      const int64_t j = i + static_cast<int64_t>(rng.Below(m - i));
+      std::swap(s.candidates[i], s.candidates[j]);
+      s.chosen.Add(s.candidates[i]);
+      out[filled++] = s.candidates[i];
+    }
+  }
+
+  // Fill with uniform random ids not yet chosen, so the softmax always has negatives.
+  if (filled < budget) {
+    if (n <= 4 * budget) {
+      // Small tables: a uniform random subset of the ids not chosen yet.
+      s.candidates.clear();
+      for (int64_t id = 0; id < n; ++id)
+        if (!s.chosen.Contains(static_cast<int32_t>(id))) s.candidates.push_back(static_cast<int32_t>(id));
+      const int64_t c = static_cast<int64_t>(s.candidates.size());
+      for (int64_t i = 0; i < c && filled < budget; ++i) {
+        const int64_t j = i + static_cast<int64_t>(rng.Below(c - i));
+        std::swap(s.candidates[i], s.candidates[j]);
+        out[filled++] = s.candidates[i];
+      }
+    } else {
+      while (filled < budget) {  // at least 3/4 of the draws are new, so this ends quickly
+        const int32_t id = static_cast<int32_t>(rng.Below(n));
+        if (!s.chosen.Contains(id)) {
+          s.chosen.Add(id);
+          out[filled++] = id;
+        }
+      }
+    }
+  }
+  for (; filled < budget; ++filled) out[filled] = -1;
+  return true;
+}
+
+}  // namespace jslide

@@ -1,0 +1,102 @@
+// Locality-sensitive hashing maths: hash families, CSR index build, active-set retrieval.
+// Plain row-major arrays; the FFI binding (lsh_ffi.cc) validates and parallelises.
+#ifndef JSLIDE_FFI_LSH_H_
+#define JSLIDE_FFI_LSH_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace jslide {
+
+// A 32-bit mix (lowbias32): the deterministic hash shared with jslide/lsh (numpy reference).
+inline uint32_t Mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// SimHash with sparse projections. Bit (l, k) of a vector x is [sum_i sign[l,k,i] x[idx[l,k,i]] >= 0];
+// the code of table l is sum_k bit(l, k) << k. idx, sign: [L, K, nnz]; x: [D]; codes: [L].
+void SimHashCodes(const float* x, const int32_t* idx, const float* sign, int64_t l, int64_t k,
+                  int64_t nnz, int32_t* codes);
+
+// Densified winner-take-all. Hash (l, k) is the position of the largest entry of x among the
+// bin_size coordinates bins[l, k, :] (first on ties); a bin whose entries are all zero is
+// empty and takes the value of the first non-empty bin on its probe sequence
+// (DwtaProbe), or 0 if none is found. Code of table l: sum_k hash(l, k) << (k * log2(bin_size)).
+// scratch: at least 2 * L * K ints.
+void DwtaCodes(const float* x, const int32_t* bins, int64_t l, int64_t k, int64_t bin_size,
+               int32_t* codes, int32_t* scratch);
+inline uint32_t DwtaProbe(uint32_t hash_index, uint32_t attempt, uint32_t num_hashes) {
+  return Mix32(hash_index * 0x9e3779b1u + attempt * 0x85ebca6bu + 1u) % num_hashes;
+}
+constexpr int kDwtaMaxProbes = 64;
+
+// SimHash of a sparse input, with projections derived from a hash instead of stored: entry
+// (bit b, feature f) of the projection is +1 or -1 with probability 1/6 each and 0 otherwise,
+// decided by SparseSimHashEntry(seeds[b], f). ids: [F] (-1 padding), vals: [F]; codes: [L].
+inline float SparseSimHashEntry(uint32_t seed, uint32_t feature) {
+  const uint32_t h = Mix32(seed ^ Mix32(feature + 0x632be5abu));
+  if (h % 3u != 0u) return 0.0f;
+  return (h >> 31) ? 1.0f : -1.0f;
+}
+void SparseSimHashCodes(const int32_t* ids, const float* vals, int64_t f, const uint32_t* seeds,
+                        int64_t l, int64_t k, int32_t* codes);
+
+// CSR index of tables [t_begin, t_end): codes [N, L] -> offsets [L, B+1], ids [L, N], rows of
+// each bucket in increasing order (a stable counting sort).
+void BuildIndexTables(const int32_t* codes, int64_t n, int64_t l, int64_t num_buckets,
+                      int32_t* offsets, int32_t* ids, int64_t t_begin, int64_t t_end);
+
+enum class QueryStrategy : int32_t { kVanilla = 0, kTopK = 1, kThreshold = 2 };
+
+struct QueryConfig {
+  int64_t num_rows;     // N
+  int64_t num_tables;   // L
+  int64_t num_buckets;  // buckets per table
+  int64_t budget;       // active ids per example
+  QueryStrategy strategy;
+  int64_t threshold;    // for kThreshold
+  uint64_t seed;
+};
+
+// Open-addressing map id -> count, reused across examples (cleared by its used slots).
+class IdCounter {
+ public:
+  void Reserve(int64_t max_items);
+  // Adds one occurrence; returns the count after adding.
+  int32_t Add(int32_t id);
+  bool Contains(int32_t id) const;
+  void Clear();
+  const std::vector<int32_t>& Keys() const { return keys_; }
+  int32_t Count(int32_t id) const;
+
+ private:
+  int64_t Slot(int32_t id) const;
+  std::vector<int32_t> slot_id_;
+  std::vector<int32_t> slot_count_;
+  std::vector<int64_t> used_;
+  std::vector<int32_t> keys_;  // distinct ids in insertion order
+  uint64_t mask_ = 0;
+};
+
+struct QueryScratch {
+  IdCounter counter;
+  IdCounter chosen;
+  std::vector<int32_t> candidates;
+  std::vector<uint64_t> order;
+};
+
+// Active ids of one example: forced ids, then retrieved ids per the strategy, then uniform
+// random ids, all distinct; -1 pads only when N < budget. out: [budget].
+// Returns false (and writes nothing more) if a bucket's offsets fall outside [0, N].
+bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
+              const int32_t* force, int64_t num_force, const QueryConfig& cfg, uint64_t example,
+              int32_t* out, QueryScratch& scratch);
+
+}  // namespace jslide
+
+#endif  // JSLIDE_FFI_LSH_H_

@@ -1,0 +1,236 @@
+// XLA FFI handlers for LSH: validation and parallel split; the maths is in lsh.cc.
+#include "lsh_ffi.h"
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "lsh.h"
+#include "parallel.h"
+
+namespace ffi = xla::ffi;
+
+namespace jslide {
+namespace {
+
+using F32 = ffi::Buffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
+using U32 = ffi::Buffer<ffi::U32>;
+
+ffi::Error Invalid(const char* kernel, const std::string& msg) {
+  return ffi::Error::InvalidArgument(std::string(kernel) + ": " + msg);
+}
+
+std::string Dims(ffi::Span<const int64_t> dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+// First value outside [lo, hi), as an error naming the argument.
+ffi::Error CheckRange(const char* k, const char* name, const int32_t* v, int64_t count,
+                      int64_t lo, int64_t hi) {
+  for (int64_t i = 0; i < count; ++i)
+    if (v[i] < lo || v[i] >= hi)
+      return Invalid(k, std::string(name) + " holds " + std::to_string(v[i]) +
+                            " at flat position " + std::to_string(i) + "; expected [" +
+                            std::to_string(lo) + ", " + std::to_string(hi) + ")");
+  return ffi::Error::Success();
+}
+
+#define JSLIDE_RETURN_IF_ERROR(expr)               \
+  do {                                             \
+    ffi::Error jslide_err_ = (expr);               \
+    if (jslide_err_.failure()) return jslide_err_; \
+  } while (0)
+
+ffi::Error CheckCodesOut(const char* k, int64_t b, int64_t l,
+                         ffi::ResultBuffer<ffi::S32>& codes) {
+  if (codes->dimensions().size() != 2 || codes->dimensions()[0] != b ||
+      codes->dimensions()[1] != l)
+    return Invalid(k, "codes must be [" + std::to_string(b) + ", " + std::to_string(l) + "]");
+  return ffi::Error::Success();
+}
+
+ffi::Error SimHashImpl(ffi::ThreadPool pool, F32 x, S32 idx, F32 sign,
+                       ffi::ResultBuffer<ffi::S32> codes) {
+  const char* k = "jslide_simhash";
+  if (x.dimensions().size() != 2) return Invalid(k, "x must be [B, D], got " + Dims(x.dimensions()));
+  if (idx.dimensions().size() != 3 || sign.dimensions().size() != 3)
+    return Invalid(k, "idx and sign must be [L, K, nnz]");
+  for (int i = 0; i < 3; ++i)
+    if (idx.dimensions()[i] != sign.dimensions()[i])
+      return Invalid(k, "idx " + Dims(idx.dimensions()) + " and sign " +
+                            Dims(sign.dimensions()) + " differ");
+  const int64_t b = x.dimensions()[0], d = x.dimensions()[1];
+  const int64_t l = idx.dimensions()[0], kk = idx.dimensions()[1], nnz = idx.dimensions()[2];
+  if (kk > 30) return Invalid(k, "K must be at most 30");
+  JSLIDE_RETURN_IF_ERROR(CheckCodesOut(k, b, l, codes));
+  JSLIDE_RETURN_IF_ERROR(CheckRange(k, "idx", idx.typed_data(), idx.element_count(), 0, d));
+  ParallelFor(pool, b, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      SimHashCodes(x.typed_data() + r * d, idx.typed_data(), sign.typed_data(), l, kk, nnz,
+                   codes->typed_data() + r * l);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error DwtaImpl(ffi::ThreadPool pool, F32 x, S32 bins, ffi::ResultBuffer<ffi::S32> codes) {
+  const char* k = "jslide_dwta";
+  if (x.dimensions().size() != 2) return Invalid(k, "x must be [B, D], got " + Dims(x.dimensions()));
+  if (bins.dimensions().size() != 3) return Invalid(k, "bins must be [L, K, bin_size]");
+  const int64_t b = x.dimensions()[0], d = x.dimensions()[1];
+  const int64_t l = bins.dimensions()[0], kk = bins.dimensions()[1];
+  const int64_t bin_size = bins.dimensions()[2];
+  if (bin_size < 2 || (bin_size & (bin_size - 1)) != 0)
+    return Invalid(k, "bin_size must be a power of two >= 2, got " + std::to_string(bin_size));
+  int bits = 0;
+  while ((int64_t{1} << bits) < bin_size) ++bits;
+  if (kk * bits > 30) return Invalid(k, "K * log2(bin_size) must be at most 30");
+  JSLIDE_RETURN_IF_ERROR(CheckCodesOut(k, b, l, codes));
+  JSLIDE_RETURN_IF_ERROR(CheckRange(k, "bins", bins.typed_data(), bins.element_count(), 0, d));
+  ParallelFor(pool, b, 16, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> scratch(2 * l * kk);
+    for (int64_t r = begin; r < end; ++r)
+      DwtaCodes(x.typed_data() + r * d, bins.typed_data(), l, kk, bin_size,
+                codes->typed_data() + r * l, scratch.data());
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error SparseSimHashImpl(ffi::ThreadPool pool, S32 ids, F32 vals, U32 seeds, int64_t dim,
+                             ffi::ResultBuffer<ffi::S32> codes) {
+  const char* k = "jslide_sparse_simhash";
+  if (ids.dimensions().size() != 2 || vals.dimensions().size() != 2 ||
+      ids.dimensions()[0] != vals.dimensions()[0] || ids.dimensions()[1] != vals.dimensions()[1])
+    return Invalid(k, "feat_ids and feat_vals must both be [B, F]");
+  if (seeds.dimensions().size() != 2) return Invalid(k, "seeds must be [L, K]");
+  const int64_t b = ids.dimensions()[0], f = ids.dimensions()[1];
+  const int64_t l = seeds.dimensions()[0], kk = seeds.dimensions()[1];
+  if (kk > 30) return Invalid(k, "K must be at most 30");
+  JSLIDE_RETURN_IF_ERROR(CheckCodesOut(k, b, l, codes));
+  JSLIDE_RETURN_IF_ERROR(CheckRange(k, "feat_ids", ids.typed_data(), ids.element_count(), -1, dim));
+  ParallelFor(pool, b, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      SparseSimHashCodes(ids.typed_data() + r * f, vals.typed_data() + r * f,
+                         f, seeds.typed_data(), l, kk, codes->typed_data() + r * l);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error BuildIndexImpl(ffi::ThreadPool pool, S32 codes, ffi::ResultBuffer<ffi::S32> offsets,
+                          ffi::ResultBuffer<ffi::S32> ids) {
+  const char* k = "jslide_build_index";
+  if (codes.dimensions().size() != 2) return Invalid(k, "codes must be [N, L]");
+  const int64_t n = codes.dimensions()[0], l = codes.dimensions()[1];
+  if (offsets->dimensions().size() != 2 || offsets->dimensions()[0] != l)
+    return Invalid(k, "offsets must be [L, num_buckets + 1]");
+  const int64_t num_buckets = offsets->dimensions()[1] - 1;
+  if (ids->dimensions().size() != 2 || ids->dimensions()[0] != l || ids->dimensions()[1] != n)
+    return Invalid(k, "ids must be [L, N]");
+  if (n >= (int64_t{1} << 31)) return Invalid(k, "at most 2^31 - 1 rows");
+  JSLIDE_RETURN_IF_ERROR(CheckRange(k, "codes", codes.typed_data(), codes.element_count(), 0, num_buckets));
+  // Tables in parallel: each worker builds whole tables.
+  ParallelFor(pool, l, 1, [&](int64_t t_begin, int64_t t_end) {
+    BuildIndexTables(codes.typed_data(), n, l, num_buckets, offsets->typed_data(),
+                     ids->typed_data(), t_begin, t_end);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 force, U32 seed,
+                     int64_t budget, int64_t strategy, int64_t threshold,
+                     ffi::ResultBuffer<ffi::S32> out) {
+  const char* k = "jslide_lsh_query";
+  if (codes.dimensions().size() != 2 || offsets.dimensions().size() != 2 ||
+      ids.dimensions().size() != 2 || force.dimensions().size() != 2)
+    return Invalid(k, "codes [B, L], offsets [L, buckets + 1], ids [L, N], force [B, F] expected");
+  const int64_t b = codes.dimensions()[0], l = codes.dimensions()[1];
+  const int64_t n = ids.dimensions()[1], num_buckets = offsets.dimensions()[1] - 1;
+  if (offsets.dimensions()[0] != l || ids.dimensions()[0] != l)
+    return Invalid(k, "codes, offsets and ids disagree on the number of tables L");
+  if (force.dimensions()[0] != b) return Invalid(k, "force_ids must have one row per query");
+  if (seed.element_count() != 2) return Invalid(k, "seed must hold 2 uint32");
+  if (budget < 1) return Invalid(k, "budget must be >= 1");
+  if (strategy < 0 || strategy > 2) return Invalid(k, "unknown strategy");
+  if (out->dimensions().size() != 2 || out->dimensions()[0] != b || out->dimensions()[1] != budget)
+    return Invalid(k, "result must be [B, budget]");
+  JSLIDE_RETURN_IF_ERROR(CheckRange(k, "codes", codes.typed_data(), codes.element_count(), 0, num_buckets));
+  JSLIDE_RETURN_IF_ERROR(CheckRange(k, "force_ids", force.typed_data(), force.element_count(), -1, n));
+  const uint32_t* sp = seed.typed_data();
+  const QueryConfig cfg{n, l, num_buckets, budget, static_cast<QueryStrategy>(strategy),
+                        threshold, (uint64_t{sp[0]} << 32) | sp[1]};
+  const int64_t f = force.dimensions()[1];
+  std::atomic<bool> corrupt{false};
+  ParallelFor(pool, b, 4, [&](int64_t begin, int64_t end) {
+    QueryScratch scratch;
+    for (int64_t r = begin; r < end; ++r)
+      if (!QueryOne(codes.typed_data() + r * l, offsets.typed_data(), ids.typed_data(),
+                    force.typed_data() + r * f, f, cfg, static_cast<uint64_t>(r),
+                    out->typed_data() + r * budget, scratch)) {
+        corrupt.store(true);
+        return;
+      }
+  });
+  if (corrupt.load()) return Invalid(k, "index offsets point outside its ids (a corrupt index)");
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace jslide
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSimHash, jslide::SimHashImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::F32>()
+                                  .Arg<jslide::S32>()
+                                  .Arg<jslide::F32>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideDwta, jslide::DwtaImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::F32>()
+                                  .Arg<jslide::S32>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseSimHash, jslide::SparseSimHashImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::S32>()
+                                  .Arg<jslide::F32>()
+                                  .Arg<jslide::U32>()
+                                  .Attr<int64_t>("dim")
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideBuildIndex, jslide::BuildIndexImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::S32>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideLshQuery, jslide::QueryImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::S32>()  // codes
+                                  .Arg<jslide::S32>()  // offsets
+                                  .Arg<jslide::S32>()  // ids
+                                  .Arg<jslide::S32>()  // force
+                                  .Arg<jslide::U32>()  // seed
+                                  .Attr<int64_t>("budget")
+                                  .Attr<int64_t>("strategy")
+                                  .Attr<int64_t>("threshold")
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+namespace jslide {
+
+std::vector<std::pair<const char*, XLA_FFI_Handler*>> LshHandlers() {
+  return {{"jslide_simhash", JslideSimHash},
+          {"jslide_dwta", JslideDwta},
+          {"jslide_sparse_simhash", JslideSparseSimHash},
+          {"jslide_build_index", JslideBuildIndex},
+          {"jslide_lsh_query", JslideLshQuery}};
+}
+
+}  // namespace jslide

@@ -1,0 +1,87 @@
+"""The LSH index over the rows of a table: L hash tables in CSR layout."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Union
+
+import jax
+import jax.numpy as jnp
+
+from jslide import _ffi  # noqa: F401
+from jslide._checks import float32_array
+from jslide.lsh.dwta import DWTA
+from jslide.lsh.simhash import SimHash
+from jslide.lsh.sparse_simhash import SparseSimHash
+
+HashFamily = Union[SimHash, DWTA, SparseSimHash]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LSHIndex:
+  """Rows of a table f32[N, d] bucketed by their hash codes, in each of L tables.
+
+  Table l's bucket c holds ``ids[l, offsets[l, c]:offsets[l, c + 1]]`` (rows in increasing
+  order). Memory: O(L (N + buckets)) int32, and nothing overflows, unlike fixed-capacity
+  buckets (SLIDE's 128 slots: 6.7 GB for N=670,091, L=50, 2^18 buckets; this layout: 186 MB).
+  An immutable pytree: keep it in your training state and :func:`rebuild` it on a schedule.
+
+  Attributes:
+    hasher: the hash family (a pytree of arrays).
+    offsets: int32[L, num_buckets + 1].
+    ids: int32[L, N].
+  """
+
+  hasher: HashFamily
+  offsets: jax.Array
+  ids: jax.Array
+
+  @property
+  def num_rows(self) -> int:
+    return self.ids.shape[1]
+
+  @property
+  def num_tables(self) -> int:
+    return self.ids.shape[0]
+
+  @property
+  def num_buckets(self) -> int:
+    return self.offsets.shape[1] - 1
+
+  @property
+  def dim(self) -> int:
+    return self.hasher.dim
+
+  def nbytes(self) -> int:
+    return int(self.offsets.size * 4 + self.ids.size * 4)
+
+  def check_table(self, w, fn: str = "LSHIndex") -> None:
+    """ValueError unless w is f32[N, d] with this index's N and d."""
+    if tuple(w.shape) != (self.num_rows, self.dim):
+      raise ValueError(f"{fn}: the index was built for a table of shape "
+                       f"({self.num_rows}, {self.dim}), got {tuple(w.shape)}")
+
+
+def _csr(codes, num_buckets: int):
+  n, l = codes.shape
+  out = (jax.ShapeDtypeStruct((l, num_buckets + 1), jnp.int32),
+         jax.ShapeDtypeStruct((l, n), jnp.int32))
+  return jax.ffi.ffi_call("jslide_build_index", out, vmap_method="sequential")(codes)
+
+
+def build(hasher: HashFamily, w) -> LSHIndex:
+  """Hashes every row of w: f32[N, d] and buckets them by counting sort, tables in parallel."""
+  w = float32_array("lsh.build", "w", w, ndim=2)
+  if w.shape[1] != hasher.dim:
+    raise ValueError(f"lsh.build: w has d={w.shape[1]} but the hash family was built for "
+                     f"dim={hasher.dim}")
+  offsets, ids = _csr(hasher.hash(w), hasher.num_buckets)
+  return LSHIndex(hasher=hasher, offsets=offsets, ids=ids)
+
+
+def rebuild(index: LSHIndex, w) -> LSHIndex:
+  """A new index over the current rows of w with the same hash functions (jit-friendly)."""
+  w = float32_array("lsh.rebuild", "w", w, ndim=2)
+  index.check_table(w, "lsh.rebuild")
+  return build(index.hasher, w)

@@ -1,0 +1,70 @@
+"""Active-set retrieval: the neurons likely to fire for each input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jslide import _ffi  # noqa: F401
+from jslide._checks import int32_ids, positive_int
+from jslide.lsh.index import LSHIndex
+
+STRATEGIES = {"vanilla": 0, "topk": 1, "threshold": 2}
+
+
+def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, threshold):
+  fn = "lsh.query"
+  budget = positive_int(fn, "budget", budget)
+  if strategy not in STRATEGIES:
+    raise ValueError(f"{fn}: strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+  if strategy == "threshold":
+    threshold = positive_int(fn, "threshold", threshold)
+    if threshold > index.num_tables:
+      raise ValueError(f"{fn}: threshold={threshold} exceeds the number of tables "
+                       f"{index.num_tables}")
+  b = codes.shape[0]
+  if force_ids is None:
+    force_ids = jnp.zeros((b, 0), jnp.int32)
+  force_ids = int32_ids(fn, "force_ids", force_ids, index.num_rows, ndim=2)
+  if force_ids.shape[0] != b:
+    raise ValueError(f"{fn}: force_ids has {force_ids.shape[0]} rows for {b} queries")
+  if force_ids.shape[1] > budget:
+    raise ValueError(f"{fn}: budget={budget} is smaller than the {force_ids.shape[1]} forced "
+                     "ids per example")
+  if key is None:
+    raise ValueError(f"{fn}: key (a jax.random key) is required")
+  seed = jax.random.bits(key, (2,), jnp.uint32)
+  out = jax.ShapeDtypeStruct((b, budget), jnp.int32)
+  return jax.ffi.ffi_call("jslide_lsh_query", out, vmap_method="sequential")(
+      codes, index.offsets, index.ids, force_ids, seed, budget=np.int64(budget),
+      strategy=np.int64(STRATEGIES[strategy]), threshold=np.int64(threshold or 1))
+
+
+def query(index: LSHIndex, x, *, budget: int, key, strategy: str = "vanilla",
+          force_ids=None, threshold: int = 2) -> jax.Array:
+  """Active ids int32[B, budget] for queries x: f32[B, d].
+
+  Each row holds, all distinct: the ``force_ids`` of that example (e.g. its true labels;
+  -1 entries ignored), then ids retrieved from the x's buckets in the L tables per the
+  strategy, then uniform random ids to fill the budget (so a softmax over the active set
+  always has negatives). -1 pads the end only when the table has fewer than ``budget`` rows.
+
+  Strategies (SLIDE's): ``vanilla``, a uniform sample of the union of the L buckets;
+  ``topk``, the ids found in the most tables (random order among ties); ``threshold``, a
+  uniform sample of the ids found in at least ``threshold`` tables. At most ``budget`` ids
+  are read from any one bucket (from a random start), so a query costs O(L * budget) at most.
+  Deterministic for a given ``key``.
+  """
+  return _retrieve(index, index.hasher.hash(x), budget=budget, strategy=strategy, key=key,
+                   force_ids=force_ids, threshold=threshold)
+
+
+def query_sparse(index: LSHIndex, feat_ids, feat_vals, *, budget: int, key,
+                 strategy: str = "vanilla", force_ids=None, threshold: int = 2) -> jax.Array:
+  """:func:`query` for sparse inputs, with an index built from a :class:`SparseSimHash`."""
+  if not hasattr(index.hasher, "hash_sparse"):
+    raise TypeError("lsh.query_sparse: the index's hash family does not hash sparse inputs "
+                    "(use SparseSimHash)")
+  return _retrieve(index, index.hasher.hash_sparse(feat_ids, feat_vals), budget=budget,
+                   strategy=strategy, key=key, force_ids=force_ids, threshold=threshold)
