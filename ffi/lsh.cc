@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 namespace jslide {
 namespace {
@@ -41,22 +42,42 @@ void SimHashCodes(const float* x, const int32_t* idx, const float* sign, int64_t
   }
 }
 
+namespace {
+
+// Position of the largest non-zero entry of x over one bin (first on ties), -1 if all zero.
+// Branch-free: on random data the comparisons are unpredictable.
+template <int kBin>
+inline int32_t BinArgmax(const float* x, const int32_t* bin, int64_t bin_size) {
+  const int64_t size = kBin > 0 ? kBin : bin_size;
+  int32_t best = -1;
+  float best_val = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < size; ++i) {
+    const float v = x[bin[i]];
+    const bool take = (v != 0.0f) & (v > best_val);
+    best = take ? static_cast<int32_t>(i) : best;
+    best_val = take ? v : best_val;
+  }
+  return best;
+}
+
+template <int kBin>
+void DwtaValues(const float* x, const int32_t* bins, int64_t num_hashes, int64_t bin_size,
+                int32_t* value) {
+  for (int64_t h = 0; h < num_hashes; ++h)
+    value[h] = BinArgmax<kBin>(x, bins + h * bin_size, bin_size);
+}
+
+}  // namespace
+
 void DwtaCodes(const float* x, const int32_t* bins, int64_t l, int64_t k, int64_t bin_size,
                int32_t* codes, int32_t* scratch) {
   const int64_t num_hashes = l * k;
-  int32_t* value = scratch;             // argmax position per hash, -1 if the bin is empty
-  for (int64_t h = 0; h < num_hashes; ++h) {
-    const int32_t* bin = bins + h * bin_size;
-    int32_t best = -1;
-    float best_val = 0.0f;
-    for (int64_t i = 0; i < bin_size; ++i) {
-      const float v = x[bin[i]];
-      if (v != 0.0f && (best < 0 || v > best_val)) {
-        best = static_cast<int32_t>(i);
-        best_val = v;
-      }
-    }
-    value[h] = best;
+  int32_t* value = scratch;  // argmax position per hash, -1 if the bin is empty
+  switch (bin_size) {  // unrolled versions for the usual bin sizes
+    case 4: DwtaValues<4>(x, bins, num_hashes, bin_size, value); break;
+    case 8: DwtaValues<8>(x, bins, num_hashes, bin_size, value); break;
+    case 16: DwtaValues<16>(x, bins, num_hashes, bin_size, value); break;
+    default: DwtaValues<0>(x, bins, num_hashes, bin_size, value);
   }
   const int bits = Log2(bin_size);
   for (int64_t t = 0; t < l; ++t) {
@@ -112,15 +133,16 @@ void BuildIndexTables(const int32_t* codes, int64_t n, int64_t l, int64_t num_bu
 // ------------------------------------------------------------------------------ IdCounter
 
 void IdCounter::Reserve(int64_t max_items) {
+  Clear();
   uint64_t cap = 16;
   while (cap < static_cast<uint64_t>(2 * max_items)) cap <<= 1;
   if (cap > slot_id_.size()) {
     slot_id_.assign(cap, -1);
     slot_count_.assign(cap, 0);
-    used_.clear();
-    keys_.clear();
   }
-  mask_ = slot_id_.size() - 1;
+  // Probe only a prefix of the allocation sized to this use (every slot is free after Clear),
+  // so a small query's table stays in cache.
+  mask_ = cap - 1;
 }
 
 int64_t IdCounter::Slot(int32_t id) const {
@@ -134,7 +156,6 @@ int32_t IdCounter::Add(int32_t id) {
   if (slot_id_[s] == -1) {
     slot_id_[s] = id;
     used_.push_back(s);
-    keys_.push_back(id);
   }
   return ++slot_count_[s];
 }
@@ -152,7 +173,6 @@ void IdCounter::Clear() {
     slot_count_[s] = 0;
   }
   used_.clear();
-  keys_.clear();
 }
 
 // ------------------------------------------------------------------------------ QueryOne
@@ -162,13 +182,18 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
               int32_t* out, QueryScratch& s) {
   Rng rng{cfg.seed ^ (example * 0xd1342543de82ef95ull)};
   const int64_t budget = cfg.budget, n = cfg.num_rows;
-  // At most `budget` ids are read from any one bucket (from a random start, cyclically), so
-  // the cost of a query is O(L * budget) whatever the bucket sizes.
-  const int64_t per_bucket = budget;
-  s.counter.Reserve(cfg.num_tables * per_bucket + 1);
+  // At most max_per_bucket ids are read from any one bucket (from a random start,
+  // cyclically), so a query costs O(L * max_per_bucket) whatever the bucket sizes.
+  const int64_t per_bucket = cfg.max_per_bucket;
+  const int64_t width = cfg.num_buckets + 1;
+  // Size the counter to what this query reads, so it stays in cache.
+  int64_t to_read = 0;
+  for (int64_t t = 0; t < cfg.num_tables; ++t) {
+    const int32_t* o = offsets + t * width;
+    to_read += std::min<int64_t>(std::max<int64_t>(o[codes[t] + 1] - o[codes[t]], 0), per_bucket);
+  }
+  s.counter.Reserve(to_read + 1);
   s.chosen.Reserve(budget + 1);
-  s.counter.Clear();
-  s.chosen.Clear();
   int64_t filled = 0;
   for (int64_t i = 0; i < num_force && filled < budget; ++i)
     if (force[i] >= 0 && !s.chosen.Contains(force[i])) {
@@ -176,7 +201,6 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
       out[filled++] = force[i];
     }
 
-  const int64_t width = cfg.num_buckets + 1;
   for (int64_t t = 0; t < cfg.num_tables; ++t) {
     const int32_t* o = offsets + t * width;
     const int32_t code = codes[t];
@@ -192,37 +216,52 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
     }
   }
 
-  // Candidates not already forced, filtered and ordered by the strategy.
+  // Candidates not already forced (and, for kThreshold, found in enough tables).
   s.candidates.clear();
-  for (int32_t id : s.counter.Keys()) {
-    if (s.chosen.Contains(id)) continue;
-    if (cfg.strategy == QueryStrategy::kThreshold && s.counter.Count(id) < cfg.threshold) continue;
-    s.candidates.push_back(id);
-  }
+  s.candidate_counts.clear();
+  const int32_t min_count =
+      cfg.strategy == QueryStrategy::kThreshold ? static_cast<int32_t>(cfg.threshold) : 1;
+  s.counter.ForEach([&](int32_t id, int32_t count) {
+    if (count >= min_count && !s.chosen.Contains(id)) {
+      s.candidates.push_back(id);
+      s.candidate_counts.push_back(count);
+    }
+  });
   const int64_t room = budget - filled;
   const int64_t m = static_cast<int64_t>(s.candidates.size());
-  if (cfg.strategy == QueryStrategy::kTopK) {
-    // Most tables first; random order among equal counts.
-    s.order.resize(m);
-    for (int64_t i = 0; i < m; ++i)
-      s.order[i] = (static_cast<uint64_t>(0xffff - std::min(s.counter.Count(s.candidates[i]), 0xffff)) << 48) |
-                   ((rng.Next() & 0xffffu) << 32) | static_cast<uint32_t>(s.candidates[i]);
-    const int64_t take = std::min(room, m);
-    std::partial_sort(s.order.begin(), s.order.begin() + take, s.order.end());
-    for (int64_t i = 0; i < take; ++i) {
-      const int32_t id = static_cast<int32_t>(s.order[i] & 0xffffffffu);
-      s.chosen.Add(id);
-      out[filled++] = id;
-    }
-  } else {
-    // A uniform random subset of the candidates (partial Fisher-Yates).
-    const int64_t take = std::min(room, m);
-    for (int64_t i = 0; i < take; ++i) {
-      const int64_t j = i + static_cast<int64_t>(rng.Below(m - i));
+  auto take = [&](int32_t id) {
+    s.chosen.Add(id);
+    out[filled++] = id;
+  };
+  // Appends a uniform random subset of `want` of the candidates in positions [lo, hi).
+  auto sample = [&](int64_t lo, int64_t hi, int64_t want) {
+    for (int64_t i = lo; i < lo + want; ++i) {
+      const int64_t j = i + static_cast<int64_t>(rng.Below(hi - i));
       std::swap(s.candidates[i], s.candidates[j]);
-      s.chosen.Add(s.candidates[i]);
-      out[filled++] = s.candidates[i];
+      take(s.candidates[i]);
     }
+  };
+  if (m <= room) {
+    for (int32_t id : s.candidates) take(id);
+  } else if (cfg.strategy != QueryStrategy::kTopK) {
+    sample(0, m, room);
+  } else {
+    // The ids found in the most tables: every id above the cutoff count, then a random
+    // subset of those at the cutoff. Counts are at most L, so this is a counting pass.
+    s.histogram.assign(cfg.num_tables + 2, 0);
+    for (int32_t c : s.candidate_counts) ++s.histogram[c];
+    int64_t cutoff = cfg.num_tables + 1, above = 0;
+    while (cutoff > 1 && above + s.histogram[cutoff - 1] <= room) above += s.histogram[--cutoff];
+    --cutoff;  // ids with count > cutoff all fit; those at == cutoff compete for the rest
+    int64_t at = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      if (s.candidate_counts[i] > cutoff) {
+        take(s.candidates[i]);
+      } else if (s.candidate_counts[i] == cutoff) {
+        s.candidates[at++] = s.candidates[i];  // compact the ties to the front
+      }
+    }
+    sample(0, at, std::min(room - above, at));
   }
 
   // Fill with uniform random ids not yet chosen, so the softmax always has negatives.

@@ -60,6 +60,7 @@ struct QueryConfig {
   int64_t budget;       // active ids per example
   QueryStrategy strategy;
   int64_t threshold;    // for kThreshold
+  int64_t max_per_bucket;  // ids read from one bucket at most
   uint64_t seed;
 };
 
@@ -71,15 +72,18 @@ class IdCounter {
   int32_t Add(int32_t id);
   bool Contains(int32_t id) const;
   void Clear();
-  const std::vector<int32_t>& Keys() const { return keys_; }
   int32_t Count(int32_t id) const;
+  // fn(id, count) for every distinct id, in insertion order.
+  template <typename Fn>
+  void ForEach(Fn&& fn) const {
+    for (int64_t s : used_) fn(slot_id_[s], slot_count_[s]);
+  }
 
  private:
   int64_t Slot(int32_t id) const;
   std::vector<int32_t> slot_id_;
   std::vector<int32_t> slot_count_;
-  std::vector<int64_t> used_;
-  std::vector<int32_t> keys_;  // distinct ids in insertion order
+  std::vector<int64_t> used_;  // occupied slots, in insertion order
   uint64_t mask_ = 0;
 };
 
@@ -87,7 +91,8 @@ struct QueryScratch {
   IdCounter counter;
   IdCounter chosen;
   std::vector<int32_t> candidates;
-  std::vector<uint64_t> order;
+  std::vector<int32_t> candidate_counts;
+  std::vector<int64_t> histogram;
 };
 
 // Active ids of one example: forced ids, then retrieved ids per the strategy, then uniform

@@ -13,7 +13,8 @@ from jslide.lsh.index import LSHIndex
 STRATEGIES = {"vanilla": 0, "topk": 1, "threshold": 2}
 
 
-def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, threshold):
+def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, threshold,
+              max_per_bucket):
   fn = "lsh.query"
   budget = positive_int(fn, "budget", budget)
   if strategy not in STRATEGIES:
@@ -32,17 +33,19 @@ def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, thres
   if force_ids.shape[1] > budget:
     raise ValueError(f"{fn}: budget={budget} is smaller than the {force_ids.shape[1]} forced "
                      "ids per example")
+  max_per_bucket = positive_int(fn, "max_per_bucket", max_per_bucket or 4 * budget)
   if key is None:
     raise ValueError(f"{fn}: key (a jax.random key) is required")
   seed = jax.random.bits(key, (2,), jnp.uint32)
   out = jax.ShapeDtypeStruct((b, budget), jnp.int32)
   return jax.ffi.ffi_call("jslide_lsh_query", out, vmap_method="sequential")(
       codes, index.offsets, index.ids, force_ids, seed, budget=np.int64(budget),
-      strategy=np.int64(STRATEGIES[strategy]), threshold=np.int64(threshold or 1))
+      strategy=np.int64(STRATEGIES[strategy]), threshold=np.int64(threshold or 1),
+      max_per_bucket=np.int64(max_per_bucket))
 
 
 def query(index: LSHIndex, x, *, budget: int, key, strategy: str = "vanilla",
-          force_ids=None, threshold: int = 2) -> jax.Array:
+          force_ids=None, threshold: int = 2, max_per_bucket: int | None = None) -> jax.Array:
   """Active ids int32[B, budget] for queries x: f32[B, d].
 
   Each row holds, all distinct: the ``force_ids`` of that example (e.g. its true labels;
@@ -52,19 +55,23 @@ def query(index: LSHIndex, x, *, budget: int, key, strategy: str = "vanilla",
 
   Strategies (SLIDE's): ``vanilla``, a uniform sample of the union of the L buckets;
   ``topk``, the ids found in the most tables (random order among ties); ``threshold``, a
-  uniform sample of the ids found in at least ``threshold`` tables. At most ``budget`` ids
-  are read from any one bucket (from a random start), so a query costs O(L * budget) at most.
-  Deterministic for a given ``key``.
+  uniform sample of the ids found in at least ``threshold`` tables. At most
+  ``max_per_bucket`` ids (default ``4 * budget``) are read from any one bucket, a window
+  from a random start, so a query costs O(L * max_per_bucket) even with skewed buckets;
+  choose K so that typical buckets are smaller (counts for ``topk``/``threshold`` are exact
+  only for buckets within the cap). Deterministic for a given ``key``.
   """
   return _retrieve(index, index.hasher.hash(x), budget=budget, strategy=strategy, key=key,
-                   force_ids=force_ids, threshold=threshold)
+                   force_ids=force_ids, threshold=threshold, max_per_bucket=max_per_bucket)
 
 
 def query_sparse(index: LSHIndex, feat_ids, feat_vals, *, budget: int, key,
-                 strategy: str = "vanilla", force_ids=None, threshold: int = 2) -> jax.Array:
+                 strategy: str = "vanilla", force_ids=None, threshold: int = 2,
+                 max_per_bucket: int | None = None) -> jax.Array:
   """:func:`query` for sparse inputs, with an index built from a :class:`SparseSimHash`."""
   if not hasattr(index.hasher, "hash_sparse"):
     raise TypeError("lsh.query_sparse: the index's hash family does not hash sparse inputs "
                     "(use SparseSimHash)")
   return _retrieve(index, index.hasher.hash_sparse(feat_ids, feat_vals), budget=budget,
-                   strategy=strategy, key=key, force_ids=force_ids, threshold=threshold)
+                   strategy=strategy, key=key, force_ids=force_ids, threshold=threshold,
+                   max_per_bucket=max_per_bucket)
