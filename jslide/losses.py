@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def label_targets(active_ids, labels):
@@ -41,3 +42,14 @@ def softmax_cross_entropy(logits, labels):
   onehot = jax.nn.one_hot(jnp.where(labels >= 0, labels, n), n + 1)[..., :n].sum(-2)
   target = onehot / jnp.maximum(onehot.sum(-1, keepdims=True), 1)
   return -jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def active_binary_cross_entropy(logits, active_ids, labels):
+  """Binary cross-entropy over each example's active neurons (labels 1, the rest 0), f32[B].
+
+  Summed over the non-padding active neurons of each example.
+  """
+  valid = active_ids >= 0
+  target = (label_targets(active_ids, labels) > 0).astype(logits.dtype)
+  per = optax.sigmoid_binary_cross_entropy(jnp.where(valid, logits, 0.0), target)
+  return jnp.sum(jnp.where(valid, per, 0.0), axis=-1)

@@ -1,0 +1,10 @@
+"""Flax NNX modules with LSH-sparse layers and row-sparse tables."""
+
+from jslide.nn.sparse_dense import SparseDense
+from jslide.nn.sparse_input import SparseInput
+from jslide.nn.sparse_mlp import SparseMLP
+from jslide.nn.training import TrainState, make_train_step, merge, rebuild_indices, split_model
+from jslide.nn.variables import Index, Table
+
+__all__ = ["Index", "SparseDense", "SparseInput", "SparseMLP", "Table", "TrainState",
+           "make_train_step", "merge", "rebuild_indices", "split_model"]

@@ -1,0 +1,81 @@
+"""A large output (or hidden) layer whose active neurons come from an LSH index."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jslide import lsh
+from jslide.initializers import chunked
+from jslide.nn.variables import Index, Table
+from jslide.ops import sparse_linear
+
+
+def make_hasher(family: str, key, dim: int, num_bits: int, num_tables: int, bin_size: int = 8):
+  if family == "dwta":
+    return lsh.DWTA.init(key, dim, num_bits, num_tables, bin_size=bin_size)
+  if family == "simhash":
+    return lsh.SimHash.init(key, dim, num_bits, num_tables)
+  raise ValueError(f"hash family must be 'dwta' or 'simhash', got {family!r}")
+
+
+class SparseDense(nnx.Module):
+  """``out_features`` neurons, of which each input computes only ``budget``.
+
+  Training: ``logits, ids = layer(x, labels, key=key)`` gives scores f32[B, budget] over the
+  active ids int32[B, budget] that the LSH index retrieves for x, with the example's labels
+  always included (and random fill, so negatives are always there). Inference:
+  ``layer.topk(x, k, key=key)`` retrieves candidates with the index and rescores them
+  exactly; ``layer.exact(x)`` scores all neurons (for evaluation and for checking the index).
+
+  Call :meth:`rebuild_index` (or let :func:`jslide.nn.training` do it on a schedule) after
+  the weights have moved.
+  """
+
+  def __init__(self, in_features: int, out_features: int, *, budget: int,
+               hash_family: str = "dwta", num_bits: int = 6, num_tables: int = 50,
+               bin_size: int = 8, strategy: str = "vanilla", rngs: nnx.Rngs,
+               stddev: float = 0.01):
+    if strategy not in lsh.STRATEGIES:
+      raise ValueError(f"SparseDense: strategy must be one of {sorted(lsh.STRATEGIES)}, "
+                       f"got {strategy!r}")
+    if not isinstance(budget, int) or budget < 1:
+      raise ValueError(f"SparseDense: budget must be a positive int, got {budget!r}")
+    self.in_features, self.out_features = in_features, out_features
+    self.budget, self.strategy = budget, strategy
+    init = jax.jit(chunked(jax.nn.initializers.normal(stddev)), static_argnums=(1, 2))
+    self.kernel = Table(init(rngs.params(), (out_features, in_features), jnp.float32))
+    self.bias = Table(jnp.zeros((out_features,), jnp.float32))
+    hasher = make_hasher(hash_family, rngs.params(), in_features, num_bits, num_tables, bin_size)
+    self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value()))
+
+  def active_ids(self, x, labels=None, *, key):
+    """Active ids int32[B, budget] for inputs x f32[B, in_features]."""
+    x = jax.lax.stop_gradient(x)
+    return lsh.query(self.index.get_value(), x, budget=self.budget, key=key,
+                     strategy=self.strategy, force_ids=labels)
+
+  def __call__(self, x, labels=None, *, key):
+    """(logits f32[B, budget], active ids int32[B, budget])."""
+    ids = self.active_ids(x, labels, key=key)
+    return sparse_linear(x, self.kernel.get_value(), self.bias.get_value(), ids), ids
+
+  def scores(self, x, ids):
+    """Exact scores of given ids int32[B, A] (-1 padding scores -inf)."""
+    y = sparse_linear(x, self.kernel.get_value(), self.bias.get_value(), ids)
+    return jnp.where(ids >= 0, y, -jnp.inf)
+
+  def topk(self, x, k: int, *, key, candidates: int | None = None):
+    """(scores, ids) of the k best of ``candidates`` (default budget) retrieved neurons."""
+    ids = lsh.query(self.index.get_value(), x, budget=candidates or self.budget, key=key,
+                    strategy=self.strategy)
+    top, pos = jax.lax.top_k(self.scores(x, ids), k)
+    return top, jnp.take_along_axis(ids, pos, axis=-1)
+
+  def exact(self, x):
+    """Scores of all neurons, f32[B, out_features] (O(B N d): for evaluation)."""
+    return x @ self.kernel.get_value().T + self.bias.get_value()
+
+  def rebuild_index(self):
+    self.index.set_value(lsh.rebuild(self.index.get_value(), self.kernel.get_value()))

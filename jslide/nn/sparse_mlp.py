@@ -1,0 +1,39 @@
+"""SLIDE's architecture as one module: sparse input -> ReLU layers -> sparse output."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+from flax import nnx
+
+from jslide.nn.sparse_dense import SparseDense
+from jslide.nn.sparse_input import SparseInput
+
+
+class SparseMLP(nnx.Module):
+  """``SparseInput(num_features, hidden[0])``, ReLU, further ``nnx.Linear`` + ReLU layers,
+  then ``SparseDense(hidden[-1], num_labels)`` with an LSH index over its rows."""
+
+  def __init__(self, num_features: int, num_labels: int, *, hidden: Sequence[int] = (128,),
+               budget: int, hash_family: str = "dwta", num_bits: int = 6,
+               num_tables: int = 50, bin_size: int = 8, strategy: str = "vanilla",
+               rngs: nnx.Rngs):
+    if not hidden:
+      raise ValueError("SparseMLP: hidden must name at least one layer width")
+    self.input = SparseInput(num_features, hidden[0], rngs=rngs)
+    self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(hidden, hidden[1:])])
+    self.output = SparseDense(hidden[-1], num_labels, budget=budget, hash_family=hash_family,
+                              num_bits=num_bits, num_tables=num_tables, bin_size=bin_size,
+                              strategy=strategy, rngs=rngs)
+
+  def encode(self, feat_ids, feat_vals):
+    """The last hidden layer's activations, f32[B, hidden[-1]]."""
+    h = jax.nn.relu(self.input(feat_ids, feat_vals))
+    for layer in self.hidden:
+      h = jax.nn.relu(layer(h))
+    return h
+
+  def __call__(self, feat_ids, feat_vals, labels=None, *, key):
+    """(logits f32[B, budget], active ids int32[B, budget]) over the retrieved neurons."""
+    return self.output(self.encode(feat_ids, feat_vals), labels, key=key)

@@ -1,0 +1,101 @@
+"""A jitted training step for models with LSH-sparse layers and row-sparse tables."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jslide import losses, lsh, optim
+from jslide.grad import value_and_grad
+from jslide.nn.sparse_dense import SparseDense
+from jslide.nn.variables import Table
+
+# (tables, dense params): tables get row-sparse gradients, the rest dense ones.
+TABLES_FIRST = (True, False)
+
+
+class TrainState(NamedTuple):
+  tables: nnx.State        # every Table
+  params: nnx.State        # every other nnx.Param
+  rest: nnx.State          # everything else (LSH indices, counters)
+  opt_state: Any
+  rebuild: lsh.RebuildState
+  step: jax.Array          # int32 steps taken
+
+
+def split_model(model: nnx.Module):
+  """(graphdef, tables, params, rest) of a model."""
+  return nnx.split(model, Table, nnx.Param, ...)
+
+
+def default_forward(model, batch, key):
+  """``model(feat_ids, feat_vals, labels, key=key)`` for :class:`jslide.nn.SparseMLP`."""
+  return model(batch["feat_ids"], batch["feat_vals"], batch["labels"], key=key)
+
+
+def rebuild_indices(model: nnx.Module) -> None:
+  """Rebuilds the LSH index of every SparseDense layer of model from its current weights."""
+  for _, module in model.iter_modules():
+    if isinstance(module, SparseDense):
+      module.rebuild_index()
+
+
+LOSSES = {"softmax": losses.active_softmax_cross_entropy,
+          "bce": losses.active_binary_cross_entropy}
+
+
+def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation | None = None,
+                    dense_tx: optax.GradientTransformation | None = None,
+                    loss: str = "softmax", forward: Callable = default_forward,
+                    schedule: lsh.RebuildSchedule = lsh.RebuildSchedule()):
+  """Builds ``(graphdef, state, step)`` where ``step(state, batch, key) -> (state, metrics)``.
+
+  The step is one ``jax.jit`` with the whole state donated: tables are updated in place by
+  ``table_tx`` (default ``sparse_adam(1e-3)``) from row-sparse gradients, every other
+  parameter by ``dense_tx`` (default ``optax.adam(1e-3)``), and the LSH indices are rebuilt
+  when ``schedule`` says so (through ``lax.cond``: no retracing). ``forward(model, batch,
+  key)`` returns (logits, active ids); ``batch`` is a dict with ``labels`` int32[B, L] and
+  ``mask`` bool[B] (padding rows) besides what ``forward`` reads. Any nnx.Module encoder
+  can sit below the sparse layer: its parameters train through ``dense_tx``.
+  """
+  if loss not in LOSSES:
+    raise ValueError(f"make_train_step: loss must be one of {sorted(LOSSES)}, got {loss!r}")
+  loss_per_example = LOSSES[loss]
+  graphdef, tables, params, rest = split_model(model)
+  tx = optim.partition(table_tx or optim.sparse_adam(1e-3), dense_tx or optax.adam(1e-3),
+                       TABLES_FIRST)
+  state = TrainState(tables, params, rest, tx.init((tables, params)), schedule.init(),
+                     jnp.zeros([], jnp.int32))
+
+  def loss_fn(trainable, rest, batch, key):
+    model = nnx.merge(graphdef, *trainable, rest)
+    logits, ids = forward(model, batch, key)
+    per = loss_per_example(logits, ids, batch["labels"])
+    mask = batch["mask"].astype(per.dtype)
+    return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+  def rebuild(tables, params, rest):
+    model = nnx.merge(graphdef, tables, params, rest)
+    rebuild_indices(model)
+    return split_model(model)[3]
+
+  def step(state: TrainState, batch, key):
+    trainable = (state.tables, state.params)
+    value, grads = value_and_grad(loss_fn, tables=TABLES_FIRST)(trainable, state.rest, batch, key)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    tables, params = optax.apply_updates(trainable, updates)
+    due, rebuild_state = schedule.update(state.rebuild, state.step)
+    rest = jax.lax.cond(due, rebuild, lambda t, p, r: r, tables, params, state.rest)
+    new = TrainState(tables, params, rest, opt_state, rebuild_state, state.step + 1)
+    return new, {"loss": value, "rebuilt": due}
+
+  return graphdef, state, jax.jit(step, donate_argnums=(0,))
+
+
+def merge(graphdef, state: TrainState) -> nnx.Module:
+  """The model that a TrainState holds."""
+  return nnx.merge(graphdef, state.tables, state.params, state.rest)
