@@ -1,0 +1,91 @@
+"""XC/libsvm readers: round trips, every error names its file and line; batches; WordNet."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+from jslide import datasets as D
+
+
+def _write(path, text, gz=False):
+  if gz:
+    with gzip.open(path, "wt") as f:
+      f.write(text)
+  else:
+    path.write_text(text)
+  return str(path)
+
+
+def test_xc_round_trip_including_empty_label_lines(tmp_path):
+  p = _write(tmp_path / "a.txt", "3 10 5\n0,4 1:0.5 7:2\n 3:1\n2 9:1.25\n")
+  d = D.read(p)
+  assert len(d) == 3 and d.num_features == 10 and d.num_labels == 5
+  np.testing.assert_array_equal(d.labels_per_example(), [2, 0, 1])
+  np.testing.assert_array_equal(d.feat_ids, [1, 7, 3, 9])
+  np.testing.assert_allclose(d.feat_vals, [0.5, 2, 1, 1.25])
+  q = str(tmp_path / "b.txt.gz")
+  D.write(q, d)
+  e = D.read(q)
+  for field in ("feat_indptr", "feat_ids", "feat_vals", "label_indptr", "label_ids"):
+    np.testing.assert_array_equal(getattr(d, field), getattr(e, field))
+
+
+def test_libsvm_without_header(tmp_path):
+  p = _write(tmp_path / "s.svm", "1,2 0:1 5:3\n0 2:1\n")
+  d = D.read(p)
+  assert (d.num_features, d.num_labels, len(d)) == (6, 3, 2)
+  d2 = D.read(p, num_features=100, num_labels=10, fmt="libsvm")
+  assert (d2.num_features, d2.num_labels) == (100, 10)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("2 10 5\n0 1:1\n", "header declares 2 examples, found 1"),
+    ("1 10 5\n7 1:1\n", r":2: label 7 outside \[0, 5\)"),
+    ("1 10 5\n0 12:1\n", r":2: feature 12 outside \[0, 10\)"),
+    ("2 10 5\n0 1:1\n1 3-1\n", r":3: bad feature '3-1'"),
+    ("1 10 5\n0 1:abc\n", ":2: bad feature value"),
+    ("1 10 5\n0 1:nan\n", ":2: non-finite feature value"),
+    ("1 10 5\nx,1 1:1\n", ":2: bad label 'x'"),
+    ("", "no examples"),
+])
+def test_malformed_files_name_file_and_line(tmp_path, text, match):
+  p = _write(tmp_path / "bad.txt", text)
+  with pytest.raises(D.XCFormatError, match=match) as e:
+    D.read(p)
+  assert "bad.txt" in str(e.value)
+
+
+def test_header_must_match_the_model(tmp_path):
+  p = _write(tmp_path / "h.txt", "1 10 5\n0 1:1\n")
+  with pytest.raises(D.XCFormatError, match="num_labels=5, expected 7"):
+    D.read(p, num_labels=7)
+  with pytest.raises(FileNotFoundError):
+    D.read(str(tmp_path / "missing.txt"))
+
+
+def test_batches_are_padded_shuffled_and_reproducible(tmp_path):
+  lines = "".join(f"{i % 4} {i}:1 {i + 1}:2\n" for i in range(10))
+  d = D.read(_write(tmp_path / "d.txt", f"10 12 4\n{lines}"))
+  bs = list(D.batches(d, 4, max_features=3, max_labels=2, seed=1, epoch=0))
+  assert len(bs) == 3 and bs[-1].mask.tolist() == [True, True, False, False]
+  assert bs[-1].feat_ids[2:].tolist() == [[-1] * 3] * 2
+  seen = sorted(int(b.feat_ids[i, 0]) for b in bs for i in range(4) if b.mask[i])
+  assert seen == list(range(10))  # every example once
+  again = list(D.batches(d, 4, max_features=3, max_labels=2, seed=1, epoch=0, start_batch=1))
+  np.testing.assert_array_equal(again[0].feat_ids, bs[1].feat_ids)  # resume mid-epoch
+  other = list(D.batches(d, 4, max_features=3, max_labels=2, seed=1, epoch=1))
+  assert not all(np.array_equal(a.feat_ids, b.feat_ids) for a, b in zip(bs, other))
+  assert bs[0].labels.shape == (4, 2) and bs[0].feat_vals.dtype == np.float32
+
+
+def test_wordnet_dataset_is_real_and_long_tailed():
+  train = D.wordnet.load("train")
+  s = train.stats()
+  assert s["examples"] == 76_258 and s["labels"] == 20_472 and s["features"] == 47_866
+  freq = np.sort(train.label_frequencies())[::-1]
+  assert freq[0] > 300 and s["labels_with_one_example"] > 5_000  # a long tail
+  assert len(D.wordnet.label_names()) == 20_472
+  norm = train.normalized()
+  row = norm.feat_vals[norm.feat_indptr[0]:norm.feat_indptr[1]]
+  assert abs(np.linalg.norm(row) - 1) < 1e-5
