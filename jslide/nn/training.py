@@ -39,7 +39,7 @@ def default_forward(model, batch, key):
 
 def rebuild_indices(model: nnx.Module) -> None:
   """Rebuilds the LSH index of every SparseDense layer of model from its current weights."""
-  for _, module in model.iter_modules():
+  for _, module in nnx.iter_modules(model):
     if isinstance(module, SparseDense):
       module.rebuild_index()
 
@@ -92,6 +92,39 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
     rest = jax.lax.cond(due, rebuild, lambda t, p, r: r, tables, params, state.rest)
     new = TrainState(tables, params, rest, opt_state, rebuild_state, state.step + 1)
     return new, {"loss": value, "rebuilt": due}
+
+  return graphdef, state, jax.jit(step, donate_argnums=(0,))
+
+
+def make_dense_train_step(model: nnx.Module, *, tx: optax.GradientTransformation | None = None):
+  """The dense baseline for an encoder + ``SparseDense`` model (e.g. :class:`SparseMLP`).
+
+  The same model and batches, but every output neuron is scored (``model.output.exact``),
+  the loss is the softmax cross-entropy over all labels, gradients are dense
+  (``jax.value_and_grad``) and every parameter, tables included, is updated by ``tx``
+  (default ``optax.adam(1e-3)``). Returns ``(graphdef, state, step)`` like
+  :func:`make_train_step`; the LSH index is left as it is.
+  """
+  graphdef, tables, params, rest = split_model(model)
+  tx = tx or optax.adam(1e-3)
+  state = TrainState(tables, params, rest, tx.init((tables, params)),
+                     lsh.RebuildSchedule().init(), jnp.zeros([], jnp.int32))
+
+  def loss_fn(trainable, rest, batch):
+    model = nnx.merge(graphdef, *trainable, rest)
+    logits = model.output.exact(model.encode(batch["feat_ids"], batch["feat_vals"]))
+    per = losses.softmax_cross_entropy(logits, batch["labels"])
+    mask = batch["mask"].astype(per.dtype)
+    return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+  def step(state: TrainState, batch, key):
+    del key
+    trainable = (state.tables, state.params)
+    value, grads = jax.value_and_grad(loss_fn)(trainable, state.rest, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    tables, params = optax.apply_updates(trainable, updates)
+    new = state._replace(tables=tables, params=params, opt_state=opt_state, step=state.step + 1)
+    return new, {"loss": value, "rebuilt": jnp.zeros([], bool)}
 
   return graphdef, state, jax.jit(step, donate_argnums=(0,))
 

@@ -1,0 +1,139 @@
+"""Command line: ``python -m jslide.xc {train,eval,predict} ...``.
+
+    python -m jslide.xc train                       # the bundled WordNet dataset
+    python -m jslide.xc train --dense               # the same architecture, dense output layer
+    python -m jslide.xc train --train a.txt --test b.txt --ckpt run/ --json run.json
+    python -m jslide.xc train --ckpt run/ --resume  # continue exactly where it stopped
+    python -m jslide.xc eval --ckpt run/ --test b.txt
+    python -m jslide.xc predict --ckpt run/ --input b.txt --out top5.txt --k 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jslide import datasets as D
+from jslide.xc import checkpoint, trainer
+from jslide.xc.config import ModelConfig, TrainConfig
+
+
+def _read(path, fmt, num_features=None, num_labels=None, normalize=True):
+  data = D.read(path, fmt=fmt, num_features=num_features, num_labels=num_labels)
+  return data.normalized() if normalize else data
+
+
+def _load_train_test(args):
+  if args.train:
+    train = _read(args.train, args.format, args.num_features, args.num_labels, args.normalize)
+    test = None
+    if args.test:
+      test = _read(args.test, args.format, train.num_features, train.num_labels, args.normalize)
+    return train, test
+  if args.test:
+    raise SystemExit("--test needs --train (or neither, for the bundled WordNet data)")
+  norm = (lambda d: d.normalized()) if args.normalize else (lambda d: d)
+  return norm(D.wordnet.load("train")), norm(D.wordnet.load("test"))
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m jslide.xc", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+
+  def data_args(q):
+    q.add_argument("--format", choices=["auto", "xc", "libsvm"], default="auto")
+    q.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="use raw feature values (default: log(1+v), unit L2 norm per example)")
+    q.add_argument("--max-features", type=int, default=64, help="features kept per example")
+    q.add_argument("--max-labels", type=int, default=8, help="labels kept per example")
+
+  t = sub.add_parser("train", help="train (default data: the bundled WordNet hypernyms)")
+  t.add_argument("--train", help="training file (XC repository or multi-label libsvm format)")
+  t.add_argument("--test", help="test file, evaluated after every epoch")
+  t.add_argument("--num-features", type=int, help="feature dimension (libsvm files)")
+  t.add_argument("--num-labels", type=int, help="label count (libsvm files)")
+  data_args(t)
+  d = ModelConfig(num_features=0, num_labels=0)
+  tc = TrainConfig()
+  t.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden))
+  t.add_argument("--budget", type=int, default=d.budget, help="active output neurons per example")
+  t.add_argument("--hash", dest="hash_family", choices=["dwta", "simhash"], default=d.hash_family)
+  t.add_argument("--num-bits", type=int, default=d.num_bits, help="K: hashes per table")
+  t.add_argument("--num-tables", type=int, default=d.num_tables, help="L: hash tables")
+  t.add_argument("--bin-size", type=int, default=d.bin_size, help="DWTA bin size")
+  t.add_argument("--strategy", choices=["vanilla", "topk", "threshold"], default=d.strategy)
+  t.add_argument("--epochs", type=int, default=tc.epochs)
+  t.add_argument("--batch-size", type=int, default=tc.batch_size)
+  t.add_argument("--lr", type=float, default=tc.learning_rate)
+  t.add_argument("--loss", choices=["softmax", "bce"], default=tc.loss)
+  t.add_argument("--dense", action="store_true", help="dense output layer baseline")
+  t.add_argument("--rebuild-initial", type=int, default=tc.rebuild_initial)
+  t.add_argument("--rebuild-growth", type=float, default=tc.rebuild_growth)
+  t.add_argument("--rebuild-max", type=int, default=tc.rebuild_max)
+  t.add_argument("--seed", type=int, default=tc.seed)
+  t.add_argument("--ckpt", help="checkpoint directory (orbax)")
+  t.add_argument("--ckpt-every", type=int, default=0, help="also checkpoint every N steps")
+  t.add_argument("--resume", action="store_true", help="continue from --ckpt")
+  t.add_argument("--json", help="write the run's metrics to this file")
+  t.add_argument("--no-progress", dest="progress", action="store_false")
+
+  e = sub.add_parser("eval", help="P@k and nDCG@k of a checkpoint")
+  e.add_argument("--ckpt", required=True)
+  e.add_argument("--test", help="default: the bundled WordNet test split")
+  e.add_argument("--json")
+  data_args(e)
+
+  r = sub.add_parser("predict", help="top-k labels per input line")
+  r.add_argument("--ckpt", required=True)
+  r.add_argument("--input", required=True)
+  r.add_argument("--out", required=True)
+  r.add_argument("--k", type=int, default=5)
+  r.add_argument("--via-lsh", action="store_true", help="retrieve candidates with the index")
+  data_args(r)
+  return p
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    if args.command == "train":
+      train, test = _load_train_test(args)
+      model_cfg = ModelConfig(train.num_features, train.num_labels, tuple(args.hidden),
+                              args.budget, args.hash_family, args.num_bits, args.num_tables,
+                              args.bin_size, args.strategy)
+      cfg = TrainConfig(args.epochs, args.batch_size, args.lr, args.loss, args.dense,
+                        args.rebuild_initial, args.rebuild_growth, args.rebuild_max,
+                        args.max_features, args.max_labels, args.seed, args.ckpt_every)
+      print(f"data: {train.stats()}")
+      print(f"model: {model_cfg}{' (dense output layer)' if args.dense else ''}")
+      trainer.train(train, test, model_cfg, cfg, checkpoint_dir=args.ckpt, resume=args.resume,
+                    json_path=args.json, progress=args.progress)
+    elif args.command == "eval":
+      meta = checkpoint.read_meta(args.ckpt)
+      dims = ModelConfig.from_json(meta["model"])
+      data = (_read(args.test, args.format, dims.num_features, dims.num_labels, args.normalize)
+              if args.test else D.wordnet.load("test").normalized())
+      metrics = trainer.evaluate(args.ckpt, data, max_features=args.max_features,
+                                 max_labels=args.max_labels)
+      print(json.dumps(metrics, indent=2))
+      if args.json:
+        with open(args.json, "w") as f:
+          json.dump(metrics, f, indent=2)
+    else:
+      meta = checkpoint.read_meta(args.ckpt)
+      dims = ModelConfig.from_json(meta["model"])
+      data = _read(args.input, args.format, dims.num_features, dims.num_labels, args.normalize)
+      n = trainer.predict(args.ckpt, data, args.out, k=args.k, max_features=args.max_features,
+                          exact=not args.via_lsh)
+      print(f"wrote top-{args.k} labels for {n} inputs to {args.out}")
+  except (D.XCFormatError, checkpoint.CheckpointError, trainer.NonFiniteLossError,
+          FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,198 @@
+"""Training, evaluation and prediction for extreme classification with jslide."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+
+import jax
+import optax
+from tqdm import tqdm
+
+import jslide
+from jslide import datasets as D
+from jslide.xc import checkpoint
+from jslide.xc.config import ModelConfig, TrainConfig
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss."""
+
+
+def _batch_dict(b: D.Batch) -> dict:
+  return {"feat_ids": b.feat_ids, "feat_vals": b.feat_vals, "labels": b.labels, "mask": b.mask}
+
+
+def _make_step(model, cfg: TrainConfig):
+  if cfg.dense:
+    return jslide.nn.make_dense_train_step(model, tx=optax.adam(cfg.learning_rate))
+  return jslide.nn.make_train_step(
+      model, table_tx=jslide.optim.sparse_adam(cfg.learning_rate),
+      dense_tx=optax.adam(cfg.learning_rate), loss=cfg.loss,
+      schedule=jslide.lsh.RebuildSchedule(cfg.rebuild_initial, cfg.rebuild_growth,
+                                          cfg.rebuild_max))
+
+
+def _rankers(graphdef, k: int, candidates: int):
+  """Jitted (state, feat_ids, feat_vals[, key]) -> top-k ids: exact, and through the index."""
+
+  @jax.jit
+  def exact(state, feat_ids, feat_vals):
+    model = jslide.nn.merge(graphdef, state)
+    return jax.lax.top_k(model.output.exact(model.encode(feat_ids, feat_vals)), k)
+
+  @jax.jit
+  def retrieved(state, feat_ids, feat_vals, key):
+    model = jslide.nn.merge(graphdef, state)
+    return model.output.topk(model.encode(feat_ids, feat_vals), k, key=key,
+                             candidates=candidates)
+
+  return exact, retrieved
+
+
+def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_features: int,
+                   max_labels: int, budget: int, ks=(1, 3, 5), with_lsh: bool = True) -> dict:
+  """P@k and nDCG@k over all labels (exact) and through LSH retrieval (``lsh_`` prefix)."""
+  kmax = max(ks)
+  exact, retrieved = _rankers(graphdef, kmax, budget)
+  sums: dict[str, float] = {}
+  key = jax.random.PRNGKey(0)
+  for i, b in enumerate(D.batches(data, batch_size, max_features=max_features,
+                                  max_labels=max_labels, shuffle=False)):
+    _, top = exact(state, b.feat_ids, b.feat_vals)
+    for name, v in jslide.metrics.summarize(top, b.labels, b.mask, ks).items():
+      sums[name] = sums.get(name, 0.0) + float(v)
+    if with_lsh:
+      _, top = retrieved(state, b.feat_ids, b.feat_vals, jax.random.fold_in(key, i))
+      for name, v in jslide.metrics.summarize(top, b.labels, b.mask, ks).items():
+        sums["lsh_" + name] = sums.get("lsh_" + name, 0.0) + float(v)
+  return {name: v / len(data) for name, v in sums.items()}
+
+
+def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConfig,
+          cfg: TrainConfig, *, checkpoint_dir: str | None = None, resume: bool = False,
+          json_path: str | None = None, progress: bool = True, log=print) -> dict:
+  """Trains (or resumes) a SparseMLP; returns the run's record (also written to json_path)."""
+  if train_data.num_features != model_cfg.num_features or train_data.num_labels != model_cfg.num_labels:
+    raise ValueError("train: the data's dimensions differ from the model's")
+  model = model_cfg.build(cfg.seed)
+  graphdef, state, step = _make_step(model, cfg)
+  epoch, start_batch = 0, 0
+  record = {"model": model_cfg.to_json(), "train": dataclasses.asdict(cfg), "epochs": []}
+  mgr = checkpoint.manager(checkpoint_dir) if checkpoint_dir else None
+  if resume:
+    if not checkpoint_dir:
+      raise ValueError("train: resume needs a checkpoint directory")
+    state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense)
+    epoch, start_batch = meta["epoch"], meta["next_batch"]
+    record["epochs"] = meta.get("epochs", [])
+    log(f"resumed from {checkpoint_dir} at step {int(state.step)} (epoch {epoch}, batch "
+        f"{start_batch})")
+
+  def meta(epoch, next_batch):
+    return {"model": model_cfg.to_json(), "dense": cfg.dense, "epoch": epoch,
+            "next_batch": next_batch, "epochs": record["epochs"]}
+
+  n_batches = D.num_batches(train_data, cfg.batch_size)
+  key = jax.random.PRNGKey(cfg.seed)
+  while epoch < cfg.epochs:
+    bar = tqdm(total=len(train_data), initial=min(start_batch * cfg.batch_size, len(train_data)),
+               unit="ex", unit_scale=True, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not progress, dynamic_ncols=True)
+    t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+    for i, b in enumerate(D.batches(train_data, cfg.batch_size, max_features=cfg.max_features,
+                                    max_labels=cfg.max_labels, seed=cfg.seed, epoch=epoch,
+                                    start_batch=start_batch), start=start_batch):
+      stop = (f"at epoch {epoch + 1}, batch {i}; stopping. The last good checkpoint (if any) "
+              f"is kept in {checkpoint_dir}. Try a lower learning rate.")
+      try:
+        state, m = step(state, _batch_dict(b), jax.random.fold_in(key, epoch * n_batches + i))
+        loss = float(m["loss"])
+      except jax.errors.JaxRuntimeError as e:
+        # The optimizer kernels refuse non-finite gradients before writing anything.
+        if "non-finite" not in str(e):
+          raise
+        raise NonFiniteLossError(f"non-finite gradient {stop}\n  ({e})") from None
+      if not math.isfinite(loss):
+        raise NonFiniteLossError(f"loss became {loss} {stop}")
+      n = int(b.mask.sum())
+      seen, loss_sum = seen + n, loss_sum + loss * n
+      bar.update(n)
+      bar.set_postfix(loss=f"{loss:.4f}")
+      if mgr and cfg.checkpoint_every and int(state.step) % cfg.checkpoint_every == 0:
+        checkpoint.save(mgr, state, meta(epoch, i + 1))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    entry = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "seconds": seconds,
+             "examples_per_second": seen / seconds if seconds else 0.0}
+    if test_data is not None:
+      entry["test"] = evaluate_state(graphdef, state, test_data, batch_size=1024,
+                                     max_features=cfg.max_features, max_labels=cfg.max_labels,
+                                     budget=model_cfg.budget, with_lsh=not cfg.dense)
+    record["epochs"].append(entry)
+    log(_format_epoch(entry))
+    epoch, start_batch = epoch + 1, 0
+    if mgr:
+      checkpoint.save(mgr, state, meta(epoch, 0))
+  record["final"] = record["epochs"][-1] if record["epochs"] else {}
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump(record, f, indent=2)
+  return record
+
+
+def _format_epoch(e: dict) -> str:
+  s = (f"epoch {e['epoch']}: loss {e['train_loss']:.4f}, {e['seconds']:.1f} s "
+       f"({e['examples_per_second']:.0f} examples/s)")
+  t = e.get("test")
+  if t:
+    s += "; test " + " ".join(f"{k} {t[k]:.4f}" for k in ("P@1", "P@3", "P@5", "nDCG@5"))
+    if "lsh_P@1" in t:
+      s += f" | via LSH: P@1 {t['lsh_P@1']:.4f} P@5 {t['lsh_P@5']:.4f}"
+  return s
+
+
+def load_model(checkpoint_dir: str):
+  """(graphdef, state, model config, meta) from a checkpoint directory."""
+  meta = checkpoint.read_meta(checkpoint_dir)
+  model_cfg = ModelConfig.from_json(meta["model"])
+  graphdef, state, _ = _make_step(model_cfg.build(0), TrainConfig(dense=bool(meta["dense"])))
+  state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, bool(meta["dense"]))
+  return graphdef, state, model_cfg, meta
+
+
+def evaluate(checkpoint_dir: str, data: D.XCData, *, max_features=64, max_labels=8) -> dict:
+  graphdef, state, model_cfg, meta = load_model(checkpoint_dir)
+  _check_dims(data, model_cfg)
+  return evaluate_state(graphdef, state, data, batch_size=1024, max_features=max_features,
+                        max_labels=max_labels, budget=model_cfg.budget,
+                        with_lsh=not meta["dense"])
+
+
+def predict(checkpoint_dir: str, data: D.XCData, out_path: str, *, k: int = 5,
+            max_features: int = 64, exact: bool = True) -> int:
+  """Writes, per input line, its top-k labels as ``label:score`` pairs; returns the count."""
+  graphdef, state, model_cfg, _ = load_model(checkpoint_dir)
+  _check_dims(data, model_cfg)
+  exact_rank, retrieved = _rankers(graphdef, k, model_cfg.budget)
+  with open(out_path, "w") as f:
+    for i, b in enumerate(D.batches(data, 1024, max_features=max_features, max_labels=1,
+                                    shuffle=False)):
+      if exact:
+        scores, ids = exact_rank(state, b.feat_ids, b.feat_vals)
+      else:
+        scores, ids = retrieved(state, b.feat_ids, b.feat_vals, jax.random.PRNGKey(i))
+      for row in range(int(b.mask.sum())):
+        f.write(" ".join(f"{int(l)}:{float(s):.5g}" for l, s in zip(ids[row], scores[row])) + "\n")
+  return len(data)
+
+
+def _check_dims(data: D.XCData, cfg: ModelConfig) -> None:
+  if data.num_features > cfg.num_features:
+    raise ValueError(f"data has {data.num_features} features; the model takes "
+                     f"{cfg.num_features}")
+  if data.num_labels > cfg.num_labels:
+    raise ValueError(f"data has {data.num_labels} labels; the model has {cfg.num_labels}")
+

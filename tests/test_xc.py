@@ -1,0 +1,122 @@
+"""The XC trainer CLI: train, exact resume, eval, predict, and its errors."""
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jslide import datasets as D
+from jslide.xc import checkpoint
+from jslide.xc.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory):
+  """The first 1,500 / 300 examples of the WordNet splits, as XC files."""
+  d = tmp_path_factory.mktemp("xc")
+  for split, n in (("train", 1500), ("test", 300)):
+    full = D.wordnet.load(split)
+    lo, hi = full.feat_indptr[0], full.feat_indptr[n]
+    sub = D.XCData(full.feat_indptr[:n + 1], full.feat_ids[lo:hi], full.feat_vals[lo:hi],
+                   full.label_indptr[:n + 1], full.label_ids[:full.label_indptr[n]],
+                   full.num_features, full.num_labels)
+    D.write(str(d / f"{split}.txt"), sub)
+  return str(d / "train.txt"), str(d / "test.txt")
+
+
+ARCH = ["--hidden", "32", "--budget", "64", "--num-bits", "2", "--num-tables", "4",
+        "--batch-size", "128", "--no-progress", "--rebuild-initial", "3"]
+
+
+def _final_state(ckpt):
+  mgr = checkpoint.manager(ckpt)
+  raw = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return jax.tree.leaves(raw.state), mgr.latest_step()
+
+
+def test_train_resume_is_exact_and_eval_predict_work(small_files, tmp_path):
+  train, test = small_files
+  straight, split = str(tmp_path / "a"), str(tmp_path / "b")
+  assert main(["train", "--train", train, "--test", test, "--epochs", "2", "--ckpt", straight,
+               "--json", str(tmp_path / "a.json"), *ARCH]) == 0
+  # Stop after the first epoch and a checkpoint every 5 steps, then resume to 2 epochs.
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", split, "--ckpt-every", "5",
+               *ARCH]) == 0
+  assert main(["train", "--train", train, "--epochs", "2", "--ckpt", split, "--resume",
+               *ARCH]) == 0
+  (a, step_a), (b, step_b) = _final_state(straight), _final_state(split)
+  assert step_a == step_b == 24  # 12 batches an epoch
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  record = json.load(open(tmp_path / "a.json"))
+  assert len(record["epochs"]) == 2 and "P@1" in record["final"]["test"]
+  assert record["epochs"][1]["train_loss"] < record["epochs"][0]["train_loss"]
+
+  out = tmp_path / "eval.json"
+  assert main(["eval", "--ckpt", straight, "--test", test, "--json", str(out)]) == 0
+  metrics = json.load(open(out))
+  assert metrics["P@1"] == pytest.approx(record["final"]["test"]["P@1"])
+  pred = tmp_path / "pred.txt"
+  assert main(["predict", "--ckpt", straight, "--input", test, "--out", str(pred), "--k", "3"]) == 0
+  lines = pred.read_text().splitlines()
+  assert len(lines) == 300 and all(len(l.split()) == 3 for l in lines)
+  scores = [float(t.split(":")[1]) for t in lines[0].split()]
+  assert scores == sorted(scores, reverse=True)
+
+
+def test_resume_mid_epoch_continues_the_same_batches(small_files, tmp_path):
+  train, _ = small_files
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", full, *ARCH]) == 0
+  # A run killed after step 10 of 12 leaves its step-10 checkpoint; resuming finishes the epoch.
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", cut, "--ckpt-every", "5",
+               *ARCH]) == 0
+  mgr = checkpoint.manager(cut)
+  for step in list(mgr.all_steps()):
+    if step > 10:
+      mgr.delete(step)
+  assert mgr.latest_step() == 10
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", cut, "--resume", *ARCH]) == 0
+  for x, y in zip(_final_state(full)[0], _final_state(cut)[0]):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_errors_are_clear_and_exit_2(small_files, tmp_path, capsys):
+  train, test = small_files
+  ckpt = str(tmp_path / "c")
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", ckpt, *ARCH]) == 0
+  other = [a if a != "32" else "48" for a in ARCH]
+  assert main(["train", "--train", train, "--epochs", "2", "--ckpt", ckpt, "--resume", *other]) == 2
+  assert "another architecture" in capsys.readouterr().err
+  empty = tmp_path / "empty.txt"
+  empty.write_text("")
+  assert main(["train", "--train", str(empty), *ARCH]) == 2
+  assert "no examples" in capsys.readouterr().err
+  bad = tmp_path / "bad.txt"
+  bad.write_text("1 47866 20472\n99999 3:1\n")
+  assert main(["eval", "--ckpt", ckpt, "--test", str(bad)]) == 2
+  assert "bad.txt:2: label 99999 outside" in capsys.readouterr().err
+  wide = tmp_path / "wide.txt"
+  wide.write_text("0 50000:1\n")
+  assert main(["predict", "--ckpt", ckpt, "--input", str(wide), "--out", str(tmp_path / "p")]) == 2
+  assert "wide.txt:1: feature 50000 outside" in capsys.readouterr().err
+  assert main(["eval", "--ckpt", str(tmp_path / "nothing")]) == 2
+  assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(small_files, tmp_path, capsys):
+  train, _ = small_files
+  ckpt = str(tmp_path / "n")
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", ckpt, *ARCH]) == 0
+  good, step = _final_state(ckpt)
+  code = main(["train", "--train", train, "--epochs", "3", "--ckpt", ckpt, "--resume",
+               "--lr", "1e38", *ARCH])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "loss became" in err or "non-finite" in err
+  kept, kept_step = _final_state(ckpt)
+  assert kept_step == step
+  for x, y in zip(good, kept):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
