@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "ffi_errors.h"
 #include "kernels.h"
 #include "lsh_ffi.h"
 #include "nanobind/nanobind.h"
@@ -23,28 +24,6 @@ std::atomic<int64_t> g_max_threads{0};
 // Rows of work below which a kernel does not bother to split.
 constexpr int64_t kMinRowsPerTask = 8;
 
-using F32 = ffi::Buffer<ffi::F32>;
-using S32 = ffi::Buffer<ffi::S32>;
-using F32Out = ffi::ResultBuffer<ffi::F32>;
-
-std::string Dims(ffi::Span<const int64_t> dims) {
-  std::string s = "[";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + "]";
-}
-
-ffi::Error Invalid(const std::string& kernel, const std::string& msg) {
-  return ffi::Error::InvalidArgument(kernel + ": " + msg);
-}
-
-template <typename B>
-ffi::Error CheckRank(const std::string& k, const char* name, const B& buf, size_t rank) {
-  if (buf.dimensions().size() != rank)
-    return Invalid(k, std::string(name) + " must have rank " + std::to_string(rank) +
-                          ", got shape " + Dims(buf.dimensions()));
-  return ffi::Error::Success();
-}
-
 ffi::Error CheckIds(const std::string& k, const char* name, const S32& ids, int64_t n) {
   const int64_t bad = FirstIdOutOfRange(ids.typed_data(), ids.element_count(), n);
   if (bad >= 0)
@@ -61,12 +40,6 @@ ffi::Error CheckFinite(const std::string& k, const char* name, const F32& x) {
                           std::to_string(bad) + "; refusing to write it into a table");
   return ffi::Error::Success();
 }
-
-#define JSLIDE_RETURN_IF_ERROR(expr)         \
-  do {                                       \
-    ffi::Error jslide_err_ = (expr);         \
-    if (jslide_err_.failure()) return jslide_err_; \
-  } while (0)
 
 // Shapes of a factored row-sparse matrix: ids, coef [R, A]; vecs [R, D]; table rows [N, D].
 ffi::Error CheckFactored(const std::string& k, const S32& ids, const F32& coef,

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "ffi_errors.h"
 #include "lsh.h"
 #include "parallel.h"
 
@@ -12,20 +13,6 @@ namespace ffi = xla::ffi;
 
 namespace jslide {
 namespace {
-
-using F32 = ffi::Buffer<ffi::F32>;
-using S32 = ffi::Buffer<ffi::S32>;
-using U32 = ffi::Buffer<ffi::U32>;
-
-ffi::Error Invalid(const char* kernel, const std::string& msg) {
-  return ffi::Error::InvalidArgument(std::string(kernel) + ": " + msg);
-}
-
-std::string Dims(ffi::Span<const int64_t> dims) {
-  std::string s = "[";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + "]";
-}
 
 // First value outside [lo, hi), as an error naming the argument.
 ffi::Error CheckRange(const char* k, const char* name, const int32_t* v, int64_t count,
@@ -37,12 +24,6 @@ ffi::Error CheckRange(const char* k, const char* name, const int32_t* v, int64_t
                             std::to_string(lo) + ", " + std::to_string(hi) + ")");
   return ffi::Error::Success();
 }
-
-#define JSLIDE_RETURN_IF_ERROR(expr)               \
-  do {                                             \
-    ffi::Error jslide_err_ = (expr);               \
-    if (jslide_err_.failure()) return jslide_err_; \
-  } while (0)
 
 ffi::Error CheckCodesOut(const char* k, int64_t b, int64_t l,
                          ffi::ResultBuffer<ffi::S32>& codes) {
