@@ -27,14 +27,37 @@ inline void Axpy(float alpha, const float* __restrict x, float* __restrict y, in
   for (int64_t k = 0; k < d; ++k) y[k] += alpha * x[k];
 }
 
-// Collects (id, position) for ids in [row_begin, row_end), sorted so equal ids are adjacent.
+// Collects (id, position) for ids in [row_begin, row_end), sorted so equal ids are adjacent
+// (positions ascending within an id). A counting sort when the row range is not much larger
+// than the number of ids (O(range + count)); otherwise a comparison sort.
 void GroupByRow(const int32_t* ids, int64_t count, int64_t row_begin, int64_t row_end,
-                std::vector<uint64_t>& keys) {
+                std::vector<uint64_t>& keys, std::vector<int32_t>& counts) {
   keys.clear();
+  const int64_t range = row_end - row_begin;
+  auto key = [](int64_t id, int64_t p) {
+    return (static_cast<uint64_t>(id) << 32) | static_cast<uint64_t>(p);
+  };
+  if (range <= 8 * count) {
+    counts.assign(static_cast<size_t>(range + 1), 0);
+    int64_t m = 0;
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t id = ids[p];
+      if (id >= row_begin && id < row_end) {
+        ++counts[id - row_begin + 1];
+        ++m;
+      }
+    }
+    for (int64_t r = 0; r < range; ++r) counts[r + 1] += counts[r];
+    keys.resize(static_cast<size_t>(m));
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t id = ids[p];
+      if (id >= row_begin && id < row_end) keys[counts[id - row_begin]++] = key(id, p);
+    }
+    return;
+  }
   for (int64_t p = 0; p < count; ++p) {
     const int64_t id = ids[p];
-    if (id >= row_begin && id < row_end)
-      keys.push_back((static_cast<uint64_t>(id) << 32) | static_cast<uint64_t>(p));
+    if (id >= row_begin && id < row_end) keys.push_back(key(id, p));
   }
   std::sort(keys.begin(), keys.end());
 }
@@ -44,7 +67,7 @@ template <typename RowUpdate>
 inline void ForEachSummedRow(const int32_t* ids, const float* coef, const float* vecs,
                              int64_t r, int64_t a, int64_t d, int64_t row_begin,
                              int64_t row_end, RowScratch& s, RowUpdate&& update) {
-  GroupByRow(ids, r * a, row_begin, row_end, s.keys);
+  GroupByRow(ids, r * a, row_begin, row_end, s.keys, s.counts);
   s.grad.resize(static_cast<size_t>(d));
   float* g = s.grad.data();
   const size_t n = s.keys.size();

@@ -36,8 +36,9 @@ struct AdamHyper {
 
 // Scratch space reused across the rows one worker updates (no allocation per row).
 struct RowScratch {
-  std::vector<uint64_t> keys;  // (row id << 32) | flat position in ids
-  std::vector<float> grad;     // one summed gradient row
+  std::vector<uint64_t> keys;     // (row id << 32) | flat position in ids
+  std::vector<int32_t> counts;    // per-row counts, for the counting sort
+  std::vector<float> grad;        // one summed gradient row
 };
 
 // Lazy Adam on the rows in [row_begin, row_end) that occur in ids: each such row's gradient

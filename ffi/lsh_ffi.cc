@@ -121,7 +121,8 @@ ffi::Error BuildIndexImpl(ffi::ThreadPool pool, S32 codes, ffi::ResultBuffer<ffi
 
 ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 force, U32 seed,
                      int64_t budget, int64_t strategy, int64_t threshold,
-                     int64_t max_per_bucket, ffi::ResultBuffer<ffi::S32> out) {
+                     int64_t max_per_bucket, int64_t shared_fill,
+                     ffi::ResultBuffer<ffi::S32> out) {
   const char* k = "jslide_lsh_query";
   if (codes.dimensions().size() != 2 || offsets.dimensions().size() != 2 ||
       ids.dimensions().size() != 2 || force.dimensions().size() != 2)
@@ -141,7 +142,8 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "force_ids", force.typed_data(), force.element_count(), -1, n));
   const uint32_t* sp = seed.typed_data();
   const QueryConfig cfg{n, l, num_buckets, budget, static_cast<QueryStrategy>(strategy),
-                        threshold, max_per_bucket, (uint64_t{sp[0]} << 32) | sp[1]};
+                        threshold, max_per_bucket, shared_fill != 0,
+                        (uint64_t{sp[0]} << 32) | sp[1]};
   const int64_t f = force.dimensions()[1];
   std::atomic<bool> corrupt{false};
   ParallelFor(pool, b, 4, [&](int64_t begin, int64_t end) {
@@ -204,6 +206,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideLshQuery, jslide::QueryImpl,
                                   .Attr<int64_t>("strategy")
                                   .Attr<int64_t>("threshold")
                                   .Attr<int64_t>("max_per_bucket")
+                                  .Attr<int64_t>("shared_fill")
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
 namespace jslide {

@@ -29,21 +29,24 @@ class SparseDense(nnx.Module):
   ``layer.topk(x, k, key=key)`` retrieves candidates with the index and rescores them
   exactly; ``layer.exact(x)`` scores all neurons (for evaluation and for checking the index).
 
+  ``shared_fill`` draws the random fill once per batch (shared negatives): far fewer
+  distinct rows to update when the index returns fewer ids than the budget.
+
   Call :meth:`rebuild_index` (or let :func:`jslide.nn.training` do it on a schedule) after
   the weights have moved.
   """
 
   def __init__(self, in_features: int, out_features: int, *, budget: int,
                hash_family: str = "dwta", num_bits: int = 6, num_tables: int = 50,
-               bin_size: int = 8, strategy: str = "vanilla", rngs: nnx.Rngs,
-               stddev: float = 0.01):
+               bin_size: int = 8, strategy: str = "vanilla", shared_fill: bool = False,
+               rngs: nnx.Rngs, stddev: float = 0.01):
     if strategy not in lsh.STRATEGIES:
       raise ValueError(f"SparseDense: strategy must be one of {sorted(lsh.STRATEGIES)}, "
                        f"got {strategy!r}")
     if not isinstance(budget, int) or budget < 1:
       raise ValueError(f"SparseDense: budget must be a positive int, got {budget!r}")
     self.in_features, self.out_features = in_features, out_features
-    self.budget, self.strategy = budget, strategy
+    self.budget, self.strategy, self.shared_fill = budget, strategy, shared_fill
     init = jax.jit(chunked(jax.nn.initializers.normal(stddev)), static_argnums=(1, 2))
     self.kernel = Table(init(rngs.params(), (out_features, in_features), jnp.float32))
     self.bias = Table(jnp.zeros((out_features,), jnp.float32))
@@ -54,7 +57,7 @@ class SparseDense(nnx.Module):
     """Active ids int32[B, budget] for inputs x f32[B, in_features]."""
     x = jax.lax.stop_gradient(x)
     return lsh.query(self.index.get_value(), x, budget=self.budget, key=key,
-                     strategy=self.strategy, force_ids=labels)
+                     strategy=self.strategy, force_ids=labels, shared_fill=self.shared_fill)
 
   def __call__(self, x, labels=None, *, key):
     """(logits f32[B, budget], active ids int32[B, budget])."""

@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--num-tables", type=int, default=d.num_tables, help="L: hash tables")
   t.add_argument("--bin-size", type=int, default=d.bin_size, help="DWTA bin size")
   t.add_argument("--strategy", choices=["vanilla", "topk", "threshold"], default=d.strategy)
+  t.add_argument("--shared-fill", action="store_true",
+                 help="draw the random fill once per batch (shared negatives)")
   t.add_argument("--epochs", type=int, default=tc.epochs)
   t.add_argument("--batch-size", type=int, default=tc.batch_size)
   t.add_argument("--lr", type=float, default=tc.learning_rate)
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
       train, test = _load_train_test(args)
       model_cfg = ModelConfig(train.num_features, train.num_labels, tuple(args.hidden),
                               args.budget, args.hash_family, args.num_bits, args.num_tables,
-                              args.bin_size, args.strategy)
+                              args.bin_size, args.strategy, args.shared_fill)
       cfg = TrainConfig(args.epochs, args.batch_size, args.lr, args.loss, args.dense,
                         args.rebuild_initial, args.rebuild_growth, args.rebuild_max,
                         args.max_features, args.max_labels, args.seed, args.ckpt_every)

@@ -22,19 +22,21 @@ class ModelConfig:
   num_tables: int = 16
   bin_size: int = 8
   strategy: str = "vanilla"
+  shared_fill: bool = False
 
   def build(self, seed: int) -> jslide.nn.SparseMLP:
     return jslide.nn.SparseMLP(
         self.num_features, self.num_labels, hidden=self.hidden, budget=self.budget,
         hash_family=self.hash_family, num_bits=self.num_bits, num_tables=self.num_tables,
-        bin_size=self.bin_size, strategy=self.strategy, rngs=nnx.Rngs(seed))
+        bin_size=self.bin_size, strategy=self.strategy, shared_fill=self.shared_fill,
+        rngs=nnx.Rngs(seed))
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_json(cls, d: dict) -> "ModelConfig":
-    return cls(**{**d, "hidden": tuple(d["hidden"])})
+    return cls(**{"shared_fill": False, **d, "hidden": tuple(d["hidden"])})
 
 
 @dataclasses.dataclass(frozen=True)
