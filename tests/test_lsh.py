@@ -286,3 +286,17 @@ def test_lsh_bad_input(rng):
   with pytest.raises(jax.errors.JaxRuntimeError, match="force_ids holds 500"):
     jax.block_until_ready(jax.jit(lambda f: lsh.query(index, x, budget=8, key=KEY,
                                                       force_ids=f))(np.full((2, 1), 500)))
+
+
+def test_shared_fill_draws_one_set_of_negatives_per_batch(rng):
+  n, d, b, budget = 50_000, 16, 32, 200
+  w = rng.normal(size=(n, d)).astype(np.float32)
+  index = lsh.build(lsh.SimHash.init(KEY, d, 16, 2), w)  # 65,536 buckets: almost no hits
+  x = rng.normal(size=(b, d)).astype(np.float32)
+  per = np.asarray(lsh.query(index, x, budget=budget, key=KEY))
+  shared = np.asarray(lsh.query(index, x, budget=budget, key=KEY, shared_fill=True))
+  _check_rows(shared, n)
+  assert shared.shape == (b, budget) and np.all(shared >= 0)
+  # Per-example fill touches ~b * budget rows; shared fill ~budget plus the few hits.
+  assert len(np.unique(per)) > 0.9 * b * budget
+  assert len(np.unique(shared)) < budget + b * 10
