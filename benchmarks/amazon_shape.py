@@ -40,7 +40,7 @@ def make_batches(count, seed=0):
   return out
 
 
-def worker(mode: str, seconds: float, shared_fill: bool) -> dict:
+def worker(mode: str, seconds: float, shared_fill: bool, rebuild_initial: int) -> dict:
   import jax
   import optax
   from flax import nnx
@@ -56,7 +56,7 @@ def worker(mode: str, seconds: float, shared_fill: bool) -> dict:
   else:
     _, state, step = jslide.nn.make_train_step(
         model, table_tx=jslide.optim.sparse_adam(1e-3), dense_tx=optax.adam(1e-3),
-        schedule=jslide.lsh.RebuildSchedule(50, 1.1, 1000))
+        schedule=jslide.lsh.RebuildSchedule(rebuild_initial, 1.1, max(1000, rebuild_initial)))
   del model
   batches = [jax.tree.map(jax.numpy.asarray, b) for b in make_batches(8)]
   key = jax.random.PRNGKey(0)
@@ -79,12 +79,17 @@ def worker(mode: str, seconds: float, shared_fill: bool) -> dict:
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--seconds", type=float, default=60.0, help="timed seconds per mode")
+  p.add_argument("--rebuild-initial", type=int, default=50,
+                 help="first index rebuild after this many steps (then periods grow 1.1x)")
+  p.add_argument("--modes", nargs="+", default=["sparse", "sparse-shared", "dense"],
+                 choices=["sparse", "sparse-shared", "dense"])
   p.add_argument("--json")
   p.add_argument("--worker", choices=["sparse", "sparse-shared", "dense"], help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker:
     mode = "dense" if args.worker == "dense" else "sparse"
-    row = worker(mode, args.seconds, shared_fill=args.worker == "sparse-shared")
+    row = worker(mode, args.seconds, shared_fill=args.worker == "sparse-shared",
+                 rebuild_initial=args.rebuild_initial)
     row["mode"] = args.worker
     print(json.dumps(row))
     return
@@ -92,16 +97,19 @@ def main():
   print(f"Amazon-670K shape: {N_IN:,} inputs (~{NNZ} non-zeros) -> {HIDDEN} -> {N_OUT:,}, "
         f"batch {BATCH}, {os.cpu_count()} cores")
   print(f"{'mode':>13} {'examples/s':>11} {'ms/step':>9} {'peak RSS MB':>12} {'rebuilds':>9}")
-  for mode in ("sparse", "sparse-shared", "dense"):
+  for mode in args.modes:
     out = subprocess.run([sys.executable, __file__, "--worker", mode, "--seconds",
-                          str(args.seconds)], check=True, capture_output=True, text=True)
+                          str(args.seconds), "--rebuild-initial", str(args.rebuild_initial)],
+                         check=True, capture_output=True, text=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     rows.append(row)
     print(f"{mode:>13} {row['examples_per_second']:>11.0f} {row['ms_per_step']:>9.1f} "
           f"{row['peak_rss_mb']:>12.0f} {row['index_rebuilds']:>9}", flush=True)
-  for row in rows[:2]:
-    print(f"{row['mode']}: {row['examples_per_second'] / rows[2]['examples_per_second']:.1f}x "
-          "the dense throughput")
+  dense = [r for r in rows if r["mode"] == "dense"]
+  for row in rows:
+    if dense and row["mode"] != "dense":
+      print(f"{row['mode']}: {row['examples_per_second'] / dense[0]['examples_per_second']:.1f}x "
+            "the dense throughput")
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
