@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from _report import write_json
+
 N_IN, N_OUT, HIDDEN, BATCH, NNZ = 135_909, 670_091, 128, 128, 75
 
 
@@ -110,10 +112,7 @@ def main():
     if dense and row["mode"] != "dense":
       print(f"{row['mode']}: {row['examples_per_second'] / dense[0]['examples_per_second']:.1f}x "
             "the dense throughput")
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+  write_json(args.json, rows)
 
 
 if __name__ == "__main__":

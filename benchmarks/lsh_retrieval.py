@@ -12,7 +12,6 @@ top-10 rows by inner product within the returned active set; brute force is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jslide
+from _report import write_json
 from jslide import lsh
 
 D, B, PER_CLUSTER = 128, 128, 100
@@ -116,11 +116,7 @@ def main():
   print(f"Amazon-670K shape (N={n:,}, DWTA K=6, L=50, {index.num_buckets:,} buckets): index "
         f"{amazon['index_mb']:.0f} MB (SLIDE's 128-slot buckets: {slide_mb:,.0f} MB), "
         f"built in {build_ms:.0f} ms")
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
-    print(f"wrote {args.json}")
+  write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from _report import write_json
+
 D, B, A, POOL = 128, 128, 256, 8192
 
 
@@ -157,11 +159,7 @@ def main():
     row["sparse_ms_over_smallest_n"] = row["sparse_ms"] / base
   print("sparse step time relative to N=%s: %s" % (
       f"{rows[0]['n']:,}", ", ".join(f"{r['sparse_ms_over_smallest_n']:.2f}" for r in rows)))
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
-    print(f"wrote {args.json}")
+  write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class Tape:
     return y + self.taps[k]
 
 
-def unwrap_table(fn: str, name: str, table):
+def unwrap_table(table):
   """(array, TableRef or None) for a table argument that may be a TableRef."""
   if isinstance(table, TableRef):
     return table.value, table

@@ -59,8 +59,8 @@ def sparse_linear(x, w, b, ids):
     f32[..., A].
   """
   fn = "sparse_linear"
-  w_val, w_ref = unwrap_table(fn, "w", w)
-  b_val, b_ref = unwrap_table(fn, "b", b)
+  w_val, w_ref = unwrap_table(w)
+  b_val, b_ref = unwrap_table(b)
   x = float32_array(fn, "x", x)
   w_val = float32_array(fn, "w", w_val, ndim=2)
   n, d = w_val.shape
@@ -119,7 +119,7 @@ def embedding_bag(feat_ids, feat_vals, w):
     f32[..., d].
   """
   fn = "embedding_bag"
-  w_val, w_ref = unwrap_table(fn, "w", w)
+  w_val, w_ref = unwrap_table(w)
   w_val = float32_array(fn, "w", w_val, ndim=2)
   n, d = w_val.shape
   feat_ids = int32_ids(fn, "feat_ids", feat_ids, n)
