@@ -54,16 +54,18 @@ def _learning_rate(learning_rate: ScalarOrSchedule, count):
   return learning_rate(count) if callable(learning_rate) else learning_rate
 
 
-def _leaves(updates, *trees):
-  """Flattens updates (RowSparseGrad as a leaf) and each tree to the same leaves."""
-  leaves, treedef = jax.tree.flatten(updates, is_leaf=is_row_sparse)
-  return treedef, leaves, [treedef.flatten_up_to(t) for t in trees]
-
-
-def _need_params(name, params):
-  if params is None:
-    raise ValueError(f"{name}: row-sparse gradients need `params` in update(updates, state, "
-                     "params)")
+def _flatten(name, updates, params, *trees):
+  """Updates flattened with RowSparseGrad as a leaf, each tree to the same leaves, and the
+  params' leaves (Nones when no gradient is row-sparse, the only case that needs params)."""
+  grads, treedef = jax.tree.flatten(updates, is_leaf=is_row_sparse)
+  if any(is_row_sparse(g) for g in grads):
+    if params is None:
+      raise ValueError(f"{name}: row-sparse gradients need `params` in update(updates, state, "
+                       "params)")
+    param_leaves = treedef.flatten_up_to(params)
+  else:
+    param_leaves = [None] * len(grads)
+  return treedef, grads, [treedef.flatten_up_to(t) for t in trees], param_leaves
 
 
 class SparseAdamState(NamedTuple):
@@ -100,11 +102,7 @@ def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
     lr = _learning_rate(learning_rate, state.count)
     bc1 = 1 - jnp.asarray(b1, jnp.float32) ** count
     bc2 = 1 - jnp.asarray(b2, jnp.float32) ** count
-    has_sparse = any(is_row_sparse(g) for g in jax.tree.leaves(updates, is_leaf=is_row_sparse))
-    if has_sparse:
-      _need_params("sparse_adam", params)
-    treedef, grads, (mus, nus, ps) = _leaves(
-        updates, state.mu, state.nu, params if has_sparse else state.mu)
+    treedef, grads, (mus, nus), ps = _flatten("sparse_adam", updates, params, state.mu, state.nu)
     new_u, new_m, new_v = [], [], []
     for g, m, v, p in zip(grads, mus, nus, ps):
       if is_row_sparse(g):
@@ -146,10 +144,7 @@ def sparse_sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
 
   def update(updates, state, params=None):
     lr = _learning_rate(learning_rate, state.count)
-    has_sparse = any(is_row_sparse(g) for g in jax.tree.leaves(updates, is_leaf=is_row_sparse))
-    if has_sparse:
-      _need_params("sparse_sgd", params)
-    treedef, grads, (ps,) = _leaves(updates, params if has_sparse else updates)
+    treedef, grads, _, ps = _flatten("sparse_sgd", updates, params)
     new_u = []
     for g, p in zip(grads, ps):
       if is_row_sparse(g):

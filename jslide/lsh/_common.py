@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from jslide._checks import float32_array
 
 
@@ -24,7 +22,3 @@ def check_kl(fn: str, num_bits: int, num_tables: int, bits_per_hash: int = 1):
                      "(2^24 buckets per table); lower num_bits")
   if num_tables > 512:
     raise ValueError(f"{fn}: num_tables={num_tables} is above the supported 512")
-
-
-def codes_shape(x, num_tables):
-  return (x.shape[0], num_tables), jnp.int32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -35,8 +36,11 @@ def _make_step(model, cfg: TrainConfig):
                                           cfg.rebuild_max))
 
 
+@functools.lru_cache(maxsize=8)
 def _rankers(graphdef, k: int, candidates: int):
-  """Jitted (state, feat_ids, feat_vals[, key]) -> top-k ids: exact, and through the index."""
+  """Jitted (state, feat_ids, feat_vals[, key]) -> top-k ids: exact, and through the index.
+
+  Cached, so evaluating after every epoch compiles once."""
 
   @jax.jit
   def exact(state, feat_ids, feat_vals):
@@ -59,15 +63,16 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
   exact, retrieved = _rankers(graphdef, kmax, budget)
   sums: dict[str, float] = {}
   key = jax.random.PRNGKey(0)
+
+  def add(prefix, top, b):
+    for name, v in jslide.metrics.summarize(top, b.labels, b.mask, ks).items():
+      sums[prefix + name] = sums.get(prefix + name, 0.0) + float(v)
+
   for i, b in enumerate(D.batches(data, batch_size, max_features=max_features,
                                   max_labels=max_labels, shuffle=False)):
-    _, top = exact(state, b.feat_ids, b.feat_vals)
-    for name, v in jslide.metrics.summarize(top, b.labels, b.mask, ks).items():
-      sums[name] = sums.get(name, 0.0) + float(v)
+    add("", exact(state, b.feat_ids, b.feat_vals)[1], b)
     if with_lsh:
-      _, top = retrieved(state, b.feat_ids, b.feat_vals, jax.random.fold_in(key, i))
-      for name, v in jslide.metrics.summarize(top, b.labels, b.mask, ks).items():
-        sums["lsh_" + name] = sums.get("lsh_" + name, 0.0) + float(v)
+      add("lsh_", retrieved(state, b.feat_ids, b.feat_vals, jax.random.fold_in(key, i))[1], b)
   return {name: v / len(data) for name, v in sums.items()}
 
 
