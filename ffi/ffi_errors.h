@@ -13,6 +13,7 @@ using F32 = xla::ffi::Buffer<xla::ffi::F32>;
 using S32 = xla::ffi::Buffer<xla::ffi::S32>;
 using U32 = xla::ffi::Buffer<xla::ffi::U32>;
 using F32Out = xla::ffi::ResultBuffer<xla::ffi::F32>;
+using S32Out = xla::ffi::ResultBuffer<xla::ffi::S32>;
 
 inline std::string Dims(xla::ffi::Span<const int64_t> dims) {
   std::string s = "[";

@@ -122,13 +122,6 @@ ffi::Error ScatterOuterImpl(ffi::ThreadPool pool, S32 ids, F32 coef, F32 vecs, F
   return ffi::Error::Success();
 }
 
-// With input_output_aliases and donated inputs the result buffer is the input buffer; if XLA
-// gave a distinct one, start it from the input so the update is still correct.
-void StartFrom(const F32& in, F32Out& out) {
-  if (out->untyped_data() != in.untyped_data())
-    std::memcpy(out->untyped_data(), in.untyped_data(), in.size_bytes());
-}
-
 // Splits table rows into ranges, one per worker, each owning the rows it updates.
 template <typename Fn>
 void ForRowRanges(ffi::ThreadPool& pool, int64_t n, int64_t work, Fn&& fn) {
@@ -139,34 +132,106 @@ void ForRowRanges(ffi::ThreadPool& pool, int64_t n, int64_t work, Fn&& fn) {
   });
 }
 
-ffi::Error SparseAdamImpl(ffi::ThreadPool pool, F32 w, F32 m, F32 v, S32 ids, F32 coef,
-                          F32 vecs, F32 hyper, float b1, float b2, float eps, F32Out w_out,
-                          F32Out m_out, F32Out v_out) {
-  const std::string k = "jslide_sparse_adam";
+// Shapes of Adam's moments (those of the table w) and, with catch-up, of `last` ([N]) and
+// its values (the step each row was last updated at: in [0, max_last]).
+ffi::Error CheckAdamState(const std::string& k, const F32& w, const F32& m, const F32& v,
+                          const S32* last, int64_t max_last) {
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
   const int64_t n = w.dimensions()[0], d = w.dimensions()[1];
   for (const F32* s : {&m, &v})
     if (s->dimensions().size() != 2 || s->dimensions()[0] != n || s->dimensions()[1] != d)
       return Invalid(k, "Adam moments must have the table's shape " + Dims(w.dimensions()) +
                             ", got " + Dims(s->dimensions()));
-  if (hyper.element_count() != 3)
-    return Invalid(k, "hyper must hold [learning_rate, 1 - b1^t, 1 - b2^t]");
+  if (last == nullptr) return ffi::Error::Success();
+  if (last->dimensions().size() != 1 || last->dimensions()[0] != n)
+    return Invalid(k, "last must have shape [" + std::to_string(n) + "], got " +
+                          Dims(last->dimensions()));
+  const int32_t* l = last->typed_data();
+  for (int64_t i = 0; i < n; ++i)
+    if (l[i] < 0 || l[i] > max_last)
+      return Invalid(k, "last[" + std::to_string(i) + "] = " + std::to_string(l[i]) +
+                            " must lie in [0, " + std::to_string(max_last) +
+                            "] (the steps already taken)");
+  return ffi::Error::Success();
+}
+
+// Learning rate, bias corrections and step from `hyper` = [lr, 1 - b1^t, 1 - b2^t, t].
+ffi::Error ReadAdamHyper(const std::string& k, const F32& hyper, float b1, float b2, float eps,
+                         AdamHyper* h) {
+  if (hyper.element_count() != 4)
+    return Invalid(k, "hyper must hold [learning_rate, 1 - b1^t, 1 - b2^t, t]");
+  JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "hyper", hyper));
+  const float* hp = hyper.typed_data();
+  if (!(hp[1] > 0.0f) || !(hp[2] > 0.0f) || !(hp[3] >= 1.0f) || hp[3] > 2147483647.0f)
+    return Invalid(k, "bias corrections 1 - b^t must be positive and the step t >= 1");
+  *h = AdamHyper{hp[0], b1, b2, eps, hp[1], hp[2], static_cast<int64_t>(hp[3])};
+  return ffi::Error::Success();
+}
+
+// With input_output_aliases and donated inputs the result buffer is the input buffer; if XLA
+// gave a distinct one, start it from the input so the update is still correct.
+template <typename In, typename Out>
+void StartFrom(const In& in, Out& out) {
+  if (out->untyped_data() != in.untyped_data())
+    std::memcpy(out->untyped_data(), in.untyped_data(), in.size_bytes());
+}
+
+// Lazy Adam (last == nullptr) or Adam with catch-up (last: [N] steps of last update).
+ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, F32 w, F32 m, F32 v,
+                      const S32* last, S32 ids, F32 coef, F32 vecs, F32 hyper, float b1,
+                      float b2, float eps, F32Out w_out, F32Out m_out, F32Out v_out,
+                      int32_t* last_out) {
+  AdamHyper h;
+  JSLIDE_RETURN_IF_ERROR(ReadAdamHyper(k, hyper, b1, b2, eps, &h));
+  JSLIDE_RETURN_IF_ERROR(CheckAdamState(k, w, m, v, last, h.step - 1));
+  const int64_t n = w.dimensions()[0], d = w.dimensions()[1];
   JSLIDE_RETURN_IF_ERROR(CheckFactored(k, ids, coef, vecs, n, d));
   JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "coef", coef));
   JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "vecs", vecs));
-  JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "hyper", hyper));
-  const float* hp = hyper.typed_data();
-  if (!(hp[1] > 0.0f) || !(hp[2] > 0.0f))
-    return Invalid(k, "bias corrections 1 - b^t must be positive (is the step count >= 1?)");
   StartFrom(w, w_out);
   StartFrom(m, m_out);
   StartFrom(v, v_out);
-  const AdamHyper h{hp[0], b1, b2, eps, hp[1], hp[2]};
+  if (last != nullptr && last_out != last->typed_data())
+    std::memcpy(last_out, last->typed_data(), last->size_bytes());
   const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
   ForRowRanges(pool, n, r * a, [&](int64_t begin, int64_t end, RowScratch& scratch) {
     SparseAdamRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, d,
-                   w_out->typed_data(), m_out->typed_data(), v_out->typed_data(), h, begin,
-                   end, scratch);
+                   w_out->typed_data(), m_out->typed_data(), v_out->typed_data(), last_out, h,
+                   begin, end, scratch);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error SparseAdamImpl(ffi::ThreadPool pool, F32 w, F32 m, F32 v, S32 ids, F32 coef,
+                          F32 vecs, F32 hyper, float b1, float b2, float eps, F32Out w_out,
+                          F32Out m_out, F32Out v_out) {
+  return SparseAdam("jslide_sparse_adam", pool, w, m, v, nullptr, ids, coef, vecs, hyper, b1,
+                    b2, eps, w_out, m_out, v_out, nullptr);
+}
+
+ffi::Error SparseAdamCatchUpImpl(ffi::ThreadPool pool, F32 w, F32 m, F32 v, S32 last, S32 ids,
+                                 F32 coef, F32 vecs, F32 hyper, float b1, float b2, float eps,
+                                 F32Out w_out, F32Out m_out, F32Out v_out, S32Out last_out) {
+  return SparseAdam("jslide_sparse_adam_catch_up", pool, w, m, v, &last, ids, coef, vecs, hyper,
+                    b1, b2, eps, w_out, m_out, v_out, last_out->typed_data());
+}
+
+// Every row brought up to step t (dense Adam's zero-gradient steps since its last update).
+ffi::Error AdamCatchUpImpl(ffi::ThreadPool pool, F32 w, F32 m, F32 v, S32 last, F32 hyper,
+                           float b1, float b2, float eps, F32Out w_out, F32Out m_out,
+                           F32Out v_out, S32Out last_out) {
+  const std::string k = "jslide_adam_catch_up";
+  AdamHyper h;
+  JSLIDE_RETURN_IF_ERROR(ReadAdamHyper(k, hyper, b1, b2, eps, &h));
+  JSLIDE_RETURN_IF_ERROR(CheckAdamState(k, w, m, v, &last, h.step));
+  const int64_t n = w.dimensions()[0], d = w.dimensions()[1];
+  StartFrom(w, w_out);
+  StartFrom(m, m_out);
+  StartFrom(v, v_out);
+  StartFrom(last, last_out);
+  ParallelFor(pool, n, 1024, [&](int64_t begin, int64_t end) {
+    AdamCatchUpRows(w_out->typed_data(), m_out->typed_data(), v_out->typed_data(),
+                    last_out->typed_data(), d, h, begin, end);
   });
   return ffi::Error::Success();
 }
@@ -244,6 +309,43 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseAdam, jslide::SparseAdamImpl,
                                   .Ret<jslide::F32>()  // v
 );
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseAdamCatchUp, jslide::SparseAdamCatchUpImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::F32>()  // w
+                                  .Arg<jslide::F32>()  // m
+                                  .Arg<jslide::F32>()  // v
+                                  .Arg<jslide::S32>()  // last
+                                  .Arg<jslide::S32>()  // ids
+                                  .Arg<jslide::F32>()  // coef
+                                  .Arg<jslide::F32>()  // vecs
+                                  .Arg<jslide::F32>()  // hyper
+                                  .Attr<float>("b1")
+                                  .Attr<float>("b2")
+                                  .Attr<float>("eps")
+                                  .Ret<jslide::F32>()  // w
+                                  .Ret<jslide::F32>()  // m
+                                  .Ret<jslide::F32>()  // v
+                                  .Ret<jslide::S32>()  // last
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideAdamCatchUp, jslide::AdamCatchUpImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::F32>()  // w
+                                  .Arg<jslide::F32>()  // m
+                                  .Arg<jslide::F32>()  // v
+                                  .Arg<jslide::S32>()  // last
+                                  .Arg<jslide::F32>()  // hyper
+                                  .Attr<float>("b1")
+                                  .Attr<float>("b2")
+                                  .Attr<float>("eps")
+                                  .Ret<jslide::F32>()  // w
+                                  .Ret<jslide::F32>()  // m
+                                  .Ret<jslide::F32>()  // v
+                                  .Ret<jslide::S32>()  // last
+);
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseSgd, jslide::SparseSgdImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -271,6 +373,8 @@ NB_MODULE(_jslide_ffi, m) {
     d["jslide_gather_weighted_sum"] = EncapsulateFfiHandler(JslideGatherWeightedSum);
     d["jslide_scatter_outer"] = EncapsulateFfiHandler(JslideScatterOuter);
     d["jslide_sparse_adam"] = EncapsulateFfiHandler(JslideSparseAdam);
+    d["jslide_sparse_adam_catch_up"] = EncapsulateFfiHandler(JslideSparseAdamCatchUp);
+    d["jslide_adam_catch_up"] = EncapsulateFfiHandler(JslideAdamCatchUp);
     d["jslide_sparse_sgd"] = EncapsulateFfiHandler(JslideSparseSgd);
     for (const auto& [name, handler] : jslide::LshHandlers()) d[name] = EncapsulateFfiHandler(handler);
     return d;

@@ -143,10 +143,49 @@ void ScatterOuterRows(const int32_t* ids, const float* coef, const float* vecs, 
   }
 }
 
+AdamCatchUp AdamCatchUpFactors(const AdamHyper& h, int64_t s, int64_t k) {
+  if (k <= 0) return {0.0f, 1.0f, 1.0f};
+  const double b1 = h.b1, b2 = h.b2, ratio = b1 / std::sqrt(b2);
+  double p1 = std::pow(b1, static_cast<double>(s)), p2 = std::pow(b2, static_cast<double>(s));
+  double ri = 1.0, sum = 0.0;
+  const int64_t exact = std::min<int64_t>(k, 64);
+  for (int64_t i = 1; i <= exact; ++i) {
+    p1 *= b1;
+    p2 *= b2;
+    ri *= ratio;
+    sum += ri * std::sqrt(1.0 - p2) / (1.0 - p1);
+  }
+  if (k > exact) {
+    const double rest = static_cast<double>(k - exact);
+    const double geometric = ratio == 1.0 ? rest
+                                          : ratio * (1.0 - std::pow(ratio, rest)) / (1.0 - ratio);
+    sum += ri * geometric * std::sqrt(1.0 - p2 * b2) / (1.0 - p1 * b1);
+  }
+  const double kd = static_cast<double>(k);
+  return {static_cast<float>(h.lr * sum), static_cast<float>(std::pow(b1, kd)),
+          static_cast<float>(std::pow(b2, kd))};
+}
+
+namespace {
+
+JSLIDE_CLONES
+void CatchUpRow(float* __restrict w, float* __restrict m, float* __restrict v, int64_t d,
+                const AdamCatchUp& c, float eps) {
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) {
+    w[k] -= c.scale * m[k] / (std::sqrt(v[k]) + eps);
+    m[k] *= c.decay1;
+    v[k] *= c.decay2;
+  }
+}
+
+}  // namespace
+
 JSLIDE_CLONES
 void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                    int64_t a, int64_t d, float* w, float* m, float* v, const AdamHyper& h,
-                    int64_t row_begin, int64_t row_end, RowScratch& scratch) {
+                    int64_t a, int64_t d, float* w, float* m, float* v, int32_t* last,
+                    const AdamHyper& h, int64_t row_begin, int64_t row_end,
+                    RowScratch& scratch) {
   const float lr = h.lr, b1 = h.b1, b2 = h.b2, eps = h.eps;
   const float inv_bc1 = 1.0f / h.bias_correction1, inv_bc2 = 1.0f / h.bias_correction2;
   ForEachSummedRow(ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
@@ -154,6 +193,13 @@ void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs, in
                      float* __restrict wr = w + row * d;
                      float* __restrict mr = m + row * d;
                      float* __restrict vr = v + row * d;
+                     if (last != nullptr) {
+                       const int64_t s = last[row];
+                       // s == 0: never updated, so m = v = 0 and dense Adam left it alone.
+                       if (s > 0 && h.step - 1 > s)
+                         CatchUpRow(wr, mr, vr, d, AdamCatchUpFactors(h, s, h.step - 1 - s), eps);
+                       last[row] = static_cast<int32_t>(h.step);
+                     }
 #pragma omp simd
                      for (int64_t k = 0; k < d; ++k) {
                        const float mk = b1 * mr[k] + (1.0f - b1) * g[k];
@@ -163,6 +209,17 @@ void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs, in
                        wr[k] -= lr * (mk * inv_bc1) / (std::sqrt(vk * inv_bc2) + eps);
                      }
                    });
+}
+
+void AdamCatchUpRows(float* w, float* m, float* v, int32_t* last, int64_t d,
+                     const AdamHyper& h, int64_t row_begin, int64_t row_end) {
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t s = last[row];
+    if (s > 0 && h.step > s)
+      CatchUpRow(w + row * d, m + row * d, v + row * d, d, AdamCatchUpFactors(h, s, h.step - s),
+                 h.eps);
+    last[row] = static_cast<int32_t>(h.step);
+  }
 }
 
 JSLIDE_CLONES

@@ -32,7 +32,21 @@ void ScatterOuterRows(const int32_t* ids, const float* coef, const float* vecs, 
 struct AdamHyper {
   float lr, b1, b2, eps;
   float bias_correction1, bias_correction2;  // 1 - b1^t, 1 - b2^t
+  int64_t step;                              // t (1, 2, ...): used by the catch-up only
 };
+
+// What dense Adam does to a row during k steps in which its gradient is 0, after step s:
+// m *= b1^k, v *= b2^k, and w -= lr * sum_{i=1..k} (b1^i m / (1 - b1^(s+i))) /
+// (sqrt(b2^i v / (1 - b2^(s+i))) + eps). With r = b1 / sqrt(b2) that sum is
+// m / sqrt(v) * sum_i r^i sqrt(1 - b2^(s+i)) / (1 - b1^(s+i)), one scalar per row; eps is
+// kept as sqrt(v) + eps. The first 64 terms are summed exactly, the rest (weight r^64, about
+// 1e-3 for Adam's defaults) as a geometric tail with the bias corrections frozen.
+struct AdamCatchUp {
+  float scale;   // lr * the sum above
+  float decay1;  // b1^k
+  float decay2;  // b2^k
+};
+AdamCatchUp AdamCatchUpFactors(const AdamHyper& h, int64_t s, int64_t k);
 
 // Scratch space reused across the rows one worker updates (no allocation per row).
 struct RowScratch {
@@ -43,10 +57,18 @@ struct RowScratch {
 
 // Lazy Adam on the rows in [row_begin, row_end) that occur in ids: each such row's gradient
 // is summed over its occurrences, then its moments and weights are updated in place.
-// Rows that do not occur are not read or written.
+// Rows that do not occur are not read or written. With `last` (the step each row was last
+// updated at, 0 for never; else null) a row first catches up on the steps since then as
+// dense Adam would have taken them (AdamCatchUpFactors), and last[row] becomes h.step.
 void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                    int64_t a, int64_t d, float* w, float* m, float* v, const AdamHyper& h,
-                    int64_t row_begin, int64_t row_end, RowScratch& scratch);
+                    int64_t a, int64_t d, float* w, float* m, float* v, int32_t* last,
+                    const AdamHyper& h, int64_t row_begin, int64_t row_end,
+                    RowScratch& scratch);
+
+// Brings every row in [row_begin, row_end) up to step h.step (dense Adam's zero-gradient
+// steps since last[row]), and sets last[row] = h.step.
+void AdamCatchUpRows(float* w, float* m, float* v, int32_t* last, int64_t d,
+                     const AdamHyper& h, int64_t row_begin, int64_t row_end);
 
 // w[n] -= lr * (summed gradient of row n), for the rows in [row_begin, row_end) that occur.
 void SparseSgdRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,

@@ -98,32 +98,97 @@ def _check_table_state(fn, w, *states):
   return w, out
 
 
+def _adam_hyper(learning_rate, bias_correction1, bias_correction2, step):
+  """f32[4] = [lr, 1 - b1^t, 1 - b2^t, t]: traced scalars, so schedules do not recompile."""
+  return jnp.stack([jnp.asarray(learning_rate, jnp.float32),
+                    jnp.asarray(bias_correction1, jnp.float32),
+                    jnp.asarray(bias_correction2, jnp.float32),
+                    jnp.asarray(step, jnp.float32)])
+
+
+def _check_last(fn, last, num_rows):
+  last = jnp.asarray(last)
+  if last.dtype != jnp.int32:
+    raise TypeError(f"{fn}: last must be int32, got {last.dtype}")
+  if last.shape != (num_rows,):
+    raise ValueError(f"{fn}: last shape {last.shape} must be ({num_rows},), one step per row")
+  return last
+
+
 def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction1,
-                     bias_correction2, b1: float, b2: float, eps: float):
-  """Lazy Adam on the rows of ``w`` that occur in ``ids``, in place when w, m, v are donated.
+                     bias_correction2, b1: float, b2: float, eps: float, last=None,
+                     step=None):
+  """Adam on the rows of ``w`` that occur in ``ids``, in place when w, m, v (, last) are donated.
 
   For every row n occurring in ids, with g the summed gradient of that row:
   ``m[n] = b1 m[n] + (1 - b1) g``, ``v[n] = b2 v[n] + (1 - b2) g**2``,
   ``w[n] -= learning_rate * (m[n] / bias_correction1) / (sqrt(v[n] / bias_correction2) + eps)``.
-  Rows that do not occur are left as they are. The learning rate and bias corrections are
-  traced scalars (schedules do not recompile); b1, b2 and eps are static.
+  Rows that do not occur are left as they are (lazy Adam). The learning rate and bias
+  corrections are traced scalars (schedules do not recompile); b1, b2 and eps are static.
+
+  With ``last`` (int32[N], the step each row was last updated at, 0 for never) and ``step``
+  (this update's step t >= 1), each occurring row first catches up on the steps
+  ``last[n] + 1 .. t - 1`` as dense Adam would have taken them with a zero gradient
+  (moments decay, weights keep moving along the momentum; see :func:`adam_catch_up_rows`),
+  and ``last[n]`` becomes t. Together with a final :func:`adam_catch_up_rows` this equals
+  dense ``optax.adam`` on the same (row-sparse) gradients at the cost of the touched rows.
 
   Args:
     w, m, v: f32[N, D] table and Adam moments. ids, coef: [R, A]; vecs: f32[R, D].
+    last: int32[N] or None. step: int scalar, required with ``last``.
   Returns:
-    (w, m, v) updated, aliased to the inputs.
+    (w, m, v), or (w, m, v, last) with ``last``, aliased to the inputs.
   """
   fn = "sparse_adam_rows"
   w, (m, v) = _check_table_state(fn, w, ("m", m), ("v", v))
   ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], w.shape[1])
-  hyper = jnp.stack([jnp.asarray(learning_rate, jnp.float32),
-                     jnp.asarray(bias_correction1, jnp.float32),
-                     jnp.asarray(bias_correction2, jnp.float32)])
+  attrs = dict(b1=np.float32(b1), b2=np.float32(b2), eps=np.float32(eps))
+  shape = jax.ShapeDtypeStruct(w.shape, jnp.float32)
+  if last is None:
+    hyper = _adam_hyper(learning_rate, bias_correction1, bias_correction2, 1)
+    return jax.ffi.ffi_call(
+        "jslide_sparse_adam", (shape, shape, shape), vmap_method="sequential",
+        input_output_aliases={0: 0, 1: 1, 2: 2})(w, m, v, ids, coef, vecs, hyper, **attrs)
+  if step is None:
+    raise ValueError(f"{fn}: step (this update's step count, >= 1) is required with last")
+  last = _check_last(fn, last, w.shape[0])
+  hyper = _adam_hyper(learning_rate, bias_correction1, bias_correction2, step)
+  return jax.ffi.ffi_call(
+      "jslide_sparse_adam_catch_up",
+      (shape, shape, shape, jax.ShapeDtypeStruct(last.shape, jnp.int32)),
+      vmap_method="sequential", input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},
+  )(w, m, v, last, ids, coef, vecs, hyper, **attrs)
+
+
+def adam_catch_up_rows(w, m, v, last, *, step, learning_rate, b1: float, b2: float,
+                       eps: float):
+  """Every row brought up to ``step``: what dense Adam did to it since ``last[n]``.
+
+  A row last updated at step s (``last[n]``, 0 for never) had a zero gradient for the
+  ``step - s`` steps since, so dense Adam decayed its moments (``m *= b1**k``,
+  ``v *= b2**k``) and kept moving its weights along them:
+  ``w -= lr * sum_i (b1**i m / (1 - b1**(s+i))) / (sqrt(b2**i v / (1 - b2**(s+i))) + eps)``.
+  This computes that sum with one scalar per row (exact except that eps is kept as
+  ``sqrt(v) + eps`` and terms beyond the 64th, weight (b1/sqrt(b2))**64 ~ 1e-3 with Adam's
+  defaults, use frozen bias corrections) and sets ``last[n] = step``. O(N D): call it before
+  evaluating or exporting weights trained with catch-up, not every step.
+
+  Args:
+    w, m, v: f32[N, D]. last: int32[N] in [0, step]. step: int scalar >= 1.
+  Returns:
+    (w, m, v, last), aliased to the inputs.
+  """
+  fn = "adam_catch_up_rows"
+  w, (m, v) = _check_table_state(fn, w, ("m", m), ("v", v))
+  last = _check_last(fn, last, w.shape[0])
+  step = jnp.asarray(step)
+  hyper = _adam_hyper(learning_rate, 1 - jnp.float32(b1) ** step, 1 - jnp.float32(b2) ** step,
+                      step)
   shape = jax.ShapeDtypeStruct(w.shape, jnp.float32)
   return jax.ffi.ffi_call(
-      "jslide_sparse_adam", (shape, shape, shape), vmap_method="sequential",
-      input_output_aliases={0: 0, 1: 1, 2: 2},
-  )(w, m, v, ids, coef, vecs, hyper, b1=np.float32(b1), b2=np.float32(b2), eps=np.float32(eps))
+      "jslide_adam_catch_up", (shape, shape, shape, jax.ShapeDtypeStruct(last.shape, jnp.int32)),
+      vmap_method="sequential", input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},
+  )(w, m, v, last, hyper, b1=np.float32(b1), b2=np.float32(b2), eps=np.float32(eps))
 
 
 def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate):

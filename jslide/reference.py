@@ -57,5 +57,29 @@ def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction
   return (jnp.where(hit, w - step, w), jnp.where(hit, m_new, m), jnp.where(hit, v_new, v))
 
 
+def adam_catch_up_rows(w, m, v, last, *, step, learning_rate, b1, b2, eps):
+  """Dense Adam's zero-gradient steps ``last[n] + 1 .. step`` on every row, one at a time."""
+  w, m, v = w, m, v
+  for t in range(1, int(step) + 1):
+    missed = ((last < t) & (last > 0))[:, None]
+    m2, v2 = b1 * m, b2 * v
+    upd = learning_rate * (m2 / (1 - b1**t)) / (jnp.sqrt(v2 / (1 - b2**t)) + eps)
+    w, m, v = jnp.where(missed, w - upd, w), jnp.where(missed, m2, m), jnp.where(missed, v2, v)
+  return w, m, v, jnp.full_like(last, step)
+
+
+def sparse_adam_catch_up_rows(w, m, v, last, ids, coef, vecs, *, step, learning_rate, b1,
+                              b2, eps):
+  """Catch-up to step - 1 on the rows that occur, then a lazy Adam step at ``step``."""
+  hit = touched_rows(ids, w.shape[0])
+  cw, cm, cv, _ = adam_catch_up_rows(w, m, v, last, step=step - 1, learning_rate=learning_rate,
+                                     b1=b1, b2=b2, eps=eps)
+  w, m, v = (jnp.where(hit[:, None], c, x) for c, x in ((cw, w), (cm, m), (cv, v)))
+  w, m, v = sparse_adam_rows(w, m, v, ids, coef, vecs, learning_rate=learning_rate,
+                             bias_correction1=1 - b1**step, bias_correction2=1 - b2**step,
+                             b1=b1, b2=b2, eps=eps)
+  return w, m, v, jnp.where(hit, step, last)
+
+
 def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate):
   return w - learning_rate * scatter_outer(ids, coef, vecs, w.shape[0])

@@ -114,6 +114,72 @@ def test_sparse_adam_rows_matches_lazy_adam_reference(rng, lr):
     np.testing.assert_array_equal(np.asarray(got[1])[untouched], np.asarray(m)[untouched])
 
 
+def _adam_state(rng, n, d, step):
+  """Moments and last-update steps as training leaves them: never-updated rows (last 0) have
+  zero moments; some rows idle for over 64 steps (the catch-up's tail)."""
+  m, v = normal(rng, n, d, scale=0.1), jnp.abs(normal(rng, n, d, scale=0.1)) + 1e-4
+  last = rng.integers(0, step, size=n).astype(np.int32)
+  last[: max(n // 4, 1)] = 0
+  never = jnp.asarray(last == 0)[:, None]
+  return jnp.where(never, 0.0, m), jnp.where(never, 0.0, v), jnp.asarray(last)
+
+
+@given(st.integers(1, 30), st.integers(1, 9), st.integers(2, 200), st.integers(0, 2**31 - 1))
+def test_adam_catch_up_rows_matches_dense_adam_steps(n, d, step, seed):
+  rng = np.random.default_rng(seed)
+  w = normal(rng, n, d)
+  m, v, last = _adam_state(rng, n, d, step)
+  hyper = dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8)
+  got = kernels.adam_catch_up_rows(w, m, v, last, step=step, **hyper)
+  want = ref.adam_catch_up_rows(w, m, v, last, step=step, **hyper)
+  for g_, w_ in zip(got, want):
+    assert_close(g_, w_, rtol=1e-4, atol=1e-5)
+  assert np.all(np.asarray(got[3]) == step)
+
+
+@pytest.mark.parametrize("step", [2, 70, 500])
+def test_sparse_adam_rows_with_catch_up_matches_reference(rng, step):
+  r, a, n, d = 6, 5, 30, 7
+  w = normal(rng, n, d)
+  m, v, last = _adam_state(rng, n, d, step - 1)
+  ids, coef, vecs = random_ids(rng, n, (r, a)), normal(rng, r, a), normal(rng, r, d)
+  hyper = dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8)
+  got = kernels.sparse_adam_rows(w, m, v, ids, coef, vecs, bias_correction1=1 - 0.9**step,
+                                 bias_correction2=1 - 0.999**step, last=last, step=step,
+                                 **hyper)
+  want = ref.sparse_adam_catch_up_rows(w, m, v, last, ids, coef, vecs, step=step, **hyper)
+  for g_, w_ in zip(got, want):
+    assert_close(g_, w_, rtol=1e-4, atol=1e-5)
+  untouched = ~np.asarray(ref.touched_rows(ids, n))
+  np.testing.assert_array_equal(np.asarray(got[0])[untouched], np.asarray(w)[untouched])
+  np.testing.assert_array_equal(np.asarray(got[3])[untouched], np.asarray(last)[untouched])
+
+
+def test_catch_up_state_errors(rng):
+  n, d = 5, 3
+  w, m, v = normal(rng, n, d), jnp.zeros((n, d)), jnp.zeros((n, d))
+  ids, coef, vecs = jnp.array([[0, 1]], jnp.int32), normal(rng, 1, 2), normal(rng, 1, d)
+  hyper = dict(learning_rate=0.1, bias_correction1=0.1, bias_correction2=0.1, b1=0.9,
+               b2=0.999, eps=1e-8)
+  with pytest.raises(ValueError, match="step .* is required with last"):
+    kernels.sparse_adam_rows(w, m, v, ids, coef, vecs, last=jnp.zeros(n, jnp.int32), **hyper)
+  with pytest.raises(TypeError, match="last must be int32"):
+    kernels.sparse_adam_rows(w, m, v, ids, coef, vecs, last=jnp.zeros(n), step=1, **hyper)
+  with pytest.raises(ValueError, match=r"last shape \(4,\) must be \(5,\)"):
+    kernels.adam_catch_up_rows(w, m, v, jnp.zeros(4, jnp.int32), step=3, learning_rate=0.1,
+                               b1=0.9, b2=0.999, eps=1e-8)
+  # A `last` ahead of the step is a corrupt state: refused by the kernel, nothing written.
+  f = jax.jit(lambda w, m, v, last: kernels.sparse_adam_rows(
+      w, m, v, ids, coef, vecs, last=last, step=3, **hyper))
+  w_before = np.asarray(w).copy()
+  with pytest.raises(jax.errors.JaxRuntimeError, match=r"last\[2\] = 3 must lie in \[0, 2\]"):
+    jax.block_until_ready(f(w, m, v, jnp.array([0, 1, 3, 0, 0], jnp.int32)))
+  np.testing.assert_array_equal(np.asarray(w), w_before)
+  with pytest.raises(jax.errors.JaxRuntimeError, match="step t >= 1"):
+    jax.block_until_ready(jax.jit(lambda: kernels.sparse_adam_rows(
+        w, m, v, ids, coef, vecs, last=jnp.zeros(n, jnp.int32), step=0, **hyper))())
+
+
 def test_sparse_sgd_rows_matches_reference(rng):
   r, a, n, d = 5, 8, 6, 3
   w = normal(rng, n, d)

@@ -13,7 +13,7 @@ from jslide import datasets as D
 from helpers import assert_close, random_ids
 
 
-FLOOR = 0.15
+FLOOR = 0.25
 
 
 def _dense_loss(model, feat_ids, feat_vals, labels):
@@ -74,6 +74,30 @@ def test_table_and_index_variables_filter_and_labels_are_forced(rng):
     assert set(np.asarray(labels[r])[np.asarray(labels[r]) >= 0]) <= set(np.asarray(ids[r]))
 
 
+def test_batch_negatives_join_every_active_set(rng):
+  n_out, b = 500, 6
+  labels = jnp.asarray(rng.integers(0, n_out, size=(b, 3)), jnp.int32).at[:, 2].set(-1)
+  labels = labels.at[1, 0].set(labels[0, 0])  # a label shared by two examples
+  batch_labels = set(np.asarray(labels).ravel()) - {-1}
+  sample = jslide.nn.sparse_dense.batch_label_sample(labels, 20, jax.random.PRNGKey(3))
+  got = np.asarray(sample)
+  assert got.shape == (20,)
+  assert set(got[got >= 0]) == batch_labels and len(got[got >= 0]) == len(batch_labels)
+  assert np.all(got[len(batch_labels):] == -1)  # padding only at the end
+  few = np.asarray(jslide.nn.sparse_dense.batch_label_sample(labels, 4, jax.random.PRNGKey(3)))
+  assert len(set(few)) == 4 and set(few) <= batch_labels
+
+  layer = jslide.nn.SparseDense(16, n_out, budget=30, num_bits=2, num_tables=4, bin_size=4,
+                                batch_negatives=12, rngs=nnx.Rngs(0))
+  x = jnp.asarray(rng.random((b, 16)), jnp.float32)
+  ids = np.asarray(layer.active_ids(x, labels, key=jax.random.PRNGKey(0)))
+  for r in range(b):
+    assert batch_labels <= set(ids[r])  # own labels and the rest of the batch's
+    assert len(set(ids[r])) == 30
+  with pytest.raises(ValueError, match=r"batch_negatives must be an int in \[0, budget=30\)"):
+    jslide.nn.SparseDense(16, n_out, budget=30, batch_negatives=30, rngs=nnx.Rngs(0))
+
+
 def test_topk_rescoring_and_exact_mode(rng):
   model = _small_model(n_out=50, budget=50)  # candidates cover all: topk must be exact
   h = jnp.asarray(rng.random((3, 16)), jnp.float32)
@@ -122,15 +146,16 @@ def test_training_on_wordnet_reaches_a_precision_floor():
   train = D.wordnet.load("train").normalized()
   test = D.wordnet.load("test").normalized()
   model = jslide.nn.SparseMLP(train.num_features, train.num_labels, hidden=(128,), budget=512,
-                              num_bits=5, num_tables=16, rngs=nnx.Rngs(0))
+                              num_bits=5, num_tables=16, batch_negatives=256,
+                              rngs=nnx.Rngs(0))
   graphdef, state, step = jslide.nn.make_train_step(
-      model, table_tx=jslide.optim.sparse_adam(5e-3), dense_tx=optax.adam(5e-3),
-      schedule=jslide.lsh.RebuildSchedule(40, 1.5, 400))
+      model, table_tx=jslide.optim.sparse_adam(5e-3, catch_up=True),
+      dense_tx=optax.adam(5e-3), schedule=jslide.lsh.RebuildSchedule(40, 1.5, 400))
   for epoch in range(3):
     for i, b in enumerate(D.batches(train, 512, max_features=64, max_labels=6, epoch=epoch)):
       batch = {"feat_ids": b.feat_ids, "feat_vals": b.feat_vals, "labels": b.labels, "mask": b.mask}
       state, m = step(state, batch, jax.random.PRNGKey(epoch * 1000 + i))
-  model = jslide.nn.merge(graphdef, state)
+  model = jslide.nn.merge(graphdef, jslide.nn.catch_up(state))
   top = jax.jit(lambda f, v: jax.lax.top_k(model.output.exact(model.encode(f, v)), 1)[1])
   hits = 0.0
   for b in D.batches(test, 1024, max_features=64, max_labels=6, shuffle=False):
@@ -138,5 +163,6 @@ def test_training_on_wordnet_reaches_a_precision_floor():
                                            ks=(1,))["P@1"])
   p1 = hits / len(test)
   print(f"WordNet test P@1 after 3 epochs: {p1:.3f}")
-  # Predicting the most frequent label scores 0.7%; measured here: 0.232.
+  # Predicting the most frequent label scores 0.7%; measured here: 0.278 (0.232 with lazy
+  # Adam and no batch negatives).
   assert p1 > FLOOR, p1

@@ -65,6 +65,71 @@ def test_sparse_adam_equals_optax_adam_when_every_row_is_hit(rng):
     assert_close(p_s[k], p_d[k], atol=1e-5)
 
 
+def test_catch_up_adam_equals_optax_adam_on_the_same_gradients(rng):
+  """Rows idle for short and long (> 64 step) stretches; a table, a 1-D table and a dense
+  leaf; with jit. After jslide.optim.catch_up the result is optax.adam's on dense grads."""
+  n, d, steps = 40, 4, 150
+  params = {"w": normal(rng, n, d), "b": normal(rng, n), "dense": normal(rng, 3)}
+  sparse, dense = jslide.optim.sparse_adam(1e-2, catch_up=True), optax.adam(1e-2)
+  s_state, d_state = sparse.init(params), dense.init(params)
+
+  @jax.jit
+  def sparse_step(p, s, g):
+    u, s = sparse.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  p_s = p_d = params
+  for t in range(steps):
+    # rows < 10 are hit only at steps 0 and 100: idle for 99 and 49 steps
+    hi = n if t in (0, 100) else n - 10
+    ids = jnp.asarray(rng.integers(n - hi, n, size=(3, 5)), jnp.int32)
+    coef, vecs = normal(rng, 3, 5), normal(rng, 3, d)
+    g_s = {"w": jslide.RowSparseGrad(ids, coef, vecs, n),
+           "b": jslide.RowSparseGrad(ids, coef, jnp.ones(3), n), "dense": normal(rng, 3)}
+    g_d = {k: (v.todense() if isinstance(v, jslide.RowSparseGrad) else v)
+           for k, v in g_s.items()}
+    p_s, s_state = sparse_step(p_s, s_state, g_s)
+    u, d_state = dense.update(g_d, d_state, p_d)
+    p_d = optax.apply_updates(p_d, u)
+  lagging = np.abs(np.asarray(p_s["w"]) - np.asarray(p_d["w"])).max()
+  p_c, c_state = jax.jit(jslide.optim.catch_up)(p_s, s_state)
+  for k in params:
+    assert_close(p_c[k], p_d[k], rtol=1e-4, atol=1e-5)
+  assert_close(c_state.mu["w"], d_state[0].mu["w"], atol=1e-6)
+  assert_close(c_state.nu["w"], d_state[0].nu["w"], atol=1e-7)
+  assert lagging > 1e-3  # without the final catch-up, idle rows lag behind
+  # catching up twice changes nothing; training on from the caught-up state still matches
+  p_c2, _ = jslide.optim.catch_up(p_c, c_state)
+  np.testing.assert_array_equal(np.asarray(p_c2["w"]), np.asarray(p_c["w"]))
+
+
+def test_catch_up_through_partition_and_without_catch_up_state(rng):
+  n, d = 12, 3
+  params = {"table": normal(rng, n, d), "dense": normal(rng, 2)}
+  tx = jslide.optim.partition(jslide.optim.sparse_adam(0.1, catch_up=True), optax.sgd(0.1),
+                              {"table": True, "dense": False})
+  state = tx.init(params)
+  ids = jnp.array([[0, 1]], jnp.int32)
+  for _ in range(3):
+    g = {"table": jslide.RowSparseGrad(ids, jnp.ones((1, 2)), jnp.ones((1, d)), n),
+         "dense": jnp.ones(2)}
+    u, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, u)
+  g = {"table": jslide.RowSparseGrad(jnp.array([[5]], jnp.int32), jnp.ones((1, 1)),
+                                     jnp.ones((1, d)), n), "dense": jnp.ones(2)}
+  u, state = tx.update(g, state, params)
+  params = optax.apply_updates(params, u)
+  caught, state2 = jslide.optim.catch_up(params, state)
+  # rows 0 and 1 keep moving along their momentum for the step they missed; the rest stay
+  assert np.all(np.asarray(caught["table"][:2]) < np.asarray(params["table"][:2]))
+  np.testing.assert_array_equal(np.asarray(caught["table"][2:]), np.asarray(params["table"][2:]))
+  np.testing.assert_array_equal(np.asarray(caught["dense"]), np.asarray(params["dense"]))
+  # a lazy optimizer's state passes through unchanged
+  lazy = jslide.optim.sparse_adam(0.1)
+  same, lazy_state = jslide.optim.catch_up(params, lazy.init(params))
+  assert same is params
+
+
 def test_dense_leaves_follow_optax_adam_with_schedule(rng):
   params = {"a": normal(rng, 4, 3)}
   sched = optax.linear_schedule(0.1, 0.01, 5)

@@ -27,7 +27,7 @@ def small_files(tmp_path_factory):
 
 
 ARCH = ["--hidden", "32", "--budget", "64", "--num-bits", "2", "--num-tables", "4",
-        "--batch-size", "128", "--no-progress", "--rebuild-initial", "3"]
+        "--batch-size", "128", "--no-progress", "--rebuild-initial", "3", "--batch-negatives", "16"]
 
 
 def _final_state(ckpt):
@@ -90,6 +90,9 @@ def test_errors_are_clear_and_exit_2(small_files, tmp_path, capsys):
   other = [a if a != "32" else "48" for a in ARCH]
   assert main(["train", "--train", train, "--epochs", "2", "--ckpt", ckpt, "--resume", *other]) == 2
   assert "another architecture" in capsys.readouterr().err
+  assert main(["train", "--train", train, "--epochs", "2", "--ckpt", ckpt, "--resume",
+               "--lazy-adam", *ARCH]) == 2
+  assert "catch_up=True" in capsys.readouterr().err
   empty = tmp_path / "empty.txt"
   empty.write_text("")
   assert main(["train", "--train", str(empty), *ARCH]) == 2

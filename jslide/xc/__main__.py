@@ -66,11 +66,15 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--strategy", choices=["vanilla", "topk", "threshold"], default=d.strategy)
   t.add_argument("--shared-fill", action="store_true",
                  help="draw the random fill once per batch (shared negatives)")
+  t.add_argument("--batch-negatives", type=int, default=d.batch_negatives,
+                 help="active slots per example for other labels of the batch")
   t.add_argument("--epochs", type=int, default=tc.epochs)
   t.add_argument("--batch-size", type=int, default=tc.batch_size)
   t.add_argument("--lr", type=float, default=tc.learning_rate)
   t.add_argument("--loss", choices=["softmax", "bce"], default=tc.loss)
   t.add_argument("--dense", action="store_true", help="dense output layer baseline")
+  t.add_argument("--lazy-adam", dest="catch_up", action="store_false",
+                 help="lazy Adam for tables (default: catch-up Adam, equal to dense Adam)")
   t.add_argument("--rebuild-initial", type=int, default=tc.rebuild_initial)
   t.add_argument("--rebuild-growth", type=float, default=tc.rebuild_growth)
   t.add_argument("--rebuild-max", type=int, default=tc.rebuild_max)
@@ -102,12 +106,17 @@ def main(argv=None) -> int:
   try:
     if args.command == "train":
       train, test = _load_train_test(args)
-      model_cfg = ModelConfig(train.num_features, train.num_labels, tuple(args.hidden),
-                              args.budget, args.hash_family, args.num_bits, args.num_tables,
-                              args.bin_size, args.strategy, args.shared_fill)
-      cfg = TrainConfig(args.epochs, args.batch_size, args.lr, args.loss, args.dense,
-                        args.rebuild_initial, args.rebuild_growth, args.rebuild_max,
-                        args.max_features, args.max_labels, args.seed, args.ckpt_every)
+      model_cfg = ModelConfig(
+          train.num_features, train.num_labels, hidden=tuple(args.hidden), budget=args.budget,
+          hash_family=args.hash_family, num_bits=args.num_bits, num_tables=args.num_tables,
+          bin_size=args.bin_size, strategy=args.strategy, shared_fill=args.shared_fill,
+          batch_negatives=args.batch_negatives)
+      cfg = TrainConfig(
+          epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss,
+          dense=args.dense, catch_up=args.catch_up, rebuild_initial=args.rebuild_initial,
+          rebuild_growth=args.rebuild_growth, rebuild_max=args.rebuild_max,
+          max_features=args.max_features, max_labels=args.max_labels, seed=args.seed,
+          checkpoint_every=args.ckpt_every)
       print(f"data: {train.stats()}")
       print(f"model: {model_cfg}{' (dense output layer)' if args.dense else ''}")
       trainer.train(train, test, model_cfg, cfg, checkpoint_dir=args.ckpt, resume=args.resume,

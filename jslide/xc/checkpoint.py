@@ -35,8 +35,10 @@ def read_meta(directory: str) -> dict:
   return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
 
-def restore(directory: str, state_like, config: ModelConfig, dense: bool):
-  """(state, meta) of the latest checkpoint, after checking it was made by this architecture."""
+def restore(directory: str, state_like, config: ModelConfig, dense: bool,
+            catch_up: bool = False):
+  """(state, meta) of the latest checkpoint, after checking it was made by this architecture
+  and optimizer."""
   mgr = manager(directory)
   step = mgr.latest_step()
   if step is None:
@@ -48,6 +50,9 @@ def restore(directory: str, state_like, config: ModelConfig, dense: bool):
                           f"  saved:     {saved}\n  requested: {config}")
   if bool(meta.get("dense")) != dense:
     raise CheckpointError(f"{directory}: checkpoint was trained with dense={meta.get('dense')}")
+  if not dense and bool(meta.get("catch_up", False)) != catch_up:
+    raise CheckpointError(f"{directory}: checkpoint was trained with "
+                          f"catch_up={meta.get('catch_up', False)} (its optimizer state differs)")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
   restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   return restored.state, meta

@@ -23,20 +23,22 @@ class ModelConfig:
   bin_size: int = 8
   strategy: str = "vanilla"
   shared_fill: bool = False
+  batch_negatives: int = 0
 
   def build(self, seed: int) -> jslide.nn.SparseMLP:
     return jslide.nn.SparseMLP(
         self.num_features, self.num_labels, hidden=self.hidden, budget=self.budget,
         hash_family=self.hash_family, num_bits=self.num_bits, num_tables=self.num_tables,
         bin_size=self.bin_size, strategy=self.strategy, shared_fill=self.shared_fill,
-        rngs=nnx.Rngs(seed))
+        batch_negatives=self.batch_negatives, rngs=nnx.Rngs(seed))
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_json(cls, d: dict) -> "ModelConfig":
-    return cls(**{"shared_fill": False, **d, "hidden": tuple(d["hidden"])})
+    return cls(**{"shared_fill": False, "batch_negatives": 0, **d,
+                  "hidden": tuple(d["hidden"])})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,7 @@ class TrainConfig:
   learning_rate: float = 5e-3
   loss: str = "softmax"
   dense: bool = False
+  catch_up: bool = True  # sparse_adam(catch_up=...): rows keep pace with dense Adam
   rebuild_initial: int = 50
   rebuild_growth: float = 1.3
   rebuild_max: int = 2000

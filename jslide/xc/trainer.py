@@ -30,7 +30,7 @@ def _make_step(model, cfg: TrainConfig):
   if cfg.dense:
     return jslide.nn.make_dense_train_step(model, tx=optax.adam(cfg.learning_rate))
   return jslide.nn.make_train_step(
-      model, table_tx=jslide.optim.sparse_adam(cfg.learning_rate),
+      model, table_tx=jslide.optim.sparse_adam(cfg.learning_rate, catch_up=cfg.catch_up),
       dense_tx=optax.adam(cfg.learning_rate), loss=cfg.loss,
       schedule=jslide.lsh.RebuildSchedule(cfg.rebuild_initial, cfg.rebuild_growth,
                                           cfg.rebuild_max))
@@ -90,14 +90,15 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   if resume:
     if not checkpoint_dir:
       raise ValueError("train: resume needs a checkpoint directory")
-    state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense)
+    state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense, cfg.catch_up)
     epoch, start_batch = meta["epoch"], meta["next_batch"]
     record["epochs"] = meta.get("epochs", [])
     log(f"resumed from {checkpoint_dir} at step {int(state.step)} (epoch {epoch}, batch "
         f"{start_batch})")
 
   def meta(epoch, next_batch):
-    return {"model": model_cfg.to_json(), "dense": cfg.dense, "epoch": epoch,
+    return {"model": model_cfg.to_json(), "dense": cfg.dense, "catch_up": cfg.catch_up,
+            "epoch": epoch,
             "next_batch": next_batch, "epochs": record["epochs"]}
 
   n_batches = D.num_batches(train_data, cfg.batch_size)
@@ -129,6 +130,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
       if mgr and cfg.checkpoint_every and int(state.step) % cfg.checkpoint_every == 0:
         checkpoint.save(mgr, state, meta(epoch, i + 1))
     bar.close()
+    state = jslide.nn.catch_up(state)  # every row as dense Adam has it, for eval and saving
     seconds = time.perf_counter() - t0
     entry = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "seconds": seconds,
              "examples_per_second": seen / seconds if seconds else 0.0}
@@ -163,8 +165,9 @@ def load_model(checkpoint_dir: str):
   """(graphdef, state, model config, meta) from a checkpoint directory."""
   meta = checkpoint.read_meta(checkpoint_dir)
   model_cfg = ModelConfig.from_json(meta["model"])
-  graphdef, state, _ = _make_step(model_cfg.build(0), TrainConfig(dense=bool(meta["dense"])))
-  state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, bool(meta["dense"]))
+  cfg = TrainConfig(dense=bool(meta["dense"]), catch_up=bool(meta.get("catch_up", False)))
+  graphdef, state, _ = _make_step(model_cfg.build(0), cfg)
+  state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense, cfg.catch_up)
   return graphdef, state, model_cfg, meta
 
 
