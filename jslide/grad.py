@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -22,6 +24,11 @@ def value_and_grad(fun: Callable, argnums: int = 0, *, tables: TableSpec,
   as :class:`jslide.TableRef` handles that only jslide ops accept. Their gradients are
   returned in factored row-sparse form, whose size is independent of the table's row
   count; all other leaves get ordinary dense gradients. No [N, d] array is built.
+
+  Each table gradient depends (through an added zero) on every other gradient, so an
+  in-place update of a table that uses it runs after every read of the tables in ``fun`` and
+  its backward pass; XLA would otherwise copy a whole table each step to protect a read it
+  cannot order before the update.
 
   Limitations: a table must be used outside ``lax.scan``/``vmap``/``cond`` bodies of
   ``fun``, and how ``fun`` uses its tables must depend only on shapes.
@@ -69,6 +76,7 @@ def value_and_grad(fun: Callable, argnums: int = 0, *, tables: TableSpec,
     table_grads = _row_sparse_grads(table_leaves, recorder.entries, saved, tap_grads)
     tables_it, dense_it = iter(table_grads), iter(dense_grads)
     grads = treedef.unflatten([next(tables_it) if m else next(dense_it) for m in mask])
+    grads = _after_every_gradient(grads)
     return ((value, aux), grads) if has_aux else (value, grads)
 
   return wrapped
@@ -83,6 +91,27 @@ def grad(fun: Callable, argnums: int = 0, *, tables: TableSpec, has_aux: bool = 
     return (g, out[1]) if has_aux else g
 
   return wrapped
+
+
+def _after_every_gradient(grads):
+  """grads, each RowSparseGrad's vecs plus a zero computed from every gradient leaf.
+
+  A backward read of a table whose result does not feed that table's own update (the output
+  layer's d/dx feeds the layers below) is not ordered before the update by data, and XLA
+  copies the table (the whole [N, d]) to keep the read safe. ``optimization_barrier`` does
+  not order it; an arithmetic dependency does, at the cost of one element of each gradient.
+  (0 * x is kept by XLA: it is NaN for non-finite x, and the optimizers refuse those.)
+  """
+  floats = [x for x in jax.tree.leaves(grads)
+            if jnp.issubdtype(x.dtype, jnp.floating) and x.size]
+  if not any(isinstance(g, RowSparseGrad)
+             for g in jax.tree.leaves(grads, is_leaf=lambda x: isinstance(x, RowSparseGrad))):
+    return grads
+  zero = 0.0 * sum(x.reshape(-1)[0].astype(jnp.float32) for x in floats)
+  return jax.tree.map(
+      lambda g: dataclasses.replace(g, vecs=g.vecs + zero.astype(g.vecs.dtype))
+      if isinstance(g, RowSparseGrad) else g, grads,
+      is_leaf=lambda x: isinstance(x, RowSparseGrad))
 
 
 def _row_sparse_grads(tables, entries, saved, tap_grads) -> list[RowSparseGrad]:

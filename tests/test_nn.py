@@ -141,6 +141,28 @@ def test_sparse_dense_on_top_of_any_encoder_trains_in_one_step(rng):
                                 np.asarray(trained.head.index.get_value().ids))
 
 
+def test_train_step_updates_tables_in_place_without_copies():
+  """The compiled step of a SparseMLP neither copies its output table nor holds a temporary
+  of its size: the output layer's d/dx reads the table, and the update must wait for it
+  (see jslide.grad) rather than work on a copy."""
+  n_out, d = 100_000, 32
+  model = jslide.nn.SparseMLP(500, n_out, hidden=(d,), budget=64, num_bits=4, num_tables=4,
+                              rngs=nnx.Rngs(0))
+  _, state, step = jslide.nn.make_train_step(
+      model, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True))
+  rng = np.random.default_rng(0)
+  feat_ids, feat_vals, labels = _batch(rng, n_in=500, n_out=n_out, b=8)
+  batch = {"feat_ids": feat_ids, "feat_vals": feat_vals, "labels": labels,
+           "mask": jnp.ones(8, bool)}
+  compiled = step.lower(state, batch, jax.random.PRNGKey(0)).compile()
+  hlo = compiled.as_text()
+  copies = [line for line in hlo.splitlines()
+            if f"f32[{n_out},{d}]" in line and " copy(" in line]
+  assert not copies, copies
+  table_bytes = n_out * d * 4
+  assert compiled.memory_analysis().temp_size_in_bytes < table_bytes / 2
+
+
 def test_training_on_wordnet_reaches_a_precision_floor():
   """3 epochs on the real WordNet training split; P@1 over the 20,472 labels on the test split."""
   train = D.wordnet.load("train").normalized()
