@@ -2,12 +2,14 @@
 
 Architecture (SLIDE's): 135,909 sparse input features (about 75 non-zeros an example) ->
 128 ReLU -> 670,091 outputs; batch 128. jslide: DWTA K=6 (2^18 buckets), L=50, 0.5% of the
-outputs active per example (3,351), labels forced in, index rebuilt on SLIDE's schedule;
-lazy Adam in place. Dense: the same network with every output scored, ``jax.grad`` and
+outputs active per example (3,351), labels forced in, index rebuilt on a schedule (first
+after 50 steps, periods growing 1.1x); catch-up Adam in place (``--lazy-adam``: lazy Adam). Dense: the same network with every output scored, ``jax.grad`` and
 ``optax.adam``, jitted with donation. Data are generated at that shape (power-law labels,
 1 to 5 per example; the real Amazon-670K cannot be downloaded here). Each mode runs in its
-own subprocess so peak resident memory is its own. ``sparse`` draws the random fill of each
-active set per example (SLIDE's padding); ``sparse-shared`` draws it once per batch.
+own subprocess so peak resident memory is its own. The index returns about 125 ids an
+example, so 96% of each active set is random fill: ``--fill-groups 1`` draws it per example
+(SLIDE's padding), ``G`` once per G consecutive examples (shared negatives), which cuts the
+rows the optimizer touches a step from ~400K to ~400K / G.
 
     python benchmarks/amazon_shape.py --json results/amazon_shape.json
 """
@@ -42,7 +44,8 @@ def make_batches(count, seed=0):
   return out
 
 
-def worker(mode: str, seconds: float, shared_fill: bool, rebuild_initial: int) -> dict:
+def worker(mode: str, seconds: float, fill_group: int, rebuild_initial: int,
+           catch_up: bool) -> dict:
   import jax
   import optax
   from flax import nnx
@@ -51,13 +54,14 @@ def worker(mode: str, seconds: float, shared_fill: bool, rebuild_initial: int) -
 
   budget = int(round(0.005 * N_OUT))
   model = jslide.nn.SparseMLP(N_IN, N_OUT, hidden=(HIDDEN,), budget=budget, hash_family="dwta",
-                              num_bits=6, num_tables=50, bin_size=8, shared_fill=shared_fill,
+                              num_bits=6, num_tables=50, bin_size=8, fill_group=fill_group,
                               rngs=nnx.Rngs(0))
   if mode == "dense":
     _, state, step = jslide.nn.make_dense_train_step(model, tx=optax.adam(1e-3))
   else:
     _, state, step = jslide.nn.make_train_step(
-        model, table_tx=jslide.optim.sparse_adam(1e-3), dense_tx=optax.adam(1e-3),
+        model, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=catch_up),
+        dense_tx=optax.adam(1e-3),
         schedule=jslide.lsh.RebuildSchedule(rebuild_initial, 1.1, max(1000, rebuild_initial)))
   del model
   batches = [jax.tree.map(jax.numpy.asarray, b) for b in make_batches(8)]
@@ -80,32 +84,38 @@ def worker(mode: str, seconds: float, shared_fill: bool, rebuild_initial: int) -
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--seconds", type=float, default=60.0, help="timed seconds per mode")
+  p.add_argument("--seconds", type=float, default=60.0, help="timed seconds per run")
   p.add_argument("--rebuild-initial", type=int, default=50,
                  help="first index rebuild after this many steps (then periods grow 1.1x)")
-  p.add_argument("--modes", nargs="+", default=["sparse", "sparse-shared", "dense"],
-                 choices=["sparse", "sparse-shared", "dense"])
+  p.add_argument("--fill-groups", type=int, nargs="*", default=[1, 8, BATCH],
+                 help="jslide runs: examples sharing one random fill (1: SLIDE's per-example)")
+  p.add_argument("--no-dense", dest="dense", action="store_false")
+  p.add_argument("--lazy-adam", action="store_true",
+                 help="lazy Adam for the tables (default: catch-up Adam, equal to dense Adam)")
   p.add_argument("--json")
-  p.add_argument("--worker", choices=["sparse", "sparse-shared", "dense"], help=argparse.SUPPRESS)
+  p.add_argument("--worker", help=argparse.SUPPRESS)  # "dense" or a fill group
   args = p.parse_args()
   if args.worker:
-    mode = "dense" if args.worker == "dense" else "sparse"
-    row = worker(mode, args.seconds, shared_fill=args.worker == "sparse-shared",
-                 rebuild_initial=args.rebuild_initial)
-    row["mode"] = args.worker
+    dense = args.worker == "dense"
+    row = worker("dense" if dense else "sparse", args.seconds,
+                 fill_group=1 if dense else int(args.worker),
+                 rebuild_initial=args.rebuild_initial, catch_up=not args.lazy_adam)
+    row["mode"] = "dense" if dense else f"jslide, fill group {args.worker}"
+    row["fill_group"] = None if dense else int(args.worker)
     print(json.dumps(row))
     return
   rows = []
   print(f"Amazon-670K shape: {N_IN:,} inputs (~{NNZ} non-zeros) -> {HIDDEN} -> {N_OUT:,}, "
         f"batch {BATCH}, {os.cpu_count()} cores")
-  print(f"{'mode':>13} {'examples/s':>11} {'ms/step':>9} {'peak RSS MB':>12} {'rebuilds':>9}")
-  for mode in args.modes:
-    out = subprocess.run([sys.executable, __file__, "--worker", mode, "--seconds",
-                          str(args.seconds), "--rebuild-initial", str(args.rebuild_initial)],
+  print(f"{'mode':>22} {'examples/s':>11} {'ms/step':>9} {'peak RSS MB':>12} {'rebuilds':>9}")
+  for worker_arg in [*map(str, args.fill_groups), *(["dense"] if args.dense else [])]:
+    out = subprocess.run([sys.executable, __file__, "--worker", worker_arg, "--seconds",
+                          str(args.seconds), "--rebuild-initial", str(args.rebuild_initial),
+                          *(["--lazy-adam"] if args.lazy_adam else [])],
                          check=True, capture_output=True, text=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     rows.append(row)
-    print(f"{mode:>13} {row['examples_per_second']:>11.0f} {row['ms_per_step']:>9.1f} "
+    print(f"{row['mode']:>22} {row['examples_per_second']:>11.0f} {row['ms_per_step']:>9.1f} "
           f"{row['peak_rss_mb']:>12.0f} {row['index_rebuilds']:>9}", flush=True)
   dense = [r for r in rows if r["mode"] == "dense"]
   for row in rows:

@@ -166,6 +166,16 @@ AdamCatchUp AdamCatchUpFactors(const AdamHyper& h, int64_t s, int64_t k) {
           static_cast<float>(std::pow(b2, kd))};
 }
 
+const AdamCatchUp& CatchUpCache::Get(const AdamHyper& h, int64_t s, int64_t k) {
+  const int64_t slot = s % kSize;
+  if (!used_[slot] || key_[slot] != s) {
+    used_[slot] = true;
+    key_[slot] = s;
+    value_[slot] = AdamCatchUpFactors(h, s, k);
+  }
+  return value_[slot];
+}
+
 namespace {
 
 JSLIDE_CLONES
@@ -197,7 +207,8 @@ void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs, in
                        const int64_t s = last[row];
                        // s == 0: never updated, so m = v = 0 and dense Adam left it alone.
                        if (s > 0 && h.step - 1 > s)
-                         CatchUpRow(wr, mr, vr, d, AdamCatchUpFactors(h, s, h.step - 1 - s), eps);
+                         CatchUpRow(wr, mr, vr, d, scratch.catch_up.Get(h, s, h.step - 1 - s),
+                                    eps);
                        last[row] = static_cast<int32_t>(h.step);
                      }
 #pragma omp simd
@@ -213,11 +224,11 @@ void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs, in
 
 void AdamCatchUpRows(float* w, float* m, float* v, int32_t* last, int64_t d,
                      const AdamHyper& h, int64_t row_begin, int64_t row_end) {
+  CatchUpCache cache;
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t s = last[row];
     if (s > 0 && h.step > s)
-      CatchUpRow(w + row * d, m + row * d, v + row * d, d, AdamCatchUpFactors(h, s, h.step - s),
-                 h.eps);
+      CatchUpRow(w + row * d, m + row * d, v + row * d, d, cache.Get(h, s, h.step - s), h.eps);
     last[row] = static_cast<int32_t>(h.step);
   }
 }

@@ -48,11 +48,25 @@ struct AdamCatchUp {
 };
 AdamCatchUp AdamCatchUpFactors(const AdamHyper& h, int64_t s, int64_t k);
 
+// AdamCatchUpFactors for one call (fixed hyperparameters and step t), memoized by the last
+// step s: rows updated at the same step share them, and most rows of a call do.
+class CatchUpCache {
+ public:
+  const AdamCatchUp& Get(const AdamHyper& h, int64_t s, int64_t k);
+
+ private:
+  static constexpr int64_t kSize = 512;
+  int64_t key_[kSize];
+  AdamCatchUp value_[kSize];
+  bool used_[kSize] = {};
+};
+
 // Scratch space reused across the rows one worker updates (no allocation per row).
 struct RowScratch {
   std::vector<uint64_t> keys;     // (row id << 32) | flat position in ids
   std::vector<int32_t> counts;    // per-row counts, for the counting sort
   std::vector<float> grad;        // one summed gradient row
+  CatchUpCache catch_up;
 };
 
 // Lazy Adam on the rows in [row_begin, row_end) that occur in ids: each such row's gradient

@@ -264,10 +264,12 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
     sample(0, at, std::min(room - above, at));
   }
 
-  // Fill with uniform random ids not yet chosen, so the softmax always has negatives. With
-  // shared_fill every example draws from the same sequence, so a batch's fill touches about
-  // `budget` distinct rows instead of B * budget (sampled softmax's shared negatives).
-  if (cfg.shared_fill) rng.state = cfg.seed ^ 0x5bd1e9955bd1e995ull;
+  // Fill with uniform random ids not yet chosen, so the softmax always has negatives. The
+  // examples of a fill group draw from the same sequence, so the group's fill touches about
+  // `budget` distinct rows instead of group * budget (sampled softmax's shared negatives).
+  if (cfg.fill_group > 1)
+    rng.state = cfg.seed ^ ((example / static_cast<uint64_t>(cfg.fill_group) + 1) *
+                            0x5bd1e9955bd1e995ull);
   if (filled < budget) {
     if (n <= 4 * budget) {
       // Small tables: a uniform random subset of the ids not chosen yet.

@@ -61,7 +61,7 @@ struct QueryConfig {
   QueryStrategy strategy;
   int64_t threshold;    // for kThreshold
   int64_t max_per_bucket;  // ids read from one bucket at most
-  bool shared_fill;        // random fill drawn once per batch, not per example
+  int64_t fill_group;      // consecutive examples that share one random fill
   uint64_t seed;
 };
 

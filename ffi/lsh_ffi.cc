@@ -121,7 +121,7 @@ ffi::Error BuildIndexImpl(ffi::ThreadPool pool, S32 codes, ffi::ResultBuffer<ffi
 
 ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 force, U32 seed,
                      int64_t budget, int64_t strategy, int64_t threshold,
-                     int64_t max_per_bucket, int64_t shared_fill,
+                     int64_t max_per_bucket, int64_t fill_group,
                      ffi::ResultBuffer<ffi::S32> out) {
   const char* k = "jslide_lsh_query";
   if (codes.dimensions().size() != 2 || offsets.dimensions().size() != 2 ||
@@ -136,13 +136,14 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 
   if (budget < 1) return Invalid(k, "budget must be >= 1");
   if (strategy < 0 || strategy > 2) return Invalid(k, "unknown strategy");
   if (max_per_bucket < 1) return Invalid(k, "max_per_bucket must be >= 1");
+  if (fill_group < 1) return Invalid(k, "fill_group must be >= 1");
   if (out->dimensions().size() != 2 || out->dimensions()[0] != b || out->dimensions()[1] != budget)
     return Invalid(k, "result must be [B, budget]");
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "codes", codes.typed_data(), codes.element_count(), 0, num_buckets));
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "force_ids", force.typed_data(), force.element_count(), -1, n));
   const uint32_t* sp = seed.typed_data();
   const QueryConfig cfg{n, l, num_buckets, budget, static_cast<QueryStrategy>(strategy),
-                        threshold, max_per_bucket, shared_fill != 0,
+                        threshold, max_per_bucket, fill_group,
                         (uint64_t{sp[0]} << 32) | sp[1]};
   const int64_t f = force.dimensions()[1];
   std::atomic<bool> corrupt{false};
@@ -206,7 +207,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideLshQuery, jslide::QueryImpl,
                                   .Attr<int64_t>("strategy")
                                   .Attr<int64_t>("threshold")
                                   .Attr<int64_t>("max_per_bucket")
-                                  .Attr<int64_t>("shared_fill")
+                                  .Attr<int64_t>("fill_group")
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
 namespace jslide {

@@ -288,13 +288,15 @@ def test_lsh_bad_input(rng):
                                                       force_ids=f))(np.full((2, 1), 500)))
 
 
-def test_shared_fill_draws_one_set_of_negatives_per_batch(rng):
+def test_fill_groups_share_their_negatives(rng):
   n, d, b, budget = 50_000, 16, 32, 200
   w = rng.normal(size=(n, d)).astype(np.float32)
   index = lsh.build(lsh.SimHash.init(KEY, d, 16, 2), w)  # 65,536 buckets: almost no hits
   x = rng.normal(size=(b, d)).astype(np.float32)
   per = np.asarray(lsh.query(index, x, budget=budget, key=KEY))
-  shared = np.asarray(lsh.query(index, x, budget=budget, key=KEY, shared_fill=True))
+  shared = np.asarray(lsh.query(index, x, budget=budget, key=KEY, fill_group=None))
+  grouped = np.asarray(lsh.query(index, x, budget=budget, key=KEY, fill_group=8))
+  _check_rows(grouped, n)
   _check_rows(shared, n)
   assert shared.shape == (b, budget) and np.all(shared >= 0)
   hits = ref.bucket_counts(index, index.hasher.hash(x))
@@ -303,3 +305,7 @@ def test_shared_fill_draws_one_set_of_negatives_per_batch(rng):
   # Per-example fill touches ~b * budget rows; shared fill one budget's worth plus the hits.
   assert len(np.unique(per)) > 0.9 * b * budget
   assert len(np.unique(shared)) <= budget + len(retrieved)
+  # Groups of 8: four groups, each sharing one budget's worth of fill.
+  assert 3.5 * budget < len(np.unique(grouped)) <= 4 * budget + len(retrieved)
+  with pytest.raises(ValueError, match="fill_group must be a positive int"):
+    lsh.query(index, x, budget=budget, key=KEY, fill_group=0)

@@ -14,7 +14,7 @@ STRATEGIES = {"vanilla": 0, "topk": 1, "threshold": 2}
 
 
 def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, threshold,
-              max_per_bucket, shared_fill):
+              max_per_bucket, fill_group):
   fn = "lsh.query"
   budget = positive_int(fn, "budget", budget)
   if strategy not in STRATEGIES:
@@ -34,6 +34,7 @@ def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, thres
     raise ValueError(f"{fn}: budget={budget} is smaller than the {force_ids.shape[1]} forced "
                      "ids per example")
   max_per_bucket = positive_int(fn, "max_per_bucket", max_per_bucket or 4 * budget)
+  fill_group = b if fill_group is None else positive_int(fn, "fill_group", fill_group)
   if key is None:
     raise ValueError(f"{fn}: key (a jax.random key) is required")
   seed = jax.random.bits(key, (2,), jnp.uint32)
@@ -41,12 +42,12 @@ def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, thres
   return jax.ffi.ffi_call("jslide_lsh_query", out, vmap_method="sequential")(
       codes, index.offsets, index.ids, force_ids, seed, budget=np.int64(budget),
       strategy=np.int64(STRATEGIES[strategy]), threshold=np.int64(threshold or 1),
-      max_per_bucket=np.int64(max_per_bucket), shared_fill=np.int64(bool(shared_fill)))
+      max_per_bucket=np.int64(max_per_bucket), fill_group=np.int64(max(fill_group, 1)))
 
 
 def query(index: LSHIndex, x, *, budget: int, key, strategy: str = "vanilla",
           force_ids=None, threshold: int = 2, max_per_bucket: int | None = None,
-          shared_fill: bool = False) -> jax.Array:
+          fill_group: int | None = 1) -> jax.Array:
   """Active ids int32[B, budget] for queries x: f32[B, d].
 
   Each row holds, all distinct: the ``force_ids`` of that example (e.g. its true labels;
@@ -60,23 +61,24 @@ def query(index: LSHIndex, x, *, budget: int, key, strategy: str = "vanilla",
   ``max_per_bucket`` ids (default ``4 * budget``) are read from any one bucket, a window
   from a random start, so a query costs O(L * max_per_bucket) even with skewed buckets;
   choose K so that typical buckets are smaller (counts for ``topk``/``threshold`` are exact
-  only for buckets within the cap). With ``shared_fill`` the random fill is drawn from one
-  sequence for the whole batch (shared negatives, as TensorFlow's sampled softmax does), so a
-  batch touches about ``budget`` fill rows rather than ``B * budget``: far less optimizer
-  work when the buckets return few ids. Deterministic for a given ``key``.
+  only for buckets within the cap). ``fill_group`` consecutive examples draw their random
+  fill from one sequence (shared negatives, as TensorFlow's sampled softmax shares them
+  over the batch; ``None``: the whole batch), so a batch touches about ``B / fill_group *
+  budget`` fill rows rather than ``B * budget``: less optimizer work when the buckets return
+  few ids, at some cost in accuracy (fewer distinct negatives a step). Deterministic for a given ``key``.
   """
   return _retrieve(index, index.hasher.hash(x), budget=budget, strategy=strategy, key=key,
                    force_ids=force_ids, threshold=threshold, max_per_bucket=max_per_bucket,
-                   shared_fill=shared_fill)
+                   fill_group=fill_group)
 
 
 def query_sparse(index: LSHIndex, feat_ids, feat_vals, *, budget: int, key,
                  strategy: str = "vanilla", force_ids=None, threshold: int = 2,
-                 max_per_bucket: int | None = None, shared_fill: bool = False) -> jax.Array:
+                 max_per_bucket: int | None = None, fill_group: int | None = 1) -> jax.Array:
   """:func:`query` for sparse inputs, with an index built from a :class:`SparseSimHash`."""
   if not hasattr(index.hasher, "hash_sparse"):
     raise TypeError("lsh.query_sparse: the index's hash family does not hash sparse inputs "
                     "(use SparseSimHash)")
   return _retrieve(index, index.hasher.hash_sparse(feat_ids, feat_vals), budget=budget,
                    strategy=strategy, key=key, force_ids=force_ids, threshold=threshold,
-                   max_per_bucket=max_per_bucket, shared_fill=shared_fill)
+                   max_per_bucket=max_per_bucket, fill_group=fill_group)

@@ -38,8 +38,9 @@ class SparseDense(nnx.Module):
   ``layer.topk(x, k, key=key)`` retrieves candidates with the index and rescores them
   exactly; ``layer.exact(x)`` scores all neurons (for evaluation and for checking the index).
 
-  ``shared_fill`` draws the random fill once per batch (shared negatives): far fewer
-  distinct rows to update when the index returns fewer ids than the budget.
+  ``fill_group``: that many consecutive examples share their random fill (``None``: the
+  whole batch; see :func:`jslide.lsh.query`): fewer distinct rows to update when the index
+  returns fewer ids than the budget, but fewer distinct negatives per step.
 
   ``batch_negatives``: in training, up to this many labels of the whole batch (a random
   subset when there are more) join every example's active set, after its own labels and
@@ -55,7 +56,7 @@ class SparseDense(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, *, budget: int,
                hash_family: str = "dwta", num_bits: int = 6, num_tables: int = 50,
-               bin_size: int = 8, strategy: str = "vanilla", shared_fill: bool = False,
+               bin_size: int = 8, strategy: str = "vanilla", fill_group: int | None = 1,
                batch_negatives: int = 0, rngs: nnx.Rngs, stddev: float = 0.01):
     if strategy not in lsh.STRATEGIES:
       raise ValueError(f"SparseDense: strategy must be one of {sorted(lsh.STRATEGIES)}, "
@@ -67,7 +68,7 @@ class SparseDense(nnx.Module):
                        f"got {batch_negatives!r}")
     self.batch_negatives = batch_negatives
     self.in_features, self.out_features = in_features, out_features
-    self.budget, self.strategy, self.shared_fill = budget, strategy, shared_fill
+    self.budget, self.strategy, self.fill_group = budget, strategy, fill_group
     init = jax.jit(chunked(jax.nn.initializers.normal(stddev)), static_argnums=(1, 2))
     self.kernel = Table(init(rngs.params(), (out_features, in_features), jnp.float32))
     self.bias = Table(jnp.zeros((out_features,), jnp.float32))
@@ -85,7 +86,7 @@ class SparseDense(nnx.Module):
       force = jnp.concatenate(
           [labels.astype(jnp.int32), jnp.broadcast_to(shared, (labels.shape[0], room))], axis=-1)
     return lsh.query(self.index.get_value(), x, budget=self.budget, key=key,
-                     strategy=self.strategy, force_ids=force, shared_fill=self.shared_fill)
+                     strategy=self.strategy, force_ids=force, fill_group=self.fill_group)
 
   def __call__(self, x, labels=None, *, key):
     """(logits f32[B, budget], active ids int32[B, budget])."""

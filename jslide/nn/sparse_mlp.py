@@ -18,14 +18,14 @@ class SparseMLP(nnx.Module):
   def __init__(self, num_features: int, num_labels: int, *, hidden: Sequence[int] = (128,),
                budget: int, hash_family: str = "dwta", num_bits: int = 6,
                num_tables: int = 50, bin_size: int = 8, strategy: str = "vanilla",
-               shared_fill: bool = False, batch_negatives: int = 0, rngs: nnx.Rngs):
+               fill_group: int | None = 1, batch_negatives: int = 0, rngs: nnx.Rngs):
     if not hidden:
       raise ValueError("SparseMLP: hidden must name at least one layer width")
     self.input = SparseInput(num_features, hidden[0], rngs=rngs)
     self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(hidden, hidden[1:])])
     self.output = SparseDense(hidden[-1], num_labels, budget=budget, hash_family=hash_family,
                               num_bits=num_bits, num_tables=num_tables, bin_size=bin_size,
-                              strategy=strategy, shared_fill=shared_fill,
+                              strategy=strategy, fill_group=fill_group,
                               batch_negatives=batch_negatives, rngs=rngs)
 
   def encode(self, feat_ids, feat_vals):

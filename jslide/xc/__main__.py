@@ -64,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--num-tables", type=int, default=d.num_tables, help="L: hash tables")
   t.add_argument("--bin-size", type=int, default=d.bin_size, help="DWTA bin size")
   t.add_argument("--strategy", choices=["vanilla", "topk", "threshold"], default=d.strategy)
-  t.add_argument("--shared-fill", action="store_true",
-                 help="draw the random fill once per batch (shared negatives)")
+  t.add_argument("--fill-group", type=int, default=d.fill_group,
+                 help="consecutive examples sharing one random fill (shared negatives)")
   t.add_argument("--batch-negatives", type=int, default=d.batch_negatives,
                  help="active slots per example for other labels of the batch")
   t.add_argument("--epochs", type=int, default=tc.epochs)
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
       model_cfg = ModelConfig(
           train.num_features, train.num_labels, hidden=tuple(args.hidden), budget=args.budget,
           hash_family=args.hash_family, num_bits=args.num_bits, num_tables=args.num_tables,
-          bin_size=args.bin_size, strategy=args.strategy, shared_fill=args.shared_fill,
+          bin_size=args.bin_size, strategy=args.strategy, fill_group=args.fill_group,
           batch_negatives=args.batch_negatives)
       cfg = TrainConfig(
           epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss,

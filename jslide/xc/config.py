@@ -22,14 +22,14 @@ class ModelConfig:
   num_tables: int = 16
   bin_size: int = 8
   strategy: str = "vanilla"
-  shared_fill: bool = False
+  fill_group: int | None = 1
   batch_negatives: int = 0
 
   def build(self, seed: int) -> jslide.nn.SparseMLP:
     return jslide.nn.SparseMLP(
         self.num_features, self.num_labels, hidden=self.hidden, budget=self.budget,
         hash_family=self.hash_family, num_bits=self.num_bits, num_tables=self.num_tables,
-        bin_size=self.bin_size, strategy=self.strategy, shared_fill=self.shared_fill,
+        bin_size=self.bin_size, strategy=self.strategy, fill_group=self.fill_group,
         batch_negatives=self.batch_negatives, rngs=nnx.Rngs(seed))
 
   def to_json(self) -> dict:
@@ -37,8 +37,7 @@ class ModelConfig:
 
   @classmethod
   def from_json(cls, d: dict) -> "ModelConfig":
-    return cls(**{"shared_fill": False, "batch_negatives": 0, **d,
-                  "hidden": tuple(d["hidden"])})
+    return cls(**{"fill_group": 1, "batch_negatives": 0, **d, "hidden": tuple(d["hidden"])})
 
 
 @dataclasses.dataclass(frozen=True)
