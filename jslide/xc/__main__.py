@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--fill-group", type=int, default=d.fill_group,
                  help="consecutive examples sharing one random fill (shared negatives)")
   t.add_argument("--batch-negatives", type=int, default=d.batch_negatives,
-                 help="active slots per example for other labels of the batch")
+                 help="of the budget, slots for other labels of the batch (default: budget/4)")
   t.add_argument("--epochs", type=int, default=tc.epochs)
   t.add_argument("--batch-size", type=int, default=tc.batch_size)
   t.add_argument("--lr", type=float, default=tc.learning_rate)

@@ -23,14 +23,15 @@ class ModelConfig:
   bin_size: int = 8
   strategy: str = "vanilla"
   fill_group: int | None = 1
-  batch_negatives: int = 0
+  batch_negatives: int | None = None  # None: budget // 4
 
   def build(self, seed: int) -> jslide.nn.SparseMLP:
     return jslide.nn.SparseMLP(
         self.num_features, self.num_labels, hidden=self.hidden, budget=self.budget,
         hash_family=self.hash_family, num_bits=self.num_bits, num_tables=self.num_tables,
         bin_size=self.bin_size, strategy=self.strategy, fill_group=self.fill_group,
-        batch_negatives=self.batch_negatives, rngs=nnx.Rngs(seed))
+        batch_negatives=(self.budget // 4 if self.batch_negatives is None
+                         else self.batch_negatives), rngs=nnx.Rngs(seed))
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)

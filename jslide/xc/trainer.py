@@ -168,7 +168,8 @@ def load_model(checkpoint_dir: str):
   cfg = TrainConfig(dense=bool(meta["dense"]), catch_up=bool(meta.get("catch_up", False)))
   graphdef, state, _ = _make_step(model_cfg.build(0), cfg)
   state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense, cfg.catch_up)
-  return graphdef, state, model_cfg, meta
+  # A mid-epoch checkpoint may hold rows that catch-up Adam has not brought up to date yet.
+  return graphdef, jslide.nn.catch_up(state), model_cfg, meta
 
 
 def evaluate(checkpoint_dir: str, data: D.XCData, *, max_features=64, max_labels=8) -> dict:
