@@ -180,7 +180,7 @@ void StartFrom(const In& in, Out& out) {
 ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, F32 w, F32 m, F32 v,
                       const S32* last, S32 ids, F32 coef, F32 vecs, F32 hyper, float b1,
                       float b2, float eps, F32Out w_out, F32Out m_out, F32Out v_out,
-                      int32_t* last_out) {
+                      S32Out* last_out) {
   AdamHyper h;
   JSLIDE_RETURN_IF_ERROR(ReadAdamHyper(k, hyper, b1, b2, eps, &h));
   JSLIDE_RETURN_IF_ERROR(CheckAdamState(k, w, m, v, last, h.step - 1));
@@ -191,12 +191,15 @@ ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, F32 w, F32 m,
   StartFrom(w, w_out);
   StartFrom(m, m_out);
   StartFrom(v, v_out);
-  if (last != nullptr && last_out != last->typed_data())
-    std::memcpy(last_out, last->typed_data(), last->size_bytes());
+  int32_t* last_rows = nullptr;
+  if (last != nullptr) {
+    StartFrom(*last, *last_out);
+    last_rows = (*last_out)->typed_data();
+  }
   const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
   ForRowRanges(pool, n, r * a, [&](int64_t begin, int64_t end, RowScratch& scratch) {
     SparseAdamRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, d,
-                   w_out->typed_data(), m_out->typed_data(), v_out->typed_data(), last_out, h,
+                   w_out->typed_data(), m_out->typed_data(), v_out->typed_data(), last_rows, h,
                    begin, end, scratch);
   });
   return ffi::Error::Success();
@@ -213,7 +216,7 @@ ffi::Error SparseAdamCatchUpImpl(ffi::ThreadPool pool, F32 w, F32 m, F32 v, S32 
                                  F32 coef, F32 vecs, F32 hyper, float b1, float b2, float eps,
                                  F32Out w_out, F32Out m_out, F32Out v_out, S32Out last_out) {
   return SparseAdam("jslide_sparse_adam_catch_up", pool, w, m, v, &last, ids, coef, vecs, hyper,
-                    b1, b2, eps, w_out, m_out, v_out, last_out->typed_data());
+                    b1, b2, eps, w_out, m_out, v_out, &last_out);
 }
 
 // Every row brought up to step t (dense Adam's zero-gradient steps since its last update).

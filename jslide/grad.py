@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -11,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jslide._tape import TableRef, Tape
-from jslide.rowsparse import RowSparseGrad
+from jslide.rowsparse import RowSparseGrad, is_row_sparse
 from jslide.tables import TableSpec, table_mask
 
 
@@ -102,16 +101,14 @@ def _after_every_gradient(grads):
   not order it; an arithmetic dependency does, at the cost of one element of each gradient.
   (0 * x is kept by XLA: it is NaN for non-finite x, and the optimizers refuse those.)
   """
+  if not any(map(is_row_sparse, jax.tree.leaves(grads, is_leaf=is_row_sparse))):
+    return grads
   floats = [x for x in jax.tree.leaves(grads)
             if jnp.issubdtype(x.dtype, jnp.floating) and x.size]
-  if not any(isinstance(g, RowSparseGrad)
-             for g in jax.tree.leaves(grads, is_leaf=lambda x: isinstance(x, RowSparseGrad))):
-    return grads
   zero = 0.0 * sum(x.reshape(-1)[0].astype(jnp.float32) for x in floats)
   return jax.tree.map(
       lambda g: dataclasses.replace(g, vecs=g.vecs + zero.astype(g.vecs.dtype))
-      if isinstance(g, RowSparseGrad) else g, grads,
-      is_leaf=lambda x: isinstance(x, RowSparseGrad))
+      if is_row_sparse(g) else g, grads, is_leaf=is_row_sparse)
 
 
 def _row_sparse_grads(tables, entries, saved, tap_grads) -> list[RowSparseGrad]:

@@ -59,7 +59,6 @@ def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction
 
 def adam_catch_up_rows(w, m, v, last, *, step, learning_rate, b1, b2, eps):
   """Dense Adam's zero-gradient steps ``last[n] + 1 .. step`` on every row, one at a time."""
-  w, m, v = w, m, v
   for t in range(1, int(step) + 1):
     missed = ((last < t) & (last > 0))[:, None]
     m2, v2 = b1 * m, b2 * v

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -129,21 +130,15 @@ def make_dense_train_step(model: nnx.Module, *, tx: optax.GradientTransformation
   return graphdef, state, jax.jit(step, donate_argnums=(0,))
 
 
-def _catch_up(state: TrainState) -> TrainState:
-  (tables, params), opt_state = optim.catch_up((state.tables, state.params), state.opt_state)
-  return state._replace(tables=tables, params=params, opt_state=opt_state)
-
-
-_catch_up_jit = jax.jit(_catch_up, donate_argnums=(0,))
-
-
+@functools.partial(jax.jit, donate_argnums=(0,))
 def catch_up(state: TrainState) -> TrainState:
   """The state with every table row brought up to date by :func:`jslide.optim.catch_up`
   (a no-op without ``sparse_adam(..., catch_up=True)``).
 
   O(N D): call it before evaluating or saving, not every step. ``state`` is donated.
   """
-  return _catch_up_jit(state)
+  (tables, params), opt_state = optim.catch_up((state.tables, state.params), state.opt_state)
+  return state._replace(tables=tables, params=params, opt_state=opt_state)
 
 
 def merge(graphdef, state: TrainState) -> nnx.Module:
