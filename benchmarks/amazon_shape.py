@@ -54,7 +54,7 @@ def worker(mode: str, seconds: float, fill_group: int, rebuild_initial: int,
 
   budget = int(round(0.005 * N_OUT))
   model = jslide.nn.SparseMLP(N_IN, N_OUT, hidden=(HIDDEN,), budget=budget, hash_family="dwta",
-                              num_bits=6, num_tables=50, bin_size=8, fill_group=fill_group,
+                              num_hashes=6, num_tables=50, bin_size=8, fill_group=fill_group,
                               rngs=nnx.Rngs(0))
   if mode == "dense":
     _, state, step = jslide.nn.make_dense_train_step(model, tx=optax.adam(1e-3))

@@ -15,7 +15,7 @@ similar inputs gives); ``uniform`` draws every id uniformly from all N rows (up 
 32,768 distinct rows a step, the worst case for the sparse step).
 
 Every (mode, N) runs in a fresh subprocess, so the peak resident memory of the sparse run is
-its own (the issue's `sparse_peak_rss_mb`).
+its own (its `sparse_peak_rss_mb`).
 
     python benchmarks/step_scaling.py --json results/step_scaling.json
 """
@@ -88,7 +88,7 @@ def worker(mode: str, n: int, active: str, steps: int, budget_s: float) -> dict:
     def step(p, state, x, labels, ids):
       loss, g = jslide.value_and_grad(loss_fn, tables=tables)(p, x, labels, ids)
       u, state = tx.update(g, state, p)
-      return jslide.optim.apply_updates(p, u), state, loss
+      return optax.apply_updates(p, u), state, loss
 
   state = tx.init(params)
   step = jax.jit(step, donate_argnums=(0, 1))

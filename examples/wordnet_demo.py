@@ -39,7 +39,7 @@ def main():
   train_data, test_data = D.wordnet.load("train").normalized(), D.wordnet.load("test").normalized()
   print("WordNet hypernyms:", train_data.stats())
   model = ModelConfig(train_data.num_features, train_data.num_labels, hidden=(128,),
-                      budget=args.budget, num_bits=3, num_tables=16,
+                      budget=args.budget, num_hashes=3, num_tables=16,
                       batch_negatives=args.batch_negatives)
   runs = {}
   for name, dense in (("jslide (sparse)", False), ("dense JAX", True)):

@@ -4,9 +4,10 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
-#include "ffi_errors.h"
+#include "ffi_checks.h"
 #include "kernels.h"
 #include "lsh_ffi.h"
 #include "nanobind/nanobind.h"
@@ -23,23 +24,6 @@ std::atomic<int64_t> g_max_threads{0};
 
 // Rows of work below which a kernel does not bother to split.
 constexpr int64_t kMinRowsPerTask = 8;
-
-ffi::Error CheckIds(const std::string& k, const char* name, const S32& ids, int64_t n) {
-  const int64_t bad = FirstIdOutOfRange(ids.typed_data(), ids.element_count(), n);
-  if (bad >= 0)
-    return Invalid(k, std::string(name) + " holds " + std::to_string(ids.typed_data()[bad]) +
-                          " at flat position " + std::to_string(bad) +
-                          "; ids must lie in [-1, " + std::to_string(n) + ")");
-  return ffi::Error::Success();
-}
-
-ffi::Error CheckFinite(const std::string& k, const char* name, const F32& x) {
-  const int64_t bad = FirstNonFinite(x.typed_data(), x.element_count());
-  if (bad >= 0)
-    return Invalid(k, std::string(name) + " has a non-finite value at flat position " +
-                          std::to_string(bad) + "; refusing to write it into a table");
-  return ffi::Error::Success();
-}
 
 // Shapes of a factored row-sparse matrix: ids, coef [R, A]; vecs [R, D]; table rows [N, D].
 ffi::Error CheckFactored(const std::string& k, const S32& ids, const F32& coef,
@@ -168,14 +152,6 @@ ffi::Error ReadAdamHyper(const std::string& k, const F32& hyper, float b1, float
   return ffi::Error::Success();
 }
 
-// With input_output_aliases and donated inputs the result buffer is the input buffer; if XLA
-// gave a distinct one, start it from the input so the update is still correct.
-template <typename In, typename Out>
-void StartFrom(const In& in, Out& out) {
-  if (out->untyped_data() != in.untyped_data())
-    std::memcpy(out->untyped_data(), in.untyped_data(), in.size_bytes());
-}
-
 // Lazy Adam (last == nullptr) or Adam with catch-up (last: [N] steps of last update).
 ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, F32 w, F32 m, F32 v,
                       const S32* last, S32 ids, F32 coef, F32 vecs, F32 hyper, float b1,
@@ -256,6 +232,46 @@ ffi::Error SparseSgdImpl(ffi::ThreadPool pool, F32 w, S32 ids, F32 coef, F32 vec
     SparseSgdRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, d,
                   w_out->typed_data(), lr, begin, end, scratch);
   });
+  return ffi::Error::Success();
+}
+
+// Passes x through (aliased) once `unit` says the row-sparse value it belongs to was not
+// changed by leafwise arithmetic: unit == 1, or unit == 0 with x all zero (a zeros_like).
+ffi::Error CheckUnitImpl(S32 unit, F32 x, std::string_view what, bool allow_zero, F32Out out) {
+  const std::string k = "jslide_check_unit";
+  if (unit.element_count() != 1) return Invalid(k, "unit must be a scalar int32");
+  const int32_t u = unit.typed_data()[0];
+  bool ok = u == 1;
+  if (u == 0 && allow_zero) {
+    ok = true;
+    const float* p = x.typed_data();
+    for (int64_t i = 0, count = x.element_count(); i < count && ok; ++i) ok = p[i] == 0.0f;
+  }
+  if (!ok) return Invalid(k, "unit is " + std::to_string(u) + ", not 1: " + std::string(what));
+  StartFrom(x, out);
+  return ffi::Error::Success();
+}
+
+// |dense form of (ids, coef, vecs)|^2, summed in double per worker, over row ranges.
+ffi::Error RowSparseSqNormImpl(ffi::ThreadPool pool, S32 ids, F32 coef, F32 vecs,
+                               int64_t num_rows, F32Out out) {
+  const std::string k = "jslide_row_sparse_sq_norm";
+  if (num_rows < 0) return Invalid(k, "num_rows must be >= 0");
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "vecs", vecs, 2));
+  const int64_t d = vecs.dimensions()[1];
+  JSLIDE_RETURN_IF_ERROR(CheckFactored(k, ids, coef, vecs, num_rows, d));
+  if (out->element_count() != 1) return Invalid(k, "result must be a scalar");
+  const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
+  const int64_t workers = NumWorkers(pool, r * a, 256);
+  std::vector<double> partial(static_cast<size_t>(workers), 0.0);
+  ParallelChunks(pool, num_rows, workers, [&](int64_t c, int64_t begin, int64_t end) {
+    RowScratch scratch;
+    partial[c] = RowSparseSqNormRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r,
+                                     a, d, begin, end, scratch);
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;
+  out->typed_data()[0] = static_cast<float>(total);
   return ffi::Error::Success();
 }
 
@@ -360,6 +376,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseSgd, jslide::SparseSgdImpl,
                                   .Ret<jslide::F32>()  // w
 );
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideCheckUnit, jslide::CheckUnitImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<jslide::S32>()  // unit
+                                  .Arg<jslide::F32>()  // x
+                                  .Attr<std::string_view>("what")
+                                  .Attr<bool>("allow_zero")
+                                  .Ret<jslide::F32>()  // x, aliased
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideRowSparseSqNorm, jslide::RowSparseSqNormImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::S32>()  // ids
+                                  .Arg<jslide::F32>()  // coef
+                                  .Arg<jslide::F32>()  // vecs
+                                  .Attr<int64_t>("num_rows")
+                                  .Ret<jslide::F32>()  // squared norm
+);
+
 namespace {
 
 template <typename T>
@@ -371,14 +406,20 @@ nb::capsule EncapsulateFfiHandler(T* fn) {
 
 NB_MODULE(_jslide_ffi, m) {
   m.def("registrations", []() {
+    // Every handler, kernels and LSH alike, from one table of (target name, handler).
+    const std::pair<const char*, XLA_FFI_Handler*> kernels[] = {
+        {"jslide_gather_dot", JslideGatherDot},
+        {"jslide_gather_weighted_sum", JslideGatherWeightedSum},
+        {"jslide_scatter_outer", JslideScatterOuter},
+        {"jslide_sparse_adam", JslideSparseAdam},
+        {"jslide_sparse_adam_catch_up", JslideSparseAdamCatchUp},
+        {"jslide_adam_catch_up", JslideAdamCatchUp},
+        {"jslide_sparse_sgd", JslideSparseSgd},
+        {"jslide_check_unit", JslideCheckUnit},
+        {"jslide_row_sparse_sq_norm", JslideRowSparseSqNorm},
+    };
     nb::dict d;
-    d["jslide_gather_dot"] = EncapsulateFfiHandler(JslideGatherDot);
-    d["jslide_gather_weighted_sum"] = EncapsulateFfiHandler(JslideGatherWeightedSum);
-    d["jslide_scatter_outer"] = EncapsulateFfiHandler(JslideScatterOuter);
-    d["jslide_sparse_adam"] = EncapsulateFfiHandler(JslideSparseAdam);
-    d["jslide_sparse_adam_catch_up"] = EncapsulateFfiHandler(JslideSparseAdamCatchUp);
-    d["jslide_adam_catch_up"] = EncapsulateFfiHandler(JslideAdamCatchUp);
-    d["jslide_sparse_sgd"] = EncapsulateFfiHandler(JslideSparseSgd);
+    for (const auto& [name, handler] : kernels) d[name] = EncapsulateFfiHandler(handler);
     for (const auto& [name, handler] : jslide::LshHandlers()) d[name] = EncapsulateFfiHandler(handler);
     return d;
   });

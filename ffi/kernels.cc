@@ -84,18 +84,6 @@ inline void ForEachSummedRow(const int32_t* ids, const float* coef, const float*
 
 }  // namespace
 
-int64_t FirstIdOutOfRange(const int32_t* ids, int64_t count, int64_t n) {
-  for (int64_t p = 0; p < count; ++p)
-    if (ids[p] < -1 || ids[p] >= n) return p;
-  return -1;
-}
-
-int64_t FirstNonFinite(const float* x, int64_t count) {
-  for (int64_t p = 0; p < count; ++p)
-    if (!std::isfinite(x[p])) return p;
-  return -1;
-}
-
 JSLIDE_CLONES
 void GatherDotRows(const float* x, const float* w, const float* b, const int32_t* ids,
                    int64_t a, int64_t d, float* y, int64_t begin, int64_t end) {
@@ -239,6 +227,16 @@ void SparseSgdRows(const int32_t* ids, const float* coef, const float* vecs, int
                    int64_t row_end, RowScratch& scratch) {
   ForEachSummedRow(ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
                    [&](int64_t row, const float* g) { Axpy(-lr, g, w + row * d, d); });
+}
+
+JSLIDE_CLONES
+double RowSparseSqNormRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
+                           int64_t a, int64_t d, int64_t row_begin, int64_t row_end,
+                           RowScratch& scratch) {
+  double total = 0.0;
+  ForEachSummedRow(ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
+                   [&](int64_t, const float* g) { total += Dot(g, g, d); });
+  return total;
 }
 
 const char* KernelIsa() {

@@ -9,11 +9,6 @@
 
 namespace jslide {
 
-// Index of the first id outside [-1, n), or -1 if all are valid.
-int64_t FirstIdOutOfRange(const int32_t* ids, int64_t count, int64_t n);
-// Index of the first NaN or infinity, or -1 if all are finite.
-int64_t FirstNonFinite(const float* x, int64_t count);
-
 // y[r, j] = x[r] . w[ids[r, j]] + b[ids[r, j]] (b may be null), 0 where ids[r, j] < 0.
 // x: [R, D], w: [N, D], ids and y: [R, A]; rows r in [begin, end).
 void GatherDotRows(const float* x, const float* w, const float* b, const int32_t* ids,
@@ -88,6 +83,12 @@ void AdamCatchUpRows(float* w, float* m, float* v, int32_t* last, int64_t d,
 void SparseSgdRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
                    int64_t a, int64_t d, float* w, float lr, int64_t row_begin,
                    int64_t row_end, RowScratch& scratch);
+
+// Sum over the rows n in [row_begin, row_end) that occur in ids of |summed gradient of n|^2
+// (the squared norm of the dense matrix the factored one stands for, restricted to them).
+double RowSparseSqNormRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
+                           int64_t a, int64_t d, int64_t row_begin, int64_t row_end,
+                           RowScratch& scratch);
 
 // Which instruction set the dispatched kernels run with ("avx512f", "avx2" or "default").
 const char* KernelIsa();

@@ -162,11 +162,6 @@ int32_t IdCounter::Add(int32_t id) {
 
 bool IdCounter::Contains(int32_t id) const { return slot_id_[Slot(id)] == id; }
 
-int32_t IdCounter::Count(int32_t id) const {
-  const int64_t s = Slot(id);
-  return slot_id_[s] == id ? slot_count_[s] : 0;
-}
-
 void IdCounter::Clear() {
   for (int64_t s : used_) {
     slot_id_[s] = -1;

@@ -27,7 +27,7 @@ void SimHashCodes(const float* x, const int32_t* idx, const float* sign, int64_t
 // bin_size coordinates bins[l, k, :] (first on ties); a bin whose entries are all zero is
 // empty and takes the value of the first non-empty bin on its probe sequence
 // (DwtaProbe), or 0 if none is found. Code of table l: sum_k hash(l, k) << (k * log2(bin_size)).
-// scratch: at least 2 * L * K ints.
+// scratch: at least L * K ints.
 void DwtaCodes(const float* x, const int32_t* bins, int64_t l, int64_t k, int64_t bin_size,
                int32_t* codes, int32_t* scratch);
 inline uint32_t DwtaProbe(uint32_t hash_index, uint32_t attempt, uint32_t num_hashes) {
@@ -73,7 +73,6 @@ class IdCounter {
   int32_t Add(int32_t id);
   bool Contains(int32_t id) const;
   void Clear();
-  int32_t Count(int32_t id) const;
   // fn(id, count) for every distinct id, in insertion order.
   template <typename Fn>
   void ForEach(Fn&& fn) const {

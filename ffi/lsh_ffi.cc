@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "ffi_errors.h"
+#include "ffi_checks.h"
 #include "lsh.h"
 #include "parallel.h"
 
@@ -14,19 +14,9 @@ namespace ffi = xla::ffi;
 namespace jslide {
 namespace {
 
-// First value outside [lo, hi), as an error naming the argument.
-ffi::Error CheckRange(const char* k, const char* name, const int32_t* v, int64_t count,
-                      int64_t lo, int64_t hi) {
-  for (int64_t i = 0; i < count; ++i)
-    if (v[i] < lo || v[i] >= hi)
-      return Invalid(k, std::string(name) + " holds " + std::to_string(v[i]) +
-                            " at flat position " + std::to_string(i) + "; expected [" +
-                            std::to_string(lo) + ", " + std::to_string(hi) + ")");
-  return ffi::Error::Success();
-}
-
 ffi::Error CheckCodesOut(const char* k, int64_t b, int64_t l,
                          ffi::ResultBuffer<ffi::S32>& codes) {
+  if (l > kMaxTables) return Invalid(k, "L must be at most " + std::to_string(kMaxTables));
   if (codes->dimensions().size() != 2 || codes->dimensions()[0] != b ||
       codes->dimensions()[1] != l)
     return Invalid(k, "codes must be [" + std::to_string(b) + ", " + std::to_string(l) + "]");
@@ -45,7 +35,8 @@ ffi::Error SimHashImpl(ffi::ThreadPool pool, F32 x, S32 idx, F32 sign,
                             Dims(sign.dimensions()) + " differ");
   const int64_t b = x.dimensions()[0], d = x.dimensions()[1];
   const int64_t l = idx.dimensions()[0], kk = idx.dimensions()[1], nnz = idx.dimensions()[2];
-  if (kk > 30) return Invalid(k, "K must be at most 30");
+  if (kk > kMaxHashesTimesBits)
+    return Invalid(k, "K must be at most " + std::to_string(kMaxHashesTimesBits));
   JSLIDE_RETURN_IF_ERROR(CheckCodesOut(k, b, l, codes));
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "idx", idx.typed_data(), idx.element_count(), 0, d));
   ParallelFor(pool, b, 16, [&](int64_t begin, int64_t end) {
@@ -67,11 +58,12 @@ ffi::Error DwtaImpl(ffi::ThreadPool pool, F32 x, S32 bins, ffi::ResultBuffer<ffi
     return Invalid(k, "bin_size must be a power of two >= 2, got " + std::to_string(bin_size));
   int bits = 0;
   while ((int64_t{1} << bits) < bin_size) ++bits;
-  if (kk * bits > 30) return Invalid(k, "K * log2(bin_size) must be at most 30");
+  if (kk * bits > kMaxHashesTimesBits)
+    return Invalid(k, "K * log2(bin_size) must be at most " + std::to_string(kMaxHashesTimesBits));
   JSLIDE_RETURN_IF_ERROR(CheckCodesOut(k, b, l, codes));
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "bins", bins.typed_data(), bins.element_count(), 0, d));
   ParallelFor(pool, b, 16, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> scratch(2 * l * kk);
+    std::vector<int32_t> scratch(l * kk);
     for (int64_t r = begin; r < end; ++r)
       DwtaCodes(x.typed_data() + r * d, bins.typed_data(), l, kk, bin_size,
                 codes->typed_data() + r * l, scratch.data());
@@ -88,7 +80,8 @@ ffi::Error SparseSimHashImpl(ffi::ThreadPool pool, S32 ids, F32 vals, U32 seeds,
   if (seeds.dimensions().size() != 2) return Invalid(k, "seeds must be [L, K]");
   const int64_t b = ids.dimensions()[0], f = ids.dimensions()[1];
   const int64_t l = seeds.dimensions()[0], kk = seeds.dimensions()[1];
-  if (kk > 30) return Invalid(k, "K must be at most 30");
+  if (kk > kMaxHashesTimesBits)
+    return Invalid(k, "K must be at most " + std::to_string(kMaxHashesTimesBits));
   JSLIDE_RETURN_IF_ERROR(CheckCodesOut(k, b, l, codes));
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "feat_ids", ids.typed_data(), ids.element_count(), -1, dim));
   ParallelFor(pool, b, 16, [&](int64_t begin, int64_t end) {

@@ -1,22 +1,34 @@
 """jslide: dynamic sparsity (SLIDE-style) for JAX on the CPU.
 
-XLA FFI kernels for sparse gathered matmuls and row-sparse optimizer updates, row-sparse
-gradients for large tables, and Optax-compatible lazy optimizers.
+Public API (each name means one thing):
+
+- ops: :func:`sparse_linear`, :func:`embedding_bag` (differentiable, XLA FFI kernels);
+- differentiation: :func:`value_and_grad`, :func:`grad` (row-sparse table gradients),
+  :class:`RowSparseGrad`, :func:`is_row_sparse`, :class:`TableRef`;
+- modules: :mod:`jslide.kernels` (raw FFI kernels), :mod:`jslide.optim` (Optax optimizers for
+  row-sparse tables), :mod:`jslide.tree` (tree helpers for mixed dense/row-sparse gradients),
+  :mod:`jslide.tables` (which leaves are tables), :mod:`jslide.losses`, :mod:`jslide.metrics`,
+  :mod:`jslide.initializers`, :mod:`jslide.lsh` (hashing, index, retrieval), :mod:`jslide.nn`
+  (Flax NNX modules and training steps), :mod:`jslide.datasets`, :mod:`jslide.xc` (the
+  extreme-classification trainer, ``python -m jslide.xc``);
+- threads: :func:`set_num_threads`, :func:`num_threads`, :func:`kernel_isa`.
+
+Plain ``jax.numpy`` versions of the kernels, for tests, live in ``jslide.reference``
+(imported explicitly, not part of this namespace).
 """
 
-from jslide import (datasets, initializers, kernels, losses, lsh, metrics, nn, ops, optim,
-                    reference, tables)
+from jslide import (datasets, initializers, kernels, losses, lsh, metrics, nn, optim, tables,
+                    tree)
+from jslide._autodiff import grad, value_and_grad
 from jslide._ffi import kernel_isa, num_threads, set_num_threads
 from jslide._tape import TableRef
-from jslide.grad import grad, value_and_grad
 from jslide.ops import embedding_bag, sparse_linear
-from jslide.rowsparse import RowSparseGrad
+from jslide.rowsparse import RowSparseGrad, is_row_sparse
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RowSparseGrad", "TableRef", "datasets", "embedding_bag", "grad", "initializers",
-    "kernel_isa", "metrics", "nn", "kernels", "losses", "lsh",
-    "num_threads", "ops", "optim", "reference", "set_num_threads", "sparse_linear", "tables",
-    "value_and_grad",
+    "is_row_sparse", "kernel_isa", "kernels", "losses", "lsh", "metrics", "nn", "num_threads",
+    "optim", "set_num_threads", "sparse_linear", "tables", "tree", "value_and_grad",
 ]

@@ -11,7 +11,7 @@ first abstract trace (``jax.eval_shape``); the tape records them and later holds
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
@@ -49,18 +49,23 @@ class TableRef:
 
 
 class Tape:
-  """The op calls that touched tables during one trace, and (on the second trace) the taps."""
+  """The op calls that touched tables during one trace, and (on the second trace) the taps.
+
+  Each entry is the op's ``table_grads(saved, g) -> [(slot, RowSparseGrad)]``: a function
+  the op defines next to its forward, given the forward values it saved and the gradient g
+  of its output. A new op needs nothing here or in :mod:`jslide._autodiff`.
+  """
 
   def __init__(self, taps: list | None = None):
     self.taps = taps
-    self.entries: list[tuple[str, tuple[tuple[int, str], ...]]] = []
+    self.entries: list[Callable] = []
     self.tap_shapes: list[jax.ShapeDtypeStruct] = []
     self.saved: list[dict[str, Any]] = []
 
-  def tap(self, y, kind: str, slots, saved: dict[str, Any]):
-    """Registers one op output y that depends on the tables in ``slots``; returns y + tap."""
+  def tap(self, y, table_grads: Callable, saved: dict[str, Any]):
+    """Registers one op output y that depends on tables; returns y + tap."""
     k = len(self.entries)
-    self.entries.append((kind, tuple(slots)))
+    self.entries.append(table_grads)
     self.tap_shapes.append(jax.ShapeDtypeStruct(y.shape, y.dtype))
     self.saved.append(saved)
     if self.taps is None:

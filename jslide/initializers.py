@@ -59,3 +59,10 @@ def normal_table(key, num_rows: int, dim: int, stddev: float = 0.01,
 
 
 __all__ = ["chunked", "normal_table"]
+
+
+def check_param_dtype(module: str, param_dtype) -> None:
+  """The kernels take float32 tables; other dtypes are refused until they are supported."""
+  if jnp.dtype(param_dtype) != jnp.float32:
+    raise TypeError(f"{module}: param_dtype must be float32 (the kernels' table dtype), got "
+                    f"{jnp.dtype(param_dtype)}")

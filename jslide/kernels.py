@@ -201,3 +201,31 @@ def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate):
       "jslide_sparse_sgd", jax.ShapeDtypeStruct(w.shape, jnp.float32),
       vmap_method="sequential", input_output_aliases={0: 0},
   )(w, ids, coef, vecs, hyper)
+
+
+def check_unit(unit, x, *, what: str, allow_zero: bool = True):
+  """x, passed through once ``unit`` (int32[]) is 1, or 0 with x all zero (a zeros_like).
+
+  A run-time guard for row-sparse values whose integer leaves leafwise arithmetic may have
+  changed (see :mod:`jslide.rowsparse`): anything else is an error carrying ``what``. The
+  result aliases x, so the guard costs no copy and orders every later reader after it.
+  """
+  fn = "check_unit"
+  unit = jnp.asarray(unit)
+  if unit.shape != () or not jnp.issubdtype(unit.dtype, jnp.integer):
+    raise TypeError(f"{fn}: unit must be an integer scalar, got {unit.dtype}{unit.shape}")
+  x = float32_array(fn, "x", x)
+  return jax.ffi.ffi_call("jslide_check_unit", jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          vmap_method="sequential", input_output_aliases={1: 0})(
+      unit.astype(jnp.int32), x, what=str(what), allow_zero=bool(allow_zero))
+
+
+def row_sparse_sq_norm(ids, coef, vecs, num_rows: int):
+  """f32[]: the squared Frobenius norm of the dense f32[num_rows, D] matrix that the
+  factored (ids, coef, vecs) stands for (duplicate ids summed first), at the cost of the
+  rows that occur: O(R*A*D) work, O(D) memory per thread."""
+  fn = "row_sparse_sq_norm"
+  d = jnp.shape(vecs)[1] if jnp.ndim(vecs) == 2 else -1
+  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, num_rows, d)
+  return jax.ffi.ffi_call("jslide_row_sparse_sq_norm", jax.ShapeDtypeStruct((), jnp.float32),
+                          vmap_method="sequential")(ids, coef, vecs, num_rows=np.int64(num_rows))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jslide import kernels
 from jslide._checks import float32_array, int32_ids
 from jslide._tape import common_tape, unwrap_table
+from jslide.rowsparse import RowSparseGrad
 
 
 # ------------------------------------------------------------------------ sparse_linear
@@ -79,9 +80,20 @@ def sparse_linear(x, w, b, ids):
   y = _sparse_linear(x2, w_val, b_val, ids2, w_ref is None, b_ref is None)
   tape = common_tape(fn, w_ref, b_ref)
   if tape is not None:
-    slots = [(r.slot, role) for r, role in ((w_ref, "w"), (b_ref, "b")) if r is not None]
-    y = tape.tap(y, "sparse_linear", slots, dict(ids=ids2, x=x2))
+    slots = (getattr(w_ref, "slot", None), getattr(b_ref, "slot", None))
+    y = tape.tap(y, partial(_sparse_linear_table_grads, *slots, n), dict(ids=ids2, x=x2))
   return y.reshape(*lead, a)
+
+
+def _sparse_linear_table_grads(w_slot, b_slot, n, saved, g):
+  """Row-sparse gradients of w (coef: g, vecs: x) and b (coef: g, vecs: 1) from g = dL/dy."""
+  ids, x = saved["ids"], saved["x"]
+  out = []
+  if w_slot is not None:
+    out.append((w_slot, RowSparseGrad(ids, g, x, n)))
+  if b_slot is not None:
+    out.append((b_slot, RowSparseGrad(ids, g, jnp.ones((x.shape[0],), x.dtype), n)))
+  return out
 
 
 # ------------------------------------------------------------------------ embedding_bag
@@ -131,5 +143,11 @@ def embedding_bag(feat_ids, feat_vals, w):
   ids2, vals2 = feat_ids.reshape(-1, f), feat_vals.reshape(-1, f)
   h = _embedding_bag(ids2, vals2, w_val, w_ref is None)
   if w_ref is not None:
-    h = w_ref.tape.tap(h, "embedding_bag", [(w_ref.slot, "w")], dict(ids=ids2, vals=vals2))
+    h = w_ref.tape.tap(h, partial(_embedding_bag_table_grads, w_ref.slot, n),
+                       dict(ids=ids2, vals=vals2))
   return h.reshape(*lead, d)
+
+
+def _embedding_bag_table_grads(w_slot, n, saved, g):
+  """The row-sparse gradient of w (coef: the feature values, vecs: g = dL/dh)."""
+  return [(w_slot, RowSparseGrad(saved["ids"], saved["vals"], g, n))]

@@ -1,19 +1,48 @@
-"""The row-sparse gradient of a table, kept in factored form."""
+"""The row-sparse gradient of a table, kept in factored form, guarded against leafwise maths.
+
+A :class:`RowSparseGrad` is a pytree (it passes through ``jit``, ``lax.cond``, ``scan`` and
+Optax's structural transformations), but its ``ids`` leaf is not a value: a function mapped
+over every leaf (``jax.tree.map(jnp.add, g1, g2)``, an Optax transformation that scales or
+accumulates) would corrupt it. Such misuse is refused loudly, never silently:
+
+- a float result in ``ids`` (scaling by a float, clipping, averaging) is a ``TypeError`` the
+  moment the pytree is rebuilt (at trace time);
+- integer arithmetic (adding two gradients leaf by leaf, scaling by an int) changes the
+  scalar ``unit`` leaf from 1, which every consumer checks before it reads the ids (a
+  runtime error from the kernel). ``optax.tree.zeros_like(g)`` gives ``unit`` 0 and zero
+  coefficients: a valid zero gradient, so ``zeros + g`` is still ``g``.
+
+Combine them with :func:`jslide.tree.add` (the union of the rows), :func:`jslide.tree.scale`
+and :func:`jslide.tree.global_norm`, or their operators: ``g1 + g2`` and ``s * g``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.tree_util import GetAttrKey
 
 from jslide import kernels
 
+_MISUSE = (
+    "a function was applied to every leaf of a gradient or update tree holding a "
+    "RowSparseGrad (e.g. an Optax transformation that scales, clips or accumulates, or "
+    "jax.tree.map(jnp.add, g1, g2)), and it changed the row ids too. Combine row-sparse "
+    "gradients with jslide.tree.add / jslide.tree.scale / jslide.tree.global_norm (or "
+    "g1 + g2, s * g), and clip before the sparse optimizer with "
+    "jslide.optim.clip_by_global_norm.")
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+
+def _is_float_array(x) -> bool:
+  dtype = getattr(x, "dtype", None)
+  return dtype is not None and (jnp.issubdtype(dtype, jnp.floating)
+                                or jnp.issubdtype(dtype, jnp.complexfloating))
+
+
+@jax.tree_util.register_pytree_with_keys_class
 class RowSparseGrad:
   """The gradient of a table ``f32[num_rows, *row_shape]`` that only some rows receive.
 
@@ -28,13 +57,40 @@ class RowSparseGrad:
     ids: int32[R, A], table rows; -1 is padding. Duplicates are summed.
     coef: f32[R, A].
     vecs: f32[R, *row_shape].
+    unit: int32[], 1 (0 for the zero gradient ``optax.tree.zeros_like`` makes); anything
+      else means leafwise arithmetic touched the ids, and consumers refuse it.
     num_rows: N, the table's number of rows (static).
   """
 
-  ids: jax.Array
-  coef: jax.Array
-  vecs: jax.Array
-  num_rows: int = dataclasses.field(metadata=dict(static=True))
+  __slots__ = ("ids", "coef", "vecs", "unit", "num_rows")
+
+  def __init__(self, ids, coef, vecs, num_rows: int, unit=None):
+    self.ids = ids
+    self.coef = coef
+    self.vecs = vecs
+    self.unit = jnp.ones([], jnp.int32) if unit is None else unit
+    self.num_rows = int(num_rows)
+
+  # ------------------------------------------------------------------ pytree protocol
+
+  def tree_flatten_with_keys(self):
+    children = tuple((GetAttrKey(k), getattr(self, k)) for k in ("ids", "coef", "vecs", "unit"))
+    return children, self.num_rows
+
+  @classmethod
+  def tree_unflatten(cls, num_rows, children):
+    ids, coef, vecs, unit = children
+    if _is_float_array(ids) or _is_float_array(unit):
+      raise TypeError(f"RowSparseGrad: ids became {ids.dtype}: {_MISUSE}")
+    obj = object.__new__(cls)
+    obj.ids, obj.coef, obj.vecs, obj.unit, obj.num_rows = ids, coef, vecs, unit, num_rows
+    return obj
+
+  def __repr__(self):
+    return (f"RowSparseGrad(shape={self.shape}, ids={getattr(self.ids, 'shape', self.ids)}, "
+            f"dtype={self.dtype})")
+
+  # ------------------------------------------------------------------ shape and values
 
   @property
   def row_shape(self) -> tuple[int, ...]:
@@ -49,45 +105,85 @@ class RowSparseGrad:
   def dtype(self):
     return self.vecs.dtype
 
-  def flat_vecs(self) -> jax.Array:
-    """vecs as f32[R, D] with D = prod(row_shape), the layout the kernels take."""
-    return jnp.reshape(self.vecs, (self.vecs.shape[0], math.prod(self.row_shape)))
+  def factors(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(ids int32[R, A], coef f32[R, A], vecs f32[R, D]) with D = prod(row_shape), the
+    layout the kernels take; ``coef`` passes a run-time check of ``unit`` first."""
+    d = math.prod(self.row_shape)
+    vecs = jnp.reshape(self.vecs, (self.vecs.shape[0], d))
+    return self.ids, kernels.check_unit(self.unit, self.coef, what=_MISUSE), vecs
 
   def todense(self) -> jax.Array:
     """The dense gradient, f32[num_rows, *row_shape]. Costs O(num_rows * D)."""
-    dense = kernels.scatter_outer(self.ids, self.coef, self.flat_vecs(), self.num_rows)
-    return jnp.reshape(dense, self.shape)
+    ids, coef, vecs = self.factors()
+    return jnp.reshape(kernels.scatter_outer(ids, coef, vecs, self.num_rows), self.shape)
+
+  def sq_norm(self) -> jax.Array:
+    """f32[]: the squared Frobenius norm of the dense gradient (duplicate ids summed first),
+    at the cost of the rows that occur."""
+    ids, coef, vecs = self.factors()
+    return kernels.row_sparse_sq_norm(ids, coef, vecs, self.num_rows)
+
+  # ------------------------------------------------------------------ algebra
 
   def scale(self, factor) -> "RowSparseGrad":
-    """This gradient times a scalar."""
-    return dataclasses.replace(self, coef=self.coef * jnp.asarray(factor, self.coef.dtype))
+    """This gradient times a scalar (only ``coef`` is scaled)."""
+    return RowSparseGrad(self.ids, self.coef * jnp.asarray(factor, self.coef.dtype), self.vecs,
+                         self.num_rows, self.unit)
 
   def __mul__(self, factor):
+    if isinstance(factor, RowSparseGrad):
+      return NotImplemented
     return self.scale(factor)
 
   __rmul__ = __mul__
 
+  def __neg__(self):
+    return self.scale(-1.0)
+
+  def __add__(self, other):
+    if isinstance(other, RowSparseGrad):
+      return RowSparseGrad.concatenate([self, other])
+    return NotImplemented
+
+  def __radd__(self, param):
+    """``param + g``: g scattered into the table param, in place when param is donated (so
+    a RowSparseGrad is also a row-sparse *update*, as ``optax.apply_updates`` takes it)."""
+    if isinstance(param, RowSparseGrad):
+      return RowSparseGrad.concatenate([param, self])
+    if jnp.shape(param) != self.shape:
+      raise ValueError(f"RowSparseGrad of shape {self.shape} added to an array of shape "
+                       f"{jnp.shape(param)}")
+    ids, coef, vecs = self.factors()
+    table = jnp.reshape(param, (self.num_rows, vecs.shape[1]))
+    return jnp.reshape(kernels.sparse_sgd_rows(table, ids, coef, vecs, learning_rate=-1.0),
+                       self.shape)
+
   @classmethod
   def zeros(cls, shape: Sequence[int], dtype=jnp.float32) -> "RowSparseGrad":
     """A gradient with no rows (for a table the function did not use)."""
-    return cls(ids=jnp.zeros((0, 1), jnp.int32), coef=jnp.zeros((0, 1), dtype),
+    return cls(ids=jnp.full((0, 1), -1, jnp.int32), coef=jnp.zeros((0, 1), dtype),
                vecs=jnp.zeros((0, *shape[1:]), dtype), num_rows=int(shape[0]))
 
   @classmethod
   def concatenate(cls, grads: Sequence["RowSparseGrad"]) -> "RowSparseGrad":
-    """The sum of several gradients of one table (rows stacked, A padded with -1)."""
+    """The sum of several gradients of one table: the union of their rows (rows stacked,
+    A padded with -1). The result's size is the sum of theirs."""
     if not grads:
       raise ValueError("RowSparseGrad.concatenate: need at least one gradient")
-    if len(grads) == 1:
-      return grads[0]
     shape = grads[0].shape
     for g in grads[1:]:
+      if not isinstance(g, RowSparseGrad):
+        raise TypeError(f"RowSparseGrad.concatenate: got {type(g).__name__}")
       if g.shape != shape:
         raise ValueError(f"RowSparseGrad.concatenate: shapes differ: {shape} vs {g.shape}")
+    if len(grads) == 1:
+      return grads[0]
     width = max(g.ids.shape[1] for g in grads)
     pad = lambda a, value: jnp.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=value)
-    return cls(ids=jnp.concatenate([pad(g.ids, -1) for g in grads]),
-               coef=jnp.concatenate([pad(g.coef, 0) for g in grads]),
+    # Each part's coefficients go through its own unit check; the union is a fresh gradient.
+    parts = [g.factors() for g in grads]
+    return cls(ids=jnp.concatenate([pad(i, -1) for i, _, _ in parts]),
+               coef=jnp.concatenate([pad(c, 0) for _, c, _ in parts]),
                vecs=jnp.concatenate([g.vecs for g in grads]),
                num_rows=shape[0])
 

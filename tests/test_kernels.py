@@ -83,7 +83,7 @@ def test_empty_batch(rng):
   assert_close(kernels.scatter_outer(ids, jnp.zeros((0, 3)), x, 6), jnp.zeros((6, 4)))
 
 
-def test_large_batch_uses_threads_and_matches_single_thread(rng):
+def test_large_batch_threaded_matches_single_thread(rng):
   r, a, n, d = 512, 64, 5000, 96
   x, w, b = normal(rng, r, d), normal(rng, n, d), normal(rng, n)
   ids = random_ids(rng, n, (r, a))
@@ -168,13 +168,11 @@ def test_catch_up_state_errors(rng):
   with pytest.raises(ValueError, match=r"last shape \(4,\) must be \(5,\)"):
     kernels.adam_catch_up_rows(w, m, v, jnp.zeros(4, jnp.int32), step=3, learning_rate=0.1,
                                b1=0.9, b2=0.999, eps=1e-8)
-  # A `last` ahead of the step is a corrupt state: refused by the kernel, nothing written.
+  # A `last` ahead of the step is a corrupt state: refused by the kernel.
   f = jax.jit(lambda w, m, v, last: kernels.sparse_adam_rows(
       w, m, v, ids, coef, vecs, last=last, step=3, **hyper))
-  w_before = np.asarray(w).copy()
   with pytest.raises(jax.errors.JaxRuntimeError, match=r"last\[2\] = 3 must lie in \[0, 2\]"):
     jax.block_until_ready(f(w, m, v, jnp.array([0, 1, 3, 0, 0], jnp.int32)))
-  np.testing.assert_array_equal(np.asarray(w), w_before)
   with pytest.raises(jax.errors.JaxRuntimeError, match="step t >= 1"):
     jax.block_until_ready(jax.jit(lambda: kernels.sparse_adam_rows(
         w, m, v, ids, coef, vecs, last=jnp.zeros(n, jnp.int32), step=0, **hyper))())
@@ -255,18 +253,16 @@ def test_dynamic_id_errors_come_from_the_kernel(rng):
     h(jnp.array([[5]]), normal(rng, 1, 1), normal(rng, 1, 3)).block_until_ready()
 
 
-def test_non_finite_gradient_is_refused_and_table_kept(rng):
+def test_non_finite_gradient_is_refused(rng):
   n, d = 6, 4
   w, m, v = normal(rng, n, d), jnp.zeros((n, d)), jnp.zeros((n, d))
   ids = jnp.array([[1, 2]], jnp.int32)
   coef = jnp.array([[1.0, jnp.nan]], jnp.float32)
-  w_before = np.asarray(w).copy()
   f = jax.jit(lambda w, m, v, c: kernels.sparse_adam_rows(
       w, m, v, ids, c, normal(rng, 1, d), learning_rate=0.1, bias_correction1=0.1,
       bias_correction2=0.1, b1=0.9, b2=0.999, eps=1e-8))
   with pytest.raises(jax.errors.JaxRuntimeError, match="coef has a non-finite value"):
     jax.block_until_ready(f(w, m, v, coef))
-  np.testing.assert_array_equal(np.asarray(w), w_before)
   g = jax.jit(lambda w, c: kernels.sparse_sgd_rows(w, ids, c, jnp.full((1, d), jnp.inf),
                                                    learning_rate=0.1))
   with pytest.raises(jax.errors.JaxRuntimeError, match="vecs has a non-finite value"):

@@ -239,9 +239,6 @@ def test_schedule_matches_its_host_listing_and_rebuilds_under_jit(rng):
 
 
 def test_index_memory_is_linear_in_rows_and_buckets():
-  # SLIDE's Amazon-670K output layer: N=670,091, L=50, 2^18 buckets per table.
-  n, l, buckets = 670_091, 50, 2**18
-  assert (l * (buckets + 1) + l * n) * 4 / 2**20 < 250
   small = lsh.build(lsh.DWTA.init(KEY, 16, 2, 3, bin_size=8), np.ones((100, 16), np.float32))
   assert small.nbytes() == (3 * (64 + 1) + 3 * 100) * 4
 
@@ -251,7 +248,7 @@ def test_lsh_bad_input(rng):
   h = lsh.SimHash.init(KEY, 16, 4, 3)
   index = lsh.build(h, w)
   x = w[:2]
-  with pytest.raises(ValueError, match="num_bits"):
+  with pytest.raises(ValueError, match="num_hashes"):
     lsh.SimHash.init(KEY, 16, 0, 3)
   with pytest.raises(ValueError, match="exceeds 24"):
     lsh.SimHash.init(KEY, 16, 25, 3)

@@ -27,7 +27,7 @@ def _dense_loss(model, feat_ids, feat_vals, labels):
 
 
 def _small_model(n_in=60, n_out=40, budget=40):
-  return jslide.nn.SparseMLP(n_in, n_out, hidden=(16,), budget=budget, num_bits=2,
+  return jslide.nn.SparseMLP(n_in, n_out, hidden=(16,), budget=budget, num_hashes=2,
                              num_tables=4, bin_size=4, rngs=nnx.Rngs(0))
 
 
@@ -87,7 +87,7 @@ def test_batch_negatives_join_every_active_set(rng):
   few = np.asarray(jslide.nn.sparse_dense.batch_label_sample(labels, 4, jax.random.PRNGKey(3)))
   assert len(set(few)) == 4 and set(few) <= batch_labels
 
-  layer = jslide.nn.SparseDense(16, n_out, budget=30, num_bits=2, num_tables=4, bin_size=4,
+  layer = jslide.nn.SparseDense(16, n_out, budget=30, num_hashes=2, num_tables=4, bin_size=4,
                                 batch_negatives=12, rngs=nnx.Rngs(0))
   x = jnp.asarray(rng.random((b, 16)), jnp.float32)
   ids = np.asarray(layer.active_ids(x, labels, key=jax.random.PRNGKey(0)))
@@ -112,7 +112,7 @@ def test_sparse_dense_on_top_of_any_encoder_trains_in_one_step(rng):
   class Model(nnx.Module):
     def __init__(self, rngs):
       self.encoder = nnx.Sequential(nnx.Linear(10, 16, rngs=rngs), jax.nn.tanh)
-      self.head = jslide.nn.SparseDense(16, 200, budget=20, num_bits=2, num_tables=4,
+      self.head = jslide.nn.SparseDense(16, 200, budget=20, num_hashes=2, num_tables=4,
                                         bin_size=4, rngs=rngs)
 
   def forward(model, batch, key):
@@ -146,7 +146,7 @@ def test_train_step_updates_tables_in_place_without_copies():
   of its size: the output layer's d/dx reads the table, and the update must wait for it
   (see jslide.grad) rather than work on a copy."""
   n_out, d = 100_000, 32
-  model = jslide.nn.SparseMLP(500, n_out, hidden=(d,), budget=64, num_bits=4, num_tables=4,
+  model = jslide.nn.SparseMLP(500, n_out, hidden=(d,), budget=64, num_hashes=4, num_tables=4,
                               rngs=nnx.Rngs(0))
   _, state, step = jslide.nn.make_train_step(
       model, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True))
@@ -168,7 +168,7 @@ def test_training_on_wordnet_reaches_a_precision_floor():
   train = D.wordnet.load("train").normalized()
   test = D.wordnet.load("test").normalized()
   model = jslide.nn.SparseMLP(train.num_features, train.num_labels, hidden=(128,), budget=512,
-                              num_bits=5, num_tables=16, batch_negatives=256,
+                              num_hashes=5, num_tables=16, batch_negatives=256,
                               rngs=nnx.Rngs(0))
   graphdef, state, step = jslide.nn.make_train_step(
       model, table_tx=jslide.optim.sparse_adam(5e-3, catch_up=True),
@@ -177,7 +177,7 @@ def test_training_on_wordnet_reaches_a_precision_floor():
     for i, b in enumerate(D.batches(train, 512, max_features=64, max_labels=6, epoch=epoch)):
       batch = {"feat_ids": b.feat_ids, "feat_vals": b.feat_vals, "labels": b.labels, "mask": b.mask}
       state, m = step(state, batch, jax.random.PRNGKey(epoch * 1000 + i))
-  model = jslide.nn.merge(graphdef, jslide.nn.catch_up(state))
+  model = jslide.nn.merge(graphdef, jslide.nn.catch_up_train_state(state))
   top = jax.jit(lambda f, v: jax.lax.top_k(model.output.exact(model.encode(f, v)), 1)[1])
   hits = 0.0
   for b in D.batches(test, 1024, max_features=64, max_labels=6, shuffle=False):

@@ -26,7 +26,7 @@ def small_files(tmp_path_factory):
   return str(d / "train.txt"), str(d / "test.txt")
 
 
-ARCH = ["--hidden", "32", "--budget", "64", "--num-bits", "2", "--num-tables", "4",
+ARCH = ["--hidden", "32", "--budget", "64", "--num-hashes", "2", "--num-tables", "4",
         "--batch-size", "128", "--no-progress", "--rebuild-initial", "3", "--batch-negatives", "16"]
 
 

@@ -13,12 +13,17 @@ def check_vectors(fn: str, x, dim: int):
   return x
 
 
-def check_kl(fn: str, num_bits: int, num_tables: int, bits_per_hash: int = 1):
-  for name, v in (("num_bits", num_bits), ("num_tables", num_tables)):
+# The same limits as ffi/ffi_checks.h (kMaxHashesTimesBits, kMaxTables).
+MAX_CODE_BITS = 24  # bits of a bucket code: 2^24 buckets per table
+MAX_TABLES = 512
+
+
+def check_kl(fn: str, num_hashes: int, num_tables: int, bits_per_hash: int = 1):
+  for name, v in (("num_hashes", num_hashes), ("num_tables", num_tables)):
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
       raise ValueError(f"{fn}: {name} must be a positive int, got {v!r}")
-  if num_bits * bits_per_hash > 24:
-    raise ValueError(f"{fn}: K * bits per hash = {num_bits * bits_per_hash} exceeds 24 "
-                     "(2^24 buckets per table); lower num_bits")
-  if num_tables > 512:
-    raise ValueError(f"{fn}: num_tables={num_tables} is above the supported 512")
+  if num_hashes * bits_per_hash > MAX_CODE_BITS:
+    raise ValueError(f"{fn}: K * bits per hash = {num_hashes * bits_per_hash} exceeds "
+                     f"{MAX_CODE_BITS} (2^{MAX_CODE_BITS} buckets per table); lower num_hashes (K)")
+  if num_tables > MAX_TABLES:
+    raise ValueError(f"{fn}: num_tables={num_tables} is above the supported {MAX_TABLES}")

@@ -33,17 +33,17 @@ class DWTA:
   dim: int = dataclasses.field(metadata=dict(static=True))
 
   @classmethod
-  def init(cls, key, dim: int, num_bits: int, num_tables: int, bin_size: int = 8) -> "DWTA":
-    """K=num_bits hashes per table, L=num_tables tables, over vectors of length ``dim``."""
+  def init(cls, key, dim: int, num_hashes: int, num_tables: int, bin_size: int = 8) -> "DWTA":
+    """K=num_hashes hashes per table, L=num_tables tables, over vectors of length ``dim``."""
     if not isinstance(bin_size, int) or bin_size < 2 or bin_size & (bin_size - 1):
       raise ValueError(f"DWTA.init: bin_size must be a power of two >= 2, got {bin_size!r}")
     if bin_size > dim:
       raise ValueError(f"DWTA.init: bin_size={bin_size} exceeds dim={dim}")
-    check_kl("DWTA.init", num_bits, num_tables, int(math.log2(bin_size)))
-    needed = num_tables * num_bits * bin_size
+    check_kl("DWTA.init", num_hashes, num_tables, int(math.log2(bin_size)))
+    needed = num_tables * num_hashes * bin_size
     perms = jax.vmap(lambda k: jax.random.permutation(k, dim))(
         jax.random.split(key, -(-needed // dim)))
-    bins = perms.reshape(-1)[:needed].reshape(num_tables, num_bits, bin_size)
+    bins = perms.reshape(-1)[:needed].reshape(num_tables, num_hashes, bin_size)
     return cls(bins=bins.astype(jnp.int32), dim=int(dim))
 
   @property
@@ -51,7 +51,7 @@ class DWTA:
     return self.bins.shape[0]
 
   @property
-  def num_bits(self) -> int:
+  def num_hashes(self) -> int:
     return self.bins.shape[1]
 
   @property
@@ -60,7 +60,7 @@ class DWTA:
 
   @property
   def num_buckets(self) -> int:
-    return 2 ** (self.num_bits * int(math.log2(self.bin_size)))
+    return 2 ** (self.num_hashes * int(math.log2(self.bin_size)))
 
   def hash(self, x) -> jax.Array:
     """Codes int32[B, L] of vectors x: f32[B, d]."""

@@ -24,7 +24,7 @@ class LSHIndex:
 
   Table l's bucket c holds ``ids[l, offsets[l, c]:offsets[l, c + 1]]`` (rows in increasing
   order). Memory: O(L (N + buckets)) int32, and nothing overflows, unlike fixed-capacity
-  buckets (SLIDE's 128 slots: 6.7 GB for N=670,091, L=50, 2^18 buckets; this layout: 186 MB).
+  buckets (SLIDE's 128 slots: 6.7 GB for N=670,091, L=50, 2^18 buckets; this layout: 178 MiB, i.e. 186 MB).
   An immutable pytree: keep it in your training state and :func:`rebuild` it on a schedule.
 
   Attributes:

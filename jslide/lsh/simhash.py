@@ -31,15 +31,15 @@ class SimHash:
   dim: int = dataclasses.field(metadata=dict(static=True))
 
   @classmethod
-  def init(cls, key, dim: int, num_bits: int, num_tables: int,
+  def init(cls, key, dim: int, num_hashes: int, num_tables: int,
            density: float = 1 / 3) -> "SimHash":
-    """Random projections for vectors of length ``dim``: K=num_bits, L=num_tables."""
-    check_kl("SimHash.init", num_bits, num_tables)
+    """Random projections for vectors of length ``dim``: K=num_hashes, L=num_tables."""
+    check_kl("SimHash.init", num_hashes, num_tables)
     if not 0 < density <= 1:
       raise ValueError(f"SimHash.init: density must be in (0, 1], got {density}")
     nnz = max(1, round(dim * density))
     k_idx, k_sign = jax.random.split(key)
-    scores = jax.random.uniform(k_idx, (num_tables, num_bits, dim))
+    scores = jax.random.uniform(k_idx, (num_tables, num_hashes, dim))
     idx = jnp.argsort(scores, axis=-1)[..., :nnz].astype(jnp.int32)
     sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, idx.shape), 1.0, -1.0).astype(jnp.float32)
     return cls(idx=idx, sign=sign, dim=int(dim))
@@ -49,12 +49,12 @@ class SimHash:
     return self.idx.shape[0]
 
   @property
-  def num_bits(self) -> int:
+  def num_hashes(self) -> int:
     return self.idx.shape[1]
 
   @property
   def num_buckets(self) -> int:
-    return 2 ** self.num_bits
+    return 2 ** self.num_hashes
 
   def hash(self, x) -> jax.Array:
     """Codes int32[B, L] in [0, 2^K) of vectors x: f32[B, d]."""

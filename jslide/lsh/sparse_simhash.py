@@ -32,9 +32,9 @@ class SparseSimHash:
   dim: int = dataclasses.field(metadata=dict(static=True))
 
   @classmethod
-  def init(cls, key, dim: int, num_bits: int, num_tables: int) -> "SparseSimHash":
-    check_kl("SparseSimHash.init", num_bits, num_tables)
-    seeds = jax.random.bits(key, (num_tables, num_bits), jnp.uint32)
+  def init(cls, key, dim: int, num_hashes: int, num_tables: int) -> "SparseSimHash":
+    check_kl("SparseSimHash.init", num_hashes, num_tables)
+    seeds = jax.random.bits(key, (num_tables, num_hashes), jnp.uint32)
     return cls(seeds=seeds, dim=int(dim))
 
   @property
@@ -42,12 +42,12 @@ class SparseSimHash:
     return self.seeds.shape[0]
 
   @property
-  def num_bits(self) -> int:
+  def num_hashes(self) -> int:
     return self.seeds.shape[1]
 
   @property
   def num_buckets(self) -> int:
-    return 2 ** self.num_bits
+    return 2 ** self.num_hashes
 
   def hash_sparse(self, feat_ids, feat_vals) -> jax.Array:
     """Codes int32[B, L] of sparse inputs: feat_ids int[B, F] (-1 padding), feat_vals f32[B, F]."""

@@ -7,16 +7,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jslide import lsh
-from jslide.initializers import chunked
+from jslide.initializers import check_param_dtype, chunked
 from jslide.nn.variables import Index, Table
 from jslide.ops import sparse_linear
 
 
-def make_hasher(family: str, key, dim: int, num_bits: int, num_tables: int, bin_size: int = 8):
+def make_hasher(family: str, key, dim: int, num_hashes: int, num_tables: int, bin_size: int = 8):
   if family == "dwta":
-    return lsh.DWTA.init(key, dim, num_bits, num_tables, bin_size=bin_size)
+    return lsh.DWTA.init(key, dim, num_hashes, num_tables, bin_size=bin_size)
   if family == "simhash":
-    return lsh.SimHash.init(key, dim, num_bits, num_tables)
+    return lsh.SimHash.init(key, dim, num_hashes, num_tables)
   raise ValueError(f"hash family must be 'dwta' or 'simhash', got {family!r}")
 
 
@@ -52,12 +52,21 @@ class SparseDense(nnx.Module):
 
   Call :meth:`rebuild_index` (or let :func:`jslide.nn.training` do it on a schedule) after
   the weights have moved.
+
+  Parameters follow ``nnx.Linear`` (``kernel_init``, ``bias_init``, ``param_dtype``,
+  ``rngs``), with one difference of layout: ``kernel`` is ``Table[out_features,
+  in_features]``, one row per output neuron (``nnx.Linear`` keeps ``[in, out]``), because a
+  neuron's weights are what the kernels gather and the index hashes; ``bias`` is
+  ``Table[out_features]``. ``param_dtype`` must be float32 for now.
   """
 
   def __init__(self, in_features: int, out_features: int, *, budget: int,
-               hash_family: str = "dwta", num_bits: int = 6, num_tables: int = 50,
+               hash_family: str = "dwta", num_hashes: int = 6, num_tables: int = 50,
                bin_size: int = 8, strategy: str = "vanilla", fill_group: int | None = 1,
-               batch_negatives: int = 0, rngs: nnx.Rngs, stddev: float = 0.01):
+               batch_negatives: int = 0,
+               kernel_init: nnx.Initializer = nnx.initializers.normal(0.01),
+               bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     if strategy not in lsh.STRATEGIES:
       raise ValueError(f"SparseDense: strategy must be one of {sorted(lsh.STRATEGIES)}, "
                        f"got {strategy!r}")
@@ -69,10 +78,12 @@ class SparseDense(nnx.Module):
     self.batch_negatives = batch_negatives
     self.in_features, self.out_features = in_features, out_features
     self.budget, self.strategy, self.fill_group = budget, strategy, fill_group
-    init = jax.jit(chunked(jax.nn.initializers.normal(stddev)), static_argnums=(1, 2))
-    self.kernel = Table(init(rngs.params(), (out_features, in_features), jnp.float32))
-    self.bias = Table(jnp.zeros((out_features,), jnp.float32))
-    hasher = make_hasher(hash_family, rngs.params(), in_features, num_bits, num_tables, bin_size)
+    check_param_dtype("SparseDense", param_dtype)
+    kernel = jax.jit(chunked(kernel_init), static_argnums=(1, 2))
+    bias = jax.jit(chunked(bias_init), static_argnums=(1, 2))
+    self.kernel = Table(kernel(rngs.params(), (out_features, in_features), param_dtype))
+    self.bias = Table(bias(rngs.params(), (out_features,), param_dtype))
+    hasher = make_hasher(hash_family, rngs.params(), in_features, num_hashes, num_tables, bin_size)
     self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value()))
 
   def active_ids(self, x, labels=None, *, key):

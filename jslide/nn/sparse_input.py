@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jslide.initializers import chunked
+from jslide.initializers import check_param_dtype, chunked
 from jslide.nn.variables import Table
 from jslide.ops import embedding_bag
 
@@ -14,17 +14,22 @@ from jslide.ops import embedding_bag
 class SparseInput(nnx.Module):
   """``h = sum_k feat_vals[k] * kernel[feat_ids[k]] + bias``: f32[B, features].
 
-  The table ``kernel: Table[num_features, features]`` receives a row-sparse gradient under
+  Parameters follow ``nnx.Embed`` / ``nnx.Linear`` (``kernel_init``, ``bias_init``,
+  ``param_dtype``, ``rngs``). The table ``kernel: Table[num_features, features]`` receives a row-sparse gradient under
   :func:`jslide.value_and_grad`; the bias is an ordinary ``nnx.Param``.
   """
 
-  def __init__(self, num_features: int, features: int, *, rngs: nnx.Rngs,
-               stddev: float | None = None):
-    stddev = stddev if stddev is not None else 1.0 / jnp.sqrt(features)
-    init = jax.jit(chunked(jax.nn.initializers.normal(stddev)), static_argnums=(1, 2))
+  def __init__(self, num_features: int, features: int, *,
+               kernel_init: nnx.Initializer | None = None,
+               bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    check_param_dtype("SparseInput", param_dtype)
+    if kernel_init is None:  # unit-variance outputs for unit-norm inputs
+      kernel_init = nnx.initializers.normal(1.0 / float(features) ** 0.5)
+    init = jax.jit(chunked(kernel_init), static_argnums=(1, 2))
     self.num_features, self.features = num_features, features
-    self.kernel = Table(init(rngs.params(), (num_features, features), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+    self.kernel = Table(init(rngs.params(), (num_features, features), param_dtype))
+    self.bias = nnx.Param(bias_init(rngs.params(), (features,), param_dtype))
 
   def __call__(self, feat_ids, feat_vals):
     """feat_ids int[..., F] (-1 padding), feat_vals f32[..., F] -> f32[..., features]."""

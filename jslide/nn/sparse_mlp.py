@@ -16,7 +16,7 @@ class SparseMLP(nnx.Module):
   then ``SparseDense(hidden[-1], num_labels)`` with an LSH index over its rows."""
 
   def __init__(self, num_features: int, num_labels: int, *, hidden: Sequence[int] = (128,),
-               budget: int, hash_family: str = "dwta", num_bits: int = 6,
+               budget: int, hash_family: str = "dwta", num_hashes: int = 6,
                num_tables: int = 50, bin_size: int = 8, strategy: str = "vanilla",
                fill_group: int | None = 1, batch_negatives: int = 0, rngs: nnx.Rngs):
     if not hidden:
@@ -24,7 +24,7 @@ class SparseMLP(nnx.Module):
     self.input = SparseInput(num_features, hidden[0], rngs=rngs)
     self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(hidden, hidden[1:])])
     self.output = SparseDense(hidden[-1], num_labels, budget=budget, hash_family=hash_family,
-                              num_bits=num_bits, num_tables=num_tables, bin_size=bin_size,
+                              num_hashes=num_hashes, num_tables=num_tables, bin_size=bin_size,
                               strategy=strategy, fill_group=fill_group,
                               batch_negatives=batch_negatives, rngs=rngs)
 

@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 
 from jslide import losses, lsh, optim
-from jslide.grad import value_and_grad
+from jslide._autodiff import value_and_grad
 from jslide.nn.sparse_dense import SparseDense
 from jslide.nn.variables import Table
 
@@ -56,7 +56,8 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
   """Builds ``(graphdef, state, step)`` where ``step(state, batch, key) -> (state, metrics)``.
 
   The step is one ``jax.jit`` with the whole state donated: tables are updated in place by
-  ``table_tx`` (default ``sparse_adam(1e-3)``) from row-sparse gradients, every other
+  ``table_tx`` (default ``sparse_adam(1e-3, catch_up=True)``, see docs/design.md for why) from
+  row-sparse gradients, every other
   parameter by ``dense_tx`` (default ``optax.adam(1e-3)``), and the LSH indices are rebuilt
   when ``schedule`` says so (through ``lax.cond``: no retracing). ``forward(model, batch,
   key)`` returns (logits, active ids); ``batch`` is a dict with ``labels`` int32[B, L] and
@@ -67,8 +68,8 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
     raise ValueError(f"make_train_step: loss must be one of {sorted(LOSSES)}, got {loss!r}")
   loss_per_example = LOSSES[loss]
   graphdef, tables, params, rest = split_model(model)
-  tx = optim.partition(table_tx or optim.sparse_adam(1e-3), dense_tx or optax.adam(1e-3),
-                       TABLES_FIRST)
+  tx = optim.partition(table_tx or optim.sparse_adam(1e-3, catch_up=True),
+                       dense_tx or optax.adam(1e-3), TABLES_FIRST)
   state = TrainState(tables, params, rest, tx.init((tables, params)), schedule.init(),
                      jnp.zeros([], jnp.int32))
 
@@ -131,7 +132,7 @@ def make_dense_train_step(model: nnx.Module, *, tx: optax.GradientTransformation
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def catch_up(state: TrainState) -> TrainState:
+def catch_up_train_state(state: TrainState) -> TrainState:
   """The state with every table row brought up to date by :func:`jslide.optim.catch_up`
   (a no-op without ``sparse_adam(..., catch_up=True)``).
 

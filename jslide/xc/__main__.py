@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden))
   t.add_argument("--budget", type=int, default=d.budget, help="active output neurons per example")
   t.add_argument("--hash", dest="hash_family", choices=["dwta", "simhash"], default=d.hash_family)
-  t.add_argument("--num-bits", type=int, default=d.num_bits, help="K: hashes per table")
+  t.add_argument("--num-hashes", type=int, default=d.num_hashes, help="K: hashes per table")
   t.add_argument("--num-tables", type=int, default=d.num_tables, help="L: hash tables")
   t.add_argument("--bin-size", type=int, default=d.bin_size, help="DWTA bin size")
   t.add_argument("--strategy", choices=["vanilla", "topk", "threshold"], default=d.strategy)
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
       train, test = _load_train_test(args)
       model_cfg = ModelConfig(
           train.num_features, train.num_labels, hidden=tuple(args.hidden), budget=args.budget,
-          hash_family=args.hash_family, num_bits=args.num_bits, num_tables=args.num_tables,
+          hash_family=args.hash_family, num_hashes=args.num_hashes, num_tables=args.num_tables,
           bin_size=args.bin_size, strategy=args.strategy, fill_group=args.fill_group,
           batch_negatives=args.batch_negatives)
       cfg = TrainConfig(

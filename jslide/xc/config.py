@@ -18,7 +18,7 @@ class ModelConfig:
   hidden: tuple[int, ...] = (128,)
   budget: int = 1024
   hash_family: str = "dwta"
-  num_bits: int = 5
+  num_hashes: int = 5
   num_tables: int = 16
   bin_size: int = 8
   strategy: str = "vanilla"
@@ -28,7 +28,7 @@ class ModelConfig:
   def build(self, seed: int) -> jslide.nn.SparseMLP:
     return jslide.nn.SparseMLP(
         self.num_features, self.num_labels, hidden=self.hidden, budget=self.budget,
-        hash_family=self.hash_family, num_bits=self.num_bits, num_tables=self.num_tables,
+        hash_family=self.hash_family, num_hashes=self.num_hashes, num_tables=self.num_tables,
         bin_size=self.bin_size, strategy=self.strategy, fill_group=self.fill_group,
         batch_negatives=(self.budget // 4 if self.batch_negatives is None
                          else self.batch_negatives), rngs=nnx.Rngs(seed))

@@ -130,7 +130,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
       if mgr and cfg.checkpoint_every and int(state.step) % cfg.checkpoint_every == 0:
         checkpoint.save(mgr, state, meta(epoch, i + 1))
     bar.close()
-    state = jslide.nn.catch_up(state)  # every row as dense Adam has it, for eval and saving
+    state = jslide.nn.catch_up_train_state(state)  # every row as dense Adam has it, for eval and saving
     seconds = time.perf_counter() - t0
     entry = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "seconds": seconds,
              "examples_per_second": seen / seconds if seconds else 0.0}
@@ -169,7 +169,7 @@ def load_model(checkpoint_dir: str):
   graphdef, state, _ = _make_step(model_cfg.build(0), cfg)
   state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense, cfg.catch_up)
   # A mid-epoch checkpoint may hold rows that catch-up Adam has not brought up to date yet.
-  return graphdef, jslide.nn.catch_up(state), model_cfg, meta
+  return graphdef, jslide.nn.catch_up_train_state(state), model_cfg, meta
 
 
 def evaluate(checkpoint_dir: str, data: D.XCData, *, max_features=64, max_labels=8) -> dict:

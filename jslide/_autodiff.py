@@ -1,8 +1,8 @@
-"""Differentiation with row-sparse gradients for tables and dense ones for everything else."""
+"""``jslide.value_and_grad`` / ``jslide.grad``: row-sparse gradients for tables, dense ones for
+everything else."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -99,30 +99,30 @@ def _after_every_gradient(grads):
   layer's d/dx feeds the layers below) is not ordered before the update by data, and XLA
   copies the table (the whole [N, d]) to keep the read safe. ``optimization_barrier`` does
   not order it; an arithmetic dependency does, at the cost of one element of each gradient.
-  (0 * x is kept by XLA: it is NaN for non-finite x, and the optimizers refuse those.)
+  The zero is ``nan_to_num(0 * x)``: XLA cannot fold it away, and a NaN in one gradient
+  stays in that gradient instead of showing up in every table.
   """
   if not any(map(is_row_sparse, jax.tree.leaves(grads, is_leaf=is_row_sparse))):
     return grads
   floats = [x for x in jax.tree.leaves(grads)
             if jnp.issubdtype(x.dtype, jnp.floating) and x.size]
-  zero = 0.0 * sum(x.reshape(-1)[0].astype(jnp.float32) for x in floats)
-  return jax.tree.map(
-      lambda g: dataclasses.replace(g, vecs=g.vecs + zero.astype(g.vecs.dtype))
-      if is_row_sparse(g) else g, grads, is_leaf=is_row_sparse)
+  zero = jnp.nan_to_num(0.0 * sum(x.reshape(-1)[0].astype(jnp.float32) for x in floats),
+                        nan=0.0, posinf=0.0, neginf=0.0)
+
+  def depend(g):
+    if not is_row_sparse(g):
+      return g
+    return RowSparseGrad(g.ids, g.coef, g.vecs + zero.astype(g.vecs.dtype), g.num_rows, g.unit)
+
+  return jax.tree.map(depend, grads, is_leaf=is_row_sparse)
 
 
 def _row_sparse_grads(tables, entries, saved, tap_grads) -> list[RowSparseGrad]:
+  """Each table's gradient: the sum of what every op that read it reports (its own
+  factorization, next to its forward in jslide.ops)."""
   parts: dict[int, list[RowSparseGrad]] = defaultdict(list)
-  for (kind, slots), values, g in zip(entries, saved, tap_grads):
-    for slot, role in slots:
-      n = tables[slot].shape[0]
-      if kind == "sparse_linear":
-        x = values["x"]
-        vecs = x if role == "w" else jnp.ones((x.shape[0],), x.dtype)
-        parts[slot].append(RowSparseGrad(values["ids"], g, vecs, n))
-      elif kind == "embedding_bag":
-        parts[slot].append(RowSparseGrad(values["ids"], values["vals"], g, n))
-      else:  # pragma: no cover - every op that taps is listed above
-        raise AssertionError(kind)
+  for table_grads, values, g in zip(entries, saved, tap_grads):
+    for slot, grad in table_grads(values, g):
+      parts[slot].append(grad)
   return [RowSparseGrad.concatenate(parts[slot]) if parts[slot]
           else RowSparseGrad.zeros(t.shape, t.dtype) for slot, t in enumerate(tables)]

@@ -1,0 +1,65 @@
+"""Tree helpers for gradients that mix dense arrays and :class:`jslide.RowSparseGrad` leaves.
+
+``jax.tree.map`` sees a RowSparseGrad's ids as a leaf like any other, so leafwise maths on
+such trees is refused (see :mod:`jslide.rowsparse`). These helpers treat each RowSparseGrad
+as the one value it stands for, at the cost of its rows, never of the table:
+
+- :func:`add`: the sum of two gradient trees (row-sparse leaves: the union of their rows),
+  e.g. to accumulate gradients over micro-batches;
+- :func:`scale`: a tree times a scalar (e.g. to average accumulated gradients);
+- :func:`global_norm`: ``optax.global_norm`` of the dense gradients, e.g. for clipping
+  (:func:`jslide.optim.clip_by_global_norm` uses it);
+- :func:`todense`: every row-sparse leaf as its dense array (O(table size): for checks).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jslide.rowsparse import is_row_sparse
+
+
+def _map(fn, *trees):
+  return jax.tree.map(fn, *trees, is_leaf=is_row_sparse)
+
+
+def add(a, b):
+  """a + b, leaf by leaf; a row-sparse leaf of a and b gives the union of their rows.
+
+  The row-sparse leaves of the result hold as many rows as a's and b's together, so a loop
+  that accumulates grows them: accumulate inside one ``jit`` over a fixed number of
+  micro-batches (or Python-unrolled), not in a ``lax.scan`` carry.
+  """
+
+  def add_leaf(x, y):
+    if is_row_sparse(x) != is_row_sparse(y):
+      raise TypeError("jslide.tree.add: a leaf is row-sparse in one tree and dense in the "
+                      f"other ({type(x).__name__} vs {type(y).__name__})")
+    return x + y
+
+  return _map(add_leaf, a, b)
+
+
+def scale(tree, factor):
+  """Every leaf times the scalar ``factor`` (row-sparse leaves scale their coefficients)."""
+  return _map(lambda x: x.scale(factor) if is_row_sparse(x)
+              else x * jnp.asarray(factor, x.dtype), tree)
+
+
+def global_norm(tree) -> jax.Array:
+  """f32[]: sqrt of the sum of squares of every leaf, row-sparse leaves counted as their dense
+  gradient (duplicate ids summed first), as ``optax.global_norm`` of the dense tree."""
+  total = jnp.zeros([], jnp.float32)
+  for x in jax.tree.leaves(tree, is_leaf=is_row_sparse):
+    if is_row_sparse(x):
+      total = total + x.sq_norm()
+    else:
+      total = total + jnp.sum(jnp.square(jnp.abs(x))).astype(jnp.float32)
+  return jnp.sqrt(total)
+
+
+def todense(tree):
+  """The tree with every RowSparseGrad as its dense array. O(table size) per leaf."""
+  return _map(lambda x: x.todense() if is_row_sparse(x) else x, tree)
+

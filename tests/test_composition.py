@@ -1,0 +1,250 @@
+"""jslide's row-sparse gradients and optimizers under Optax transformations and tree maths.
+
+Each case runs the same training loop twice: jslide (row-sparse table gradients, sparse
+optimizer) and plain JAX (dense gradients of the reference ops, Optax's own optimizer). The
+two must end with equal parameters, or jslide must refuse with the documented error; never a
+silently different table.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import jslide
+from jslide import reference as ref
+
+from helpers import assert_close, normal, random_ids
+
+N, D, B, A, STEPS = 40, 6, 5, 10, 4
+TABLES = {"w": True, "b": True, "h": False}
+
+
+def _params(rng):
+  return {"w": normal(rng, N, D, scale=0.5), "b": normal(rng, N, scale=0.1),
+          "h": normal(rng, D, D, scale=0.5)}
+
+
+def _batches(rng, count=STEPS):
+  """Each step's ids hold every table row at least once (plus duplicates and padding), so
+  sparse Adam with catch-up reads no stale row and must equal optax.adam exactly."""
+  def ids():
+    extra = np.asarray(random_ids(rng, N, (B * A - N,), pad_frac=0.3))
+    return jnp.asarray(rng.permutation(np.concatenate([np.arange(N), extra])).reshape(B, A),
+                       jnp.int32)
+  return [(normal(rng, B, D), ids()) for _ in range(count)]
+
+
+def _loss(ops):
+  def loss(p, x, ids):
+    logits = ops.sparse_linear(0.5 + jax.nn.softplus(x @ p["h"]), p["w"], p["b"], ids)
+    return jnp.sum(jnp.where(ids >= 0, jnp.exp(0.3 * logits), 0.0))
+  return loss
+
+
+def _sparse_grads(p, x, ids):
+  return jslide.value_and_grad(_loss(jslide), tables=TABLES)(p, x, ids)[1]
+
+
+def _dense_grads(p, x, ids):
+  return jax.grad(_loss(ref))(p, x, ids)
+
+
+def _run(tx, params, batches, grads_fn, *, finish=None):
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s, x, ids):
+    u, s = tx.update(grads_fn(p, x, ids), s, p)
+    return optax.apply_updates(p, u), s
+
+  for x, ids in batches:
+    params, state = step(params, state, x, ids)
+  if finish is not None:
+    params, state = finish(params, state)
+  return params
+
+
+def _assert_same(a, b, atol=2e-5):
+
+  for k in a:
+    assert_close(a[k], b[k], atol=atol, rtol=2e-4)
+
+
+EPS = 1e-8
+
+
+def _sparse_adam():
+  return jslide.optim.sparse_adam(1e-2, eps=EPS, catch_up=True)
+
+
+def _adam():
+  return optax.adam(1e-2, eps=EPS)
+
+
+CATCH_UP = jslide.optim.catch_up
+
+
+# ------------------------------------------------------------------ transformations that work
+
+
+def test_sparse_adam_alone_equals_optax_adam(rng):
+  p, batches = _params(rng), _batches(rng)
+  got = _run(_sparse_adam(), p, batches, _sparse_grads, finish=CATCH_UP)
+  _assert_same(got, _run(_adam(), p, batches, _dense_grads))
+
+
+def test_clip_before_the_sparse_optimizer_equals_optax_clip(rng):
+  p, batches = _params(rng), _batches(rng)
+  tx = optax.chain(jslide.optim.clip_by_global_norm(0.5), _sparse_adam())
+  got = _run(tx, p, batches, _sparse_grads, finish=CATCH_UP)
+  want = _run(optax.chain(optax.clip_by_global_norm(0.5), _adam()), p, batches,
+              _dense_grads)
+  _assert_same(got, want)
+
+
+def test_masked_sparse_adam_equals_masked_optax_adam(rng):
+  p, batches = _params(rng), _batches(rng)
+  mask = {"w": True, "b": False, "h": True}
+  got = _run(optax.masked(_sparse_adam(), mask), p, batches, _sparse_grads,
+             finish=lambda p, s: (CATCH_UP(p, s)[0], s))
+  want = _run(optax.masked(_adam(), mask), p, batches, _dense_grads)
+  _assert_same(got, want)
+
+
+def test_partition_with_optax_for_dense_leaves_equals_optax_adam(rng):
+  p, batches = _params(rng), _batches(rng)
+  tx = jslide.optim.partition(_sparse_adam(), _adam(), TABLES)
+  got = _run(tx, p, batches, _sparse_grads, finish=CATCH_UP)
+  _assert_same(got, _run(_adam(), p, batches, _dense_grads))
+
+
+def test_multi_transform_with_a_schedule_equals_optax(rng):
+  p, batches = _params(rng), _batches(rng)
+  sched = optax.linear_schedule(1e-2, 2e-3, STEPS)
+  labels = {"w": "tables", "b": "tables", "h": "dense"}
+  tx = optax.multi_transform({"tables": jslide.optim.sparse_sgd(sched),
+                              "dense": optax.sgd(sched)}, labels)
+  got = _run(tx, p, batches, _sparse_grads)
+  _assert_same(got, _run(optax.sgd(sched), p, batches, _dense_grads))
+
+
+def test_accumulating_with_jslide_tree_equals_dense_accumulation(rng):
+  p, batches = _params(rng), _batches(rng, 2 * STEPS)
+
+  def sparse_acc(p, x, ids):  # two micro-batches per step, averaged
+    g1, g2 = _sparse_grads(p, x[0], ids[0]), _sparse_grads(p, x[1], ids[1])
+    return jslide.tree.scale(jslide.tree.add(g1, g2), 0.5)
+
+  def dense_acc(p, x, ids):
+    g1, g2 = _dense_grads(p, x[0], ids[0]), _dense_grads(p, x[1], ids[1])
+    return jax.tree.map(lambda a, b: 0.5 * (a + b), g1, g2)
+
+  pairs = [tuple(jnp.stack(z) for z in zip(*batches[i:i + 2]))
+           for i in range(0, len(batches), 2)]
+  got = _run(_sparse_adam(), p, pairs, sparse_acc, finish=CATCH_UP)
+  _assert_same(got, _run(_adam(), p, pairs, dense_acc))
+
+
+def test_tree_map_add_onto_zeros_like_is_the_gradient(rng):
+  """A zeros_like accumulator plus one gradient, leaf by leaf, is still that gradient."""
+  p, batches = _params(rng), _batches(rng)
+
+  def acc(p, x, ids):
+    g = _sparse_grads(p, x, ids)
+    return jax.tree.map(jnp.add, optax.tree.zeros_like(g), g)
+
+  got = _run(_sparse_adam(), p, batches, acc, finish=CATCH_UP)
+  _assert_same(got, _run(_adam(), p, batches, _dense_grads))
+
+
+# ------------------------------------------------------------------ transformations refused
+
+
+@pytest.mark.parametrize("after", [optax.scale(-1.0), optax.scale_by_schedule(lambda c: 0.5),
+                                   optax.clip_by_global_norm(1.0)],
+                         ids=["scale", "scale_by_schedule", "clip_by_global_norm"])
+def test_arithmetic_after_the_sparse_optimizer_is_refused(rng, after):
+  """Float maths fails at trace time; scale_by_schedule casts its factor to each leaf's dtype
+  (0.5 -> 0 for the int32 unit), which the update refuses when it is applied."""
+  p, batches = _params(rng), _batches(rng)
+  with pytest.raises(Exception, match="TableUpdate|same dtypes|unit is 0, not 1"):
+    jax.block_until_ready(_run(optax.chain(_sparse_adam(), after), p, batches, _sparse_grads))
+
+
+def test_integer_scaling_after_the_sparse_optimizer_is_refused_when_applied(rng):
+  p, batches = _params(rng), _batches(rng)
+  with pytest.raises(Exception, match="unit is -1, not 1"):
+    jax.block_until_ready(_run(optax.chain(_sparse_adam(), optax.scale(-1)), p, batches,
+                               _sparse_grads))
+
+
+def test_tree_map_add_of_two_gradients_is_refused(rng):
+  """The issue's case: adding ids leaf by leaf must not reach a table."""
+  p, batches = _params(rng), _batches(rng)
+
+  def doubled(p, x, ids):
+    g = _sparse_grads(p, x, ids)
+    return jax.tree.map(jnp.add, g, g)
+
+  with pytest.raises(Exception, match="unit is 2, not 1"):
+    jax.block_until_ready(_run(_sparse_adam(), p, batches, doubled))
+
+
+def test_float_maths_on_row_sparse_gradients_is_refused_at_trace_time(rng):
+  p, (x, ids) = _params(rng), _batches(rng, 1)[0]
+  g = _sparse_grads(p, x, ids)
+  with pytest.raises(TypeError, match="RowSparseGrad: ids became float32"):
+    jax.tree.map(lambda t: 0.5 * t, g)
+  with pytest.raises(TypeError):
+    optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())
+
+
+@pytest.mark.parametrize("wrap", [lambda tx: optax.MultiSteps(tx, 2),
+                                  lambda tx: optax.apply_if_finite(tx, 2)],
+                         ids=["MultiSteps", "apply_if_finite"])
+def test_wrappers_that_need_update_shaped_like_gradients_are_refused(rng, wrap):
+  p, batches = _params(rng), _batches(rng)
+  with pytest.raises((TypeError, ValueError)):
+    _run(wrap(_sparse_adam()), p, batches, _sparse_grads)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 30), r=st.integers(0, 6), a=st.integers(1, 5), d=st.integers(1, 4),
+       seed=st.integers(0, 2**31 - 1))
+def test_global_norm_equals_optax_global_norm_of_the_dense_tree(n, r, a, d, seed):
+  rng = np.random.default_rng(seed)
+  g = jslide.RowSparseGrad(random_ids(rng, n, (r, a), pad_frac=0.3), normal(rng, r, a),
+                           normal(rng, r, d), n)
+  tree = {"table": g, "dense": normal(rng, 3)}
+  want = optax.tree.norm({"table": ref.scatter_outer(g.ids, g.coef, g.vecs, n),
+                            "dense": tree["dense"]})
+  assert_close(jslide.tree.global_norm(tree), want, rtol=1e-5, atol=1e-5)
+
+
+def test_tree_add_is_the_union_and_scale_scales_once(rng):
+  g1 = jslide.RowSparseGrad(jnp.array([[1, 2], [3, 4]], jnp.int32), normal(rng, 2, 2),
+                            normal(rng, 2, 3), 6)
+  total = jslide.tree.add({"t": g1}, {"t": g1})["t"]
+  assert total.ids.shape == (4, 2)
+  assert_close(total.todense(), 2 * g1.todense())
+  assert_close(jslide.tree.scale({"t": g1}, 3.0)["t"].todense(), 3 * g1.todense())
+  with pytest.raises(TypeError, match="row-sparse in one tree"):
+    jslide.tree.add({"t": g1}, {"t": g1.todense()})
+
+
+def test_nan_in_a_dense_gradient_stays_out_of_table_gradients(rng):
+  p, (x, ids) = _params(rng), _batches(rng, 1)[0]
+
+  def loss(p, x, ids):
+    return _loss(jslide)(p, x, ids) + jnp.sum(p["h"]) * jnp.float32(np.nan)
+
+  g = jslide.grad(loss, tables=TABLES)(p, x, ids)
+  assert not np.isfinite(np.asarray(g["h"])).all()
+  for k in ("w", "b"):
+    assert np.isfinite(np.asarray(g[k].vecs)).all(), k
