@@ -51,14 +51,15 @@ def chunked(init: Initializer, rows_per_chunk: int = 65536) -> Initializer:
   return chunked_init
 
 
+def init_table(init: Initializer, key, shape, dtype=jnp.float32) -> jax.Array:
+  """``init(key, shape, dtype)`` built block by block (:func:`chunked`) under one ``jit``."""
+  return jax.jit(chunked(init), static_argnums=(1, 2))(key, tuple(shape), dtype)
+
+
 def normal_table(key, num_rows: int, dim: int, stddev: float = 0.01,
                  dtype=jnp.float32) -> jax.Array:
   """A f32[num_rows, dim] table of N(0, stddev^2) entries, built block by block."""
-  init = chunked(jax.nn.initializers.normal(stddev))
-  return jax.jit(init, static_argnums=(1, 2))(key, (num_rows, dim), dtype)
-
-
-__all__ = ["chunked", "normal_table"]
+  return init_table(jax.nn.initializers.normal(stddev), key, (num_rows, dim), dtype)
 
 
 def check_param_dtype(module: str, param_dtype) -> None:
@@ -66,3 +67,6 @@ def check_param_dtype(module: str, param_dtype) -> None:
   if jnp.dtype(param_dtype) != jnp.float32:
     raise TypeError(f"{module}: param_dtype must be float32 (the kernels' table dtype), got "
                     f"{jnp.dtype(param_dtype)}")
+
+
+__all__ = ["chunked", "init_table", "normal_table"]

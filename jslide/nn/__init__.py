@@ -3,9 +3,10 @@
 from jslide.nn.sparse_dense import SparseDense
 from jslide.nn.sparse_input import SparseInput
 from jslide.nn.sparse_mlp import SparseMLP
-from jslide.nn.training import (TrainState, catch_up_train_state, make_dense_train_step, make_train_step,
-                                merge, rebuild_indices, split_model)
+from jslide.nn.training import (TrainState, catch_up_train_state, make_dense_train_step,
+                                make_train_step, merge, rebuild_indices, split_model)
 from jslide.nn.variables import Index, Table
 
 __all__ = ["Index", "SparseDense", "SparseInput", "SparseMLP", "Table", "TrainState",
-           "catch_up_train_state", "make_dense_train_step", "make_train_step", "merge", "rebuild_indices", "split_model"]
+           "catch_up_train_state", "make_dense_train_step", "make_train_step", "merge",
+           "rebuild_indices", "split_model"]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jslide import lsh
-from jslide.initializers import check_param_dtype, chunked
+from jslide.initializers import check_param_dtype, init_table
 from jslide.nn.variables import Index, Table
 from jslide.ops import sparse_linear
 
@@ -79,10 +79,9 @@ class SparseDense(nnx.Module):
     self.in_features, self.out_features = in_features, out_features
     self.budget, self.strategy, self.fill_group = budget, strategy, fill_group
     check_param_dtype("SparseDense", param_dtype)
-    kernel = jax.jit(chunked(kernel_init), static_argnums=(1, 2))
-    bias = jax.jit(chunked(bias_init), static_argnums=(1, 2))
-    self.kernel = Table(kernel(rngs.params(), (out_features, in_features), param_dtype))
-    self.bias = Table(bias(rngs.params(), (out_features,), param_dtype))
+    self.kernel = Table(init_table(kernel_init, rngs.params(), (out_features, in_features),
+                                   param_dtype))
+    self.bias = Table(init_table(bias_init, rngs.params(), (out_features,), param_dtype))
     hasher = make_hasher(hash_family, rngs.params(), in_features, num_hashes, num_tables, bin_size)
     self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value()))
 

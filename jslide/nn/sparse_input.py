@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jslide.initializers import check_param_dtype, chunked
+from jslide.initializers import check_param_dtype, init_table
 from jslide.nn.variables import Table
 from jslide.ops import embedding_bag
 
@@ -15,8 +14,9 @@ class SparseInput(nnx.Module):
   """``h = sum_k feat_vals[k] * kernel[feat_ids[k]] + bias``: f32[B, features].
 
   Parameters follow ``nnx.Embed`` / ``nnx.Linear`` (``kernel_init``, ``bias_init``,
-  ``param_dtype``, ``rngs``). The table ``kernel: Table[num_features, features]`` receives a row-sparse gradient under
-  :func:`jslide.value_and_grad`; the bias is an ordinary ``nnx.Param``.
+  ``param_dtype``, ``rngs``). The table ``kernel: Table[num_features, features]`` receives a
+  row-sparse gradient under :func:`jslide.value_and_grad`; the bias is an ordinary
+  ``nnx.Param``.
   """
 
   def __init__(self, num_features: int, features: int, *,
@@ -26,9 +26,9 @@ class SparseInput(nnx.Module):
     check_param_dtype("SparseInput", param_dtype)
     if kernel_init is None:  # unit-variance outputs for unit-norm inputs
       kernel_init = nnx.initializers.normal(1.0 / float(features) ** 0.5)
-    init = jax.jit(chunked(kernel_init), static_argnums=(1, 2))
     self.num_features, self.features = num_features, features
-    self.kernel = Table(init(rngs.params(), (num_features, features), param_dtype))
+    self.kernel = Table(init_table(kernel_init, rngs.params(), (num_features, features),
+                                   param_dtype))
     self.bias = nnx.Param(bias_init(rngs.params(), (features,), param_dtype))
 
   def __call__(self, feat_ids, feat_vals):
