@@ -37,7 +37,7 @@ from jax.tree_util import GetAttrKey
 
 from jslide import kernels
 from jslide import tree as jtree
-from jslide.rowsparse import RowSparseGrad, is_row_sparse
+from jslide.rowsparse import is_row_sparse, refuse_float_leaves
 from jslide.tables import TableSpec, table_mask
 
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
@@ -73,9 +73,7 @@ class TableUpdate:
   @classmethod
   def tree_unflatten(cls, _, children):
     new_value, unit = children
-    dtype = getattr(unit, "dtype", None)
-    if dtype is not None and not jnp.issubdtype(dtype, jnp.integer) and dtype != jnp.bool_:
-      raise TypeError(f"TableUpdate: its unit became {dtype}: {_UPDATE_MISUSE}")
+    refuse_float_leaves("TableUpdate", _UPDATE_MISUSE, unit=unit)
     obj = object.__new__(cls)
     obj.new_value, obj.unit = new_value, unit
     return obj

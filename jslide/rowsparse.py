@@ -36,10 +36,15 @@ _MISUSE = (
     "jslide.optim.clip_by_global_norm.")
 
 
-def _is_float_array(x) -> bool:
-  dtype = getattr(x, "dtype", None)
-  return dtype is not None and (jnp.issubdtype(dtype, jnp.floating)
-                                or jnp.issubdtype(dtype, jnp.complexfloating))
+def refuse_float_leaves(owner: str, misuse: str, **leaves) -> None:
+  """A TypeError naming the first integer leaf (ids, unit) that leafwise float arithmetic
+  turned into floats; called by the ``tree_unflatten`` of jslide's guarded pytrees. Leaves
+  without a dtype (tree utilities rebuild pytrees from None, objects, ...) pass."""
+  for name, leaf in leaves.items():
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and (jnp.issubdtype(dtype, jnp.floating)
+                              or jnp.issubdtype(dtype, jnp.complexfloating)):
+      raise TypeError(f"{owner}: {name} became {dtype}: {misuse}")
 
 
 @jax.tree_util.register_pytree_with_keys_class
@@ -80,8 +85,7 @@ class RowSparseGrad:
   @classmethod
   def tree_unflatten(cls, num_rows, children):
     ids, coef, vecs, unit = children
-    if _is_float_array(ids) or _is_float_array(unit):
-      raise TypeError(f"RowSparseGrad: ids became {ids.dtype}: {_MISUSE}")
+    refuse_float_leaves("RowSparseGrad", _MISUSE, ids=ids, unit=unit)
     obj = object.__new__(cls)
     obj.ids, obj.coef, obj.vecs, obj.unit, obj.num_rows = ids, coef, vecs, unit, num_rows
     return obj
