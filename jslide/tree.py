@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jslide.rowsparse import is_row_sparse
 
@@ -50,13 +51,10 @@ def scale(tree, factor):
 def global_norm(tree) -> jax.Array:
   """f32[]: sqrt of the sum of squares of every leaf, row-sparse leaves counted as their dense
   gradient (duplicate ids summed first), as ``optax.global_norm`` of the dense tree."""
-  total = jnp.zeros([], jnp.float32)
-  for x in jax.tree.leaves(tree, is_leaf=is_row_sparse):
-    if is_row_sparse(x):
-      total = total + x.sq_norm()
-    else:
-      total = total + jnp.sum(jnp.square(jnp.abs(x))).astype(jnp.float32)
-  return jnp.sqrt(total)
+  leaves = jax.tree.leaves(tree, is_leaf=is_row_sparse)
+  sparse = sum((x.sq_norm() for x in leaves if is_row_sparse(x)), jnp.zeros([], jnp.float32))
+  dense = optax.tree.norm([x for x in leaves if not is_row_sparse(x)], squared=True)
+  return jnp.sqrt(sparse + dense.astype(jnp.float32))
 
 
 def todense(tree):
