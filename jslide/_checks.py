@@ -55,3 +55,40 @@ def positive_int(fn: str, name: str, value) -> int:
   if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
     raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
   return int(value)
+
+
+def finite_scalar(fn: str, name: str, value):
+  """value, after a ValueError if it is a concrete non-finite number (traced values, e.g. a
+  schedule's output under jit, are checked by the kernel)."""
+  if is_concrete(value) and not callable(value):
+    arr = np.asarray(value, dtype=np.float64) if np.ndim(value) == 0 else None
+    if arr is not None and not np.isfinite(arr):
+      raise ValueError(f"{fn}: {name} must be finite, got {value!r}")
+  return value
+
+
+def unit_interval(fn: str, name: str, value) -> float:
+  """value as a float in [0, 1) (Adam's b1 and b2)."""
+  if not isinstance(value, (int, float, np.floating, np.integer)) or not 0 <= value < 1:
+    raise ValueError(f"{fn}: {name} must be a float in [0, 1), got {value!r}")
+  return float(value)
+
+
+def learning_rate(fn: str, value):
+  """A float, a scalar array or a schedule (a callable of the step count)."""
+  if callable(value):
+    return value
+  if isinstance(value, (bool, str)) or np.ndim(value) != 0 or not np.issubdtype(
+      np.asarray(value).dtype, np.number):
+    raise TypeError(f"{fn}: learning_rate must be a float, a scalar array or an Optax "
+                    f"schedule, got {value!r}")
+  return finite_scalar(fn, "learning_rate", value)
+
+
+def adam_hyperparameters(fn: str, b1, b2, eps) -> None:
+  """ValueError unless b1, b2 lie in [0, 1) and eps is a finite float >= 0."""
+  unit_interval(fn, "b1", b1)
+  unit_interval(fn, "b2", b2)
+  if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) \
+      or not 0 <= eps < np.inf:
+    raise ValueError(f"{fn}: eps must be a finite float >= 0, got {eps!r}")

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jslide import _ffi  # noqa: F401  (registers the FFI targets)
-from jslide._checks import float32_array, int32_ids
+from jslide._checks import adam_hyperparameters, float32_array, finite_scalar, int32_ids
 
 
 def _check_factored(fn, ids, coef, vecs, num_rows, d):
@@ -100,10 +100,19 @@ def _check_table_state(fn, w, *states):
 
 def _adam_hyper(learning_rate, bias_correction1, bias_correction2, step):
   """f32[4] = [lr, 1 - b1^t, 1 - b2^t, t]: traced scalars, so schedules do not recompile."""
+  for name, x in [("learning_rate", learning_rate), ("bias_correction1", bias_correction1),
+                  ("bias_correction2", bias_correction2)]:
+    finite_scalar("sparse_adam_rows", name, x)
   return jnp.stack([jnp.asarray(learning_rate, jnp.float32),
                     jnp.asarray(bias_correction1, jnp.float32),
                     jnp.asarray(bias_correction2, jnp.float32),
                     jnp.asarray(step, jnp.float32)])
+
+
+def _adam_attrs(fn, b1, b2, eps):
+  """The static Adam hyperparameters as the kernels' float32 attributes, checked."""
+  adam_hyperparameters(fn, b1, b2, eps)
+  return dict(b1=np.float32(b1), b2=np.float32(b2), eps=np.float32(eps))
 
 
 def _check_last(fn, last, num_rows):
@@ -142,7 +151,7 @@ def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction
   fn = "sparse_adam_rows"
   w, (m, v) = _check_table_state(fn, w, ("m", m), ("v", v))
   ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], w.shape[1])
-  attrs = dict(b1=np.float32(b1), b2=np.float32(b2), eps=np.float32(eps))
+  attrs = _adam_attrs(fn, b1, b2, eps)
   shape = jax.ShapeDtypeStruct(w.shape, jnp.float32)
   if last is None:
     hyper = _adam_hyper(learning_rate, bias_correction1, bias_correction2, 1)
@@ -188,7 +197,7 @@ def adam_catch_up_rows(w, m, v, last, *, step, learning_rate, b1: float, b2: flo
   return jax.ffi.ffi_call(
       "jslide_adam_catch_up", (shape, shape, shape, jax.ShapeDtypeStruct(last.shape, jnp.int32)),
       vmap_method="sequential", input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},
-  )(w, m, v, last, hyper, b1=np.float32(b1), b2=np.float32(b2), eps=np.float32(eps))
+  )(w, m, v, last, hyper, **_adam_attrs(fn, b1, b2, eps))
 
 
 def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate):
@@ -196,6 +205,7 @@ def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate):
   fn = "sparse_sgd_rows"
   w, _ = _check_table_state(fn, w)
   ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], w.shape[1])
+  finite_scalar(fn, "learning_rate", learning_rate)
   hyper = jnp.reshape(jnp.asarray(learning_rate, jnp.float32), (1,))
   return jax.ffi.ffi_call(
       "jslide_sparse_sgd", jax.ShapeDtypeStruct(w.shape, jnp.float32),

@@ -13,12 +13,14 @@ leaves, and enforced:
 - structural transformations work: ``optax.masked``, ``optax.partition`` /
   ``multi_transform`` (and :func:`partition`), ``optax.apply_updates``;
 - a transformation that scales, clips or accumulates updates (``optax.scale``,
-  ``scale_by_schedule``, ``clip_by_global_norm``, ``MultiSteps``, ``apply_if_finite``) or any
+  ``scale_by_schedule``, ``clip_by_global_norm``, ``MultiSteps``, ``optax.apply_if_finite``) or any
   ``jax.tree.map`` arithmetic is refused with an error that says so: at trace time for float
   maths, when the step runs for integer maths, as a pytree mismatch for ``MultiSteps`` and
   ``apply_if_finite``. Put such transformations *before* the sparse optimizer, on the
   gradients: :func:`clip_by_global_norm` here, :mod:`jslide.tree` to accumulate or scale,
-  a schedule as ``learning_rate``. The sparse kernels refuse non-finite gradients themselves.
+  a schedule as ``learning_rate``. To skip steps with non-finite gradients use
+  :func:`apply_if_finite` here, which knows the optimizer's updates are not shaped like its
+  gradients; the sparse kernels still refuse non-finite values themselves.
 
 Why not a delta: the fused kernel reads each touched row of the table and both moments once
 and writes them once; a materialized delta ([rows touched, D]) would add a write and a read
@@ -35,9 +37,9 @@ import jax.numpy as jnp
 import optax
 from jax.tree_util import GetAttrKey
 
-from jslide import kernels
+from jslide import _checks, kernels
 from jslide import tree as jtree
-from jslide.rowsparse import is_row_sparse, refuse_float_leaves
+from jslide.rowsparse import RowSparseGrad, is_row_sparse, refuse_float_leaves
 from jslide.tables import TableSpec, table_mask
 
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
@@ -163,6 +165,8 @@ def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
     catch_up: keep rows in step with dense Adam (an int32 per table row of extra state).
   """
 
+  learning_rate = _checks.learning_rate("sparse_adam", learning_rate)
+  _checks.adam_hyperparameters("sparse_adam", b1, b2, eps)
   if catch_up and not callable(learning_rate):
     learning_rate = float(learning_rate)  # static in CatchUpState
 
@@ -286,6 +290,7 @@ def sparse_sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
   the row-sparse delta ``-learning_rate * g`` itself (a RowSparseGrad with scaled
   coefficients), which ``optax.apply_updates`` scatters into the donated table in place.
   """
+  learning_rate = _checks.learning_rate("sparse_sgd", learning_rate)
 
   def init(params):
     del params
@@ -330,6 +335,8 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   coefficients). Chain it *before* the sparse optimizer:
   ``optax.chain(jslide.optim.clip_by_global_norm(1.0), jslide.optim.sparse_adam(1e-3))``.
   """
+  if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
+    raise ValueError(f"clip_by_global_norm: max_norm must be a float > 0, got {max_norm!r}")
 
   def init(params):
     del params
@@ -340,5 +347,62 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     g_norm = jtree.global_norm(updates)
     factor = jnp.where(g_norm < max_norm, 1.0, max_norm / jnp.maximum(g_norm, 1e-30))
     return jtree.scale(updates, factor), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def _is_update_leaf(x):
+  return isinstance(x, (TableUpdate, RowSparseGrad))
+
+
+def _no_update(update_shapes, params):
+  """Updates shaped like ``update_shapes`` that leave ``params`` as they are: a TableUpdate
+  holding the parameter itself (no copy: the table stays where it is), zeros elsewhere (a
+  row-sparse zero is unit 0 with zero coefficients, see :class:`jslide.RowSparseGrad`)."""
+  shapes, treedef = jax.tree.flatten(update_shapes, is_leaf=_is_update_leaf)
+  if not any(isinstance(u, TableUpdate) for u in shapes):
+    return optax.tree.zeros_like(update_shapes)
+  ps = treedef.flatten_up_to(params)
+  return treedef.unflatten([TableUpdate(p) if isinstance(u, TableUpdate)
+                            else optax.tree.zeros_like(u) for u, p in zip(shapes, ps)])
+
+
+def apply_if_finite(inner: optax.GradientTransformation,
+                    max_consecutive_errors: int) -> optax.GradientTransformation:
+  """``optax.apply_if_finite`` for optimizers whose gradients may be row-sparse.
+
+  A step whose gradients hold a NaN or inf (:func:`jslide.tree.all_finite`: dense leaves and
+  the factors of row-sparse ones) is skipped: ``inner``'s state is kept, every parameter,
+  table rows included, stays as it is, and ``notfinite_count`` / ``total_notfinite`` count
+  it. After ``max_consecutive_errors`` such steps in a row the update is applied anyway (as
+  Optax does), and the sparse kernels refuse it. The state is ``optax.ApplyIfFiniteState``.
+
+  ``optax.apply_if_finite`` itself cannot wrap :func:`sparse_adam`: its skipped step returns
+  zeros shaped like the *gradients*, and a table's update is a :class:`TableUpdate`; here a
+  skipped step returns a TableUpdate holding the table as it is (in place, no copy).
+  """
+  if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int) \
+      or max_consecutive_errors < 0:
+    raise ValueError("apply_if_finite: max_consecutive_errors must be an int >= 0, got "
+                     f"{max_consecutive_errors!r}")
+
+  def init(params):
+    return optax.ApplyIfFiniteState(
+        notfinite_count=jnp.zeros([], jnp.int32), last_finite=jnp.array(True),
+        total_notfinite=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
+
+  def update(updates, state, params=None):
+    finite = jtree.all_finite(updates)
+    notfinite_count = jnp.where(finite, 0, optax.safe_increment(state.notfinite_count))
+    shapes, _ = jax.eval_shape(inner.update, updates, state.inner_state, params)
+    new_updates, inner_state = jax.lax.cond(
+        finite | (notfinite_count > max_consecutive_errors),
+        lambda: inner.update(updates, state.inner_state, params),
+        lambda: (_no_update(shapes, params), state.inner_state))
+    return new_updates, optax.ApplyIfFiniteState(
+        notfinite_count=notfinite_count, last_finite=finite,
+        total_notfinite=jnp.where(finite, state.total_notfinite,
+                                  optax.safe_increment(state.total_notfinite)),
+        inner_state=inner_state)
 
   return optax.GradientTransformation(init, update)

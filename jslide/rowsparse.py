@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax.tree_util import GetAttrKey
 
 from jslide import kernels
+from jslide._checks import int32_ids, positive_int
 
 _MISUSE = (
     "a function was applied to every leaf of a gradient or update tree holding a "
@@ -70,6 +71,17 @@ class RowSparseGrad:
   __slots__ = ("ids", "coef", "vecs", "unit", "num_rows")
 
   def __init__(self, ids, coef, vecs, num_rows: int, unit=None):
+    num_rows = positive_int("RowSparseGrad", "num_rows", num_rows)
+    ids = int32_ids("RowSparseGrad", "ids", ids, num_rows=num_rows, ndim=2)
+    coef, vecs = jnp.asarray(coef), jnp.asarray(vecs)
+    for name, x in (("coef", coef), ("vecs", vecs)):
+      if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"RowSparseGrad: {name} must be a float array, got {x.dtype}")
+    if coef.shape != ids.shape:
+      raise ValueError(f"RowSparseGrad: coef shape {coef.shape} must equal ids shape {ids.shape}")
+    if vecs.ndim < 1 or vecs.shape[0] != ids.shape[0]:
+      raise ValueError(f"RowSparseGrad: vecs shape {vecs.shape} must start with ids' "
+                       f"{ids.shape[0]} rows")
     self.ids = ids
     self.coef = coef
     self.vecs = vecs

@@ -32,6 +32,9 @@ def table_mask(tables: TableSpec, tree) -> Any:
 
   ``tree`` may be parameters or updates; a RowSparseGrad leaf is always a table.
   """
+  if not callable(tables) and not all(isinstance(f, bool) for f in jax.tree.leaves(tables)):
+    raise TypeError("tables must be a callable (path, leaf) -> bool or a prefix tree of "
+                    f"bools, got {tables!r}")
   if callable(tables):
     return jax.tree_util.tree_map_with_path(
         lambda path, x: True if is_row_sparse(x) else bool(tables(path, x)), tree,

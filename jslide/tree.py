@@ -9,6 +9,8 @@ as the one value it stands for, at the cost of its rows, never of the table:
 - :func:`scale`: a tree times a scalar (e.g. to average accumulated gradients);
 - :func:`global_norm`: ``optax.global_norm`` of the dense gradients, e.g. for clipping
   (:func:`jslide.optim.clip_by_global_norm` uses it);
+- :func:`all_finite`: whether every value is finite (row-sparse leaves: their factors), e.g.
+  to skip a step (:func:`jslide.optim.apply_if_finite` uses it);
 - :func:`todense`: every row-sparse leaf as its dense array (O(table size): for checks).
 """
 
@@ -55,6 +57,16 @@ def global_norm(tree) -> jax.Array:
   sparse = sum((x.sq_norm() for x in leaves if is_row_sparse(x)), jnp.zeros([], jnp.float32))
   dense = optax.tree.norm([x for x in leaves if not is_row_sparse(x)], squared=True)
   return jnp.sqrt(sparse + dense.astype(jnp.float32))
+
+
+def all_finite(tree) -> jax.Array:
+  """bool[]: every float value of the tree is finite. A row-sparse leaf is checked through
+  its coefficients and vectors (not its ids), at the cost of its rows."""
+  def leaf_ok(x):
+    parts = (x.coef, x.vecs) if is_row_sparse(x) else (x,)
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in parts]))
+  leaves = jax.tree.leaves(tree, is_leaf=is_row_sparse)
+  return jnp.all(jnp.asarray([leaf_ok(x) for x in leaves] or [True]))
 
 
 def todense(tree):

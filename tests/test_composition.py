@@ -207,8 +207,38 @@ def test_float_maths_on_row_sparse_gradients_is_refused_at_trace_time(rng):
                          ids=["MultiSteps", "apply_if_finite"])
 def test_wrappers_that_need_update_shaped_like_gradients_are_refused(rng, wrap):
   p, batches = _params(rng), _batches(rng)
-  with pytest.raises((TypeError, ValueError)):
+  with pytest.raises((TypeError, ValueError), match="RowSparseGrad|TableUpdate"):
     _run(wrap(_sparse_adam()), p, batches, _sparse_grads)
+
+
+def test_optax_apply_if_finite_works_around_sparse_sgd(rng):
+  """sparse_sgd's update is a row-sparse delta shaped like its gradient, so Optax's own
+  wrapper can return zeros of it on a skipped step."""
+  p, batches = _params(rng), _batches(rng)
+  x, ids = batches[1]
+  batches[1] = (x.at[0, 0].set(jnp.nan), ids)
+  got = _run(optax.apply_if_finite(jslide.optim.sparse_sgd(0.1), 3), p, batches, _sparse_grads)
+  _assert_same(got, _run(optax.apply_if_finite(optax.sgd(0.1), 3), p, batches, _dense_grads))
+
+
+def test_jslide_apply_if_finite_skips_a_nan_step_as_optax_apply_if_finite_does(rng):
+  p0, batches = _params(rng), _batches(rng)
+  x, ids = batches[1]
+  batches[1] = (x.at[0, 0].set(jnp.nan), ids)  # NaN in h's gradient and in both tables'
+  tx = jslide.optim.apply_if_finite(_sparse_adam(), max_consecutive_errors=3)
+  p = p0
+  state = tx.init(p)
+  step = jax.jit(lambda p, s, x, ids: tx.update(_sparse_grads(p, x, ids), s, p))
+  for i, (x, ids) in enumerate(batches):
+    before = p
+    u, state = step(p, state, x, ids)
+    p = optax.apply_updates(p, u)
+    if i == 1:  # skipped: no leaf moved, the tables included
+      _assert_same(p, before, atol=0)
+  assert int(state.total_notfinite) == 1 and int(state.inner_state.count) == STEPS - 1
+  got, _ = CATCH_UP(p, state)
+  want = _run(optax.apply_if_finite(_adam(), 3), p0, batches, _dense_grads)
+  _assert_same(got, want)
 
 
 # ------------------------------------------------------------------ helpers
@@ -248,3 +278,31 @@ def test_nan_in_a_dense_gradient_stays_out_of_table_gradients(rng):
   assert not np.isfinite(np.asarray(g["h"])).all()
   for k in ("w", "b"):
     assert np.isfinite(np.asarray(g[k].vecs)).all(), k
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: jslide.optim.sparse_adam("fast"), "sparse_adam: learning_rate must be"),
+    (lambda: jslide.optim.sparse_adam(1e-3, b1=1.0), "sparse_adam: b1 must be"),
+    (lambda: jslide.optim.sparse_adam(1e-3, eps=-1.0), "sparse_adam: eps must be"),
+    (lambda: jslide.optim.sparse_sgd(float("nan")), "sparse_sgd: learning_rate must be finite"),
+    (lambda: jslide.optim.clip_by_global_norm(0.0), "max_norm must be"),
+    (lambda: jslide.optim.apply_if_finite(jslide.optim.sparse_sgd(0.1), -1),
+     "max_consecutive_errors must be"),
+    (lambda: jslide.RowSparseGrad(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((2, 4)), 5),
+     "RowSparseGrad: ids must have an integer dtype"),
+    (lambda: jslide.RowSparseGrad(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 2)),
+                                  jnp.zeros((2, 4)), 5), "coef shape"),
+    (lambda: jslide.RowSparseGrad(jnp.full((2, 3), 5, jnp.int32), jnp.zeros((2, 3)),
+                                  jnp.zeros((2, 4)), 5), "ids holds 5"),
+    (lambda: jslide.metrics.precision_at_k(jnp.zeros((2, 3), jnp.int32),
+                                           jnp.zeros((2, 1), jnp.int32), 4), "k=4 exceeds"),
+    (lambda: jslide.losses.softmax_cross_entropy(jnp.zeros((2, 5)), jnp.zeros((2, 1))),
+     "labels must have an integer dtype"),
+    (lambda: jslide.lsh.SimHash.init(jax.random.PRNGKey(0), 0, 4, 8), "dim must be"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_arguments_are_named_before_any_kernel_runs(make, match):
+  with pytest.raises((TypeError, ValueError), match=match):
+    make()

@@ -163,6 +163,29 @@ def test_train_step_updates_tables_in_place_without_copies():
   assert compiled.memory_analysis().temp_size_in_bytes < table_bytes / 2
 
 
+def test_a_step_with_a_non_finite_gradient_is_skipped_and_reported(rng):
+  """A NaN feature value makes every gradient NaN: the donated step returns the state as it
+  was (tables, dense params, optimizer state, step count) with metrics["finite"] False,
+  instead of a kernel error that would leave the donated state deleted."""
+  _, state, step = jslide.nn.make_train_step(_small_model())
+  feat_ids, feat_vals, labels = _batch(rng)
+  batch = {"feat_ids": feat_ids, "feat_vals": feat_vals, "labels": labels,
+           "mask": jnp.ones(5, bool)}
+  state, m = step(state, batch, jax.random.PRNGKey(0))
+  assert bool(m["finite"])
+  before = jax.tree.map(np.asarray, state)
+  state, m = step(state, dict(batch, feat_vals=feat_vals.at[1, 0].set(jnp.nan)),
+                  jax.random.PRNGKey(1))
+  assert not bool(m["finite"])
+  after = jax.tree.map(np.asarray, state)
+  names = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(before)]
+  for name, x, y in zip(names, jax.tree.leaves(before), jax.tree.leaves(after)):
+    if "step" not in name and "rebuild" not in name and "total_notfinite" not in name \
+        and "notfinite_count" not in name and "last_finite" not in name:
+      np.testing.assert_array_equal(x, y, err_msg=name)
+  assert int(state.opt_state.total_notfinite) == 1
+
+
 def test_training_on_wordnet_reaches_a_precision_floor():
   """3 epochs on the real WordNet training split; P@1 over the 20,472 labels on the test split."""
   train = D.wordnet.load("train").normalized()

@@ -18,8 +18,10 @@ MAX_CODE_BITS = 24  # bits of a bucket code: 2^24 buckets per table
 MAX_TABLES = 512
 
 
-def check_kl(fn: str, num_hashes: int, num_tables: int, bits_per_hash: int = 1):
-  for name, v in (("num_hashes", num_hashes), ("num_tables", num_tables)):
+def check_kl(fn: str, num_hashes: int, num_tables: int, bits_per_hash: int = 1, dim=1):
+  """ValueError unless K, L (and the vector length ``dim``) are positive ints within the
+  kernels' limits."""
+  for name, v in (("num_hashes", num_hashes), ("num_tables", num_tables), ("dim", dim)):
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
       raise ValueError(f"{fn}: {name} must be a positive int, got {v!r}")
   if num_hashes * bits_per_hash > MAX_CODE_BITS:

@@ -37,9 +37,9 @@ class DWTA:
     """K=num_hashes hashes per table, L=num_tables tables, over vectors of length ``dim``."""
     if not isinstance(bin_size, int) or bin_size < 2 or bin_size & (bin_size - 1):
       raise ValueError(f"DWTA.init: bin_size must be a power of two >= 2, got {bin_size!r}")
+    check_kl("DWTA.init", num_hashes, num_tables, int(math.log2(bin_size)), dim=dim)
     if bin_size > dim:
       raise ValueError(f"DWTA.init: bin_size={bin_size} exceeds dim={dim}")
-    check_kl("DWTA.init", num_hashes, num_tables, int(math.log2(bin_size)))
     needed = num_tables * num_hashes * bin_size
     perms = jax.vmap(lambda k: jax.random.permutation(k, dim))(
         jax.random.split(key, -(-needed // dim)))

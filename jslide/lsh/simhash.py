@@ -34,7 +34,7 @@ class SimHash:
   def init(cls, key, dim: int, num_hashes: int, num_tables: int,
            density: float = 1 / 3) -> "SimHash":
     """Random projections for vectors of length ``dim``: K=num_hashes, L=num_tables."""
-    check_kl("SimHash.init", num_hashes, num_tables)
+    check_kl("SimHash.init", num_hashes, num_tables, dim=dim)
     if not 0 < density <= 1:
       raise ValueError(f"SimHash.init: density must be in (0, 1], got {density}")
     nnz = max(1, round(dim * density))

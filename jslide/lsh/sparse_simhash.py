@@ -33,7 +33,7 @@ class SparseSimHash:
 
   @classmethod
   def init(cls, key, dim: int, num_hashes: int, num_tables: int) -> "SparseSimHash":
-    check_kl("SparseSimHash.init", num_hashes, num_tables)
+    check_kl("SparseSimHash.init", num_hashes, num_tables, dim=dim)
     seeds = jax.random.bits(key, (num_tables, num_hashes), jnp.uint32)
     return cls(seeds=seeds, dim=int(dim))
 

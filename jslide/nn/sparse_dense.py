@@ -8,6 +8,7 @@ from flax import nnx
 
 from jslide import lsh
 from jslide.initializers import check_param_dtype, init_table
+from jslide._checks import positive_int
 from jslide.nn.variables import Index, Table
 from jslide.ops import sparse_linear
 
@@ -70,8 +71,9 @@ class SparseDense(nnx.Module):
     if strategy not in lsh.STRATEGIES:
       raise ValueError(f"SparseDense: strategy must be one of {sorted(lsh.STRATEGIES)}, "
                        f"got {strategy!r}")
-    if not isinstance(budget, int) or budget < 1:
-      raise ValueError(f"SparseDense: budget must be a positive int, got {budget!r}")
+    positive_int("SparseDense", "in_features", in_features)
+    positive_int("SparseDense", "out_features", out_features)
+    positive_int("SparseDense", "budget", budget)
     if not isinstance(batch_negatives, int) or not 0 <= batch_negatives < budget:
       raise ValueError(f"SparseDense: batch_negatives must be an int in [0, budget={budget}), "
                        f"got {batch_negatives!r}")

@@ -7,6 +7,7 @@ from typing import Sequence
 import jax
 from flax import nnx
 
+from jslide._checks import positive_int
 from jslide.nn.sparse_dense import SparseDense
 from jslide.nn.sparse_input import SparseInput
 
@@ -21,6 +22,8 @@ class SparseMLP(nnx.Module):
                fill_group: int | None = 1, batch_negatives: int = 0, rngs: nnx.Rngs):
     if not hidden:
       raise ValueError("SparseMLP: hidden must name at least one layer width")
+    for width in hidden:
+      positive_int("SparseMLP", "each hidden width", width)
     self.input = SparseInput(num_features, hidden[0], rngs=rngs)
     self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(hidden, hidden[1:])])
     self.output = SparseDense(hidden[-1], num_labels, budget=budget, hash_family=hash_family,

@@ -49,6 +49,12 @@ LOSSES = {"softmax": losses.active_softmax_cross_entropy,
           "bce": losses.active_binary_cross_entropy}
 
 
+def _skip_nonfinite(tx):
+  # A step with a NaN or inf gradient changes nothing (metrics["finite"] is False), so the
+  # caller can stop with the state intact; the kernels would refuse it with an error.
+  return optim.apply_if_finite(tx, max_consecutive_errors=jnp.iinfo(jnp.int32).max - 1)
+
+
 def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation | None = None,
                     dense_tx: optax.GradientTransformation | None = None,
                     loss: str = "softmax", forward: Callable = default_forward,
@@ -63,13 +69,16 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
   key)`` returns (logits, active ids); ``batch`` is a dict with ``labels`` int32[B, L] and
   ``mask`` bool[B] (padding rows) besides what ``forward`` reads. Any nnx.Module encoder
   can sit below the sparse layer: its parameters train through ``dense_tx``.
+
+  A step whose gradients are not all finite is skipped (:func:`jslide.optim.apply_if_finite`):
+  the state comes back unchanged and ``metrics["finite"]`` is False.
   """
   if loss not in LOSSES:
     raise ValueError(f"make_train_step: loss must be one of {sorted(LOSSES)}, got {loss!r}")
   loss_per_example = LOSSES[loss]
   graphdef, tables, params, rest = split_model(model)
-  tx = optim.partition(table_tx or optim.sparse_adam(1e-3, catch_up=True),
-                       dense_tx or optax.adam(1e-3), TABLES_FIRST)
+  tx = _skip_nonfinite(optim.partition(table_tx or optim.sparse_adam(1e-3, catch_up=True),
+                                       dense_tx or optax.adam(1e-3), TABLES_FIRST))
   state = TrainState(tables, params, rest, tx.init((tables, params)), schedule.init(),
                      jnp.zeros([], jnp.int32))
 
@@ -93,7 +102,7 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
     due, rebuild_state = schedule.update(state.rebuild, state.step)
     rest = jax.lax.cond(due, rebuild, lambda t, p, r: r, tables, params, state.rest)
     new = TrainState(tables, params, rest, opt_state, rebuild_state, state.step + 1)
-    return new, {"loss": value, "rebuilt": due}
+    return new, {"loss": value, "rebuilt": due, "finite": opt_state.last_finite}
 
   return graphdef, state, jax.jit(step, donate_argnums=(0,))
 
@@ -105,10 +114,11 @@ def make_dense_train_step(model: nnx.Module, *, tx: optax.GradientTransformation
   the loss is the softmax cross-entropy over all labels, gradients are dense
   (``jax.value_and_grad``) and every parameter, tables included, is updated by ``tx``
   (default ``optax.adam(1e-3)``). Returns ``(graphdef, state, step)`` like
-  :func:`make_train_step`; the LSH index is left as it is.
+  :func:`make_train_step` (non-finite steps skipped the same way); the LSH index is left as
+  it is.
   """
   graphdef, tables, params, rest = split_model(model)
-  tx = tx or optax.adam(1e-3)
+  tx = _skip_nonfinite(tx or optax.adam(1e-3))
   state = TrainState(tables, params, rest, tx.init((tables, params)),
                      lsh.RebuildSchedule().init(), jnp.zeros([], jnp.int32))
 
@@ -126,7 +136,8 @@ def make_dense_train_step(model: nnx.Module, *, tx: optax.GradientTransformation
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     tables, params = optax.apply_updates(trainable, updates)
     new = state._replace(tables=tables, params=params, opt_state=opt_state, step=state.step + 1)
-    return new, {"loss": value, "rebuilt": jnp.zeros([], bool)}
+    return new, {"loss": value, "rebuilt": jnp.zeros([], bool),
+                 "finite": opt_state.last_finite}
 
   return graphdef, state, jax.jit(step, donate_argnums=(0,))
 

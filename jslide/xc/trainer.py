@@ -113,14 +113,10 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
                                     start_batch=start_batch), start=start_batch):
       stop = (f"at epoch {epoch + 1}, batch {i}; stopping. The last good checkpoint (if any) "
               f"is kept in {checkpoint_dir}. Try a lower learning rate.")
-      try:
-        state, m = step(state, _batch_dict(b), jax.random.fold_in(key, epoch * n_batches + i))
-        loss = float(m["loss"])
-      except jax.errors.JaxRuntimeError as e:
-        # The optimizer kernels refuse non-finite gradients before writing anything.
-        if "non-finite" not in str(e):
-          raise
-        raise NonFiniteLossError(f"non-finite gradient {stop}\n  ({e})") from None
+      state, m = step(state, _batch_dict(b), jax.random.fold_in(key, epoch * n_batches + i))
+      loss = float(m["loss"])
+      if not bool(m["finite"]):  # the step was skipped: the state is the last good one
+        raise NonFiniteLossError(f"non-finite gradient {stop}")
       if not math.isfinite(loss):
         raise NonFiniteLossError(f"loss became {loss} {stop}")
       n = int(b.mask.sum())
