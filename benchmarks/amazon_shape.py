@@ -4,10 +4,13 @@ Architecture (SLIDE's): 135,909 sparse input features (about 75 non-zeros an exa
 128 ReLU -> 670,091 outputs; batch 128. jslide: DWTA K=6 (2^18 buckets), L=50, 0.5% of the
 outputs active per example (3,351), labels forced in, index rebuilt on a schedule (first
 after 50 steps, periods growing 1.1x); catch-up Adam in place (``--lazy-adam``: lazy Adam). Dense: the same network with every output scored, ``jax.grad`` and
-``optax.adam``, jitted with donation. Data are generated at that shape (power-law labels,
+``optax.adam``, jitted with donation. Sampled (``--sampled S``, the program a JAX user writes
+instead): the batch's labels plus S uniform labels shared by the batch, ``jnp.take``
+gathers, ``optax.adam`` over every parameter (:func:`jslide.nn.make_sampled_train_step`). Data are generated at that shape (power-law labels,
 1 to 5 per example; the real Amazon-670K cannot be downloaded here). Each mode runs in its
 own subprocess so peak resident memory is its own. The index returns about 125 ids an
-example, so 96% of each active set is random fill: ``--fill-groups 1`` draws it per example
+example (the ``index share`` column: ids retrieved / budget, with no labels forced and no
+fill), so 96% of each active set is random fill: ``--fill-groups 1`` draws it per example
 (SLIDE's padding), ``G`` once per G consecutive examples (shared negatives), which cuts the
 rows the optimizer touches a step from ~400K to ~400K / G.
 
@@ -45,7 +48,7 @@ def make_batches(count, seed=0):
 
 
 def worker(mode: str, seconds: float, fill_group: int, rebuild_initial: int,
-           catch_up: bool) -> dict:
+           catch_up: bool, sampled: int = 0) -> dict:
   import jax
   import optax
   from flax import nnx
@@ -57,9 +60,12 @@ def worker(mode: str, seconds: float, fill_group: int, rebuild_initial: int,
                               num_hashes=6, num_tables=50, bin_size=8, fill_group=fill_group,
                               rngs=nnx.Rngs(0))
   if mode == "dense":
-    _, state, step = jslide.nn.make_dense_train_step(model, tx=optax.adam(1e-3))
+    graphdef, state, step = jslide.nn.make_dense_train_step(model, tx=optax.adam(1e-3))
+  elif mode == "sampled":
+    graphdef, state, step = jslide.nn.make_sampled_train_step(model, num_sampled=sampled,
+                                                              tx=optax.adam(1e-3))
   else:
-    _, state, step = jslide.nn.make_train_step(
+    graphdef, state, step = jslide.nn.make_train_step(
         model, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=catch_up),
         dense_tx=optax.adam(1e-3),
         schedule=jslide.lsh.RebuildSchedule(rebuild_initial, 1.1, max(1000, rebuild_initial)))
@@ -76,7 +82,14 @@ def worker(mode: str, seconds: float, fill_group: int, rebuild_initial: int,
     rebuilds += int(m["rebuilt"])
     n += 1
   elapsed = time.perf_counter() - t0
-  return {"mode": mode, "steps": n, "seconds": elapsed, "examples_per_second": n * BATCH / elapsed,
+  share = None
+  if mode == "sparse":  # what the index supplies of the active set (no labels, no fill)
+    net = jslide.nn.merge(graphdef, state)
+    b = batches[0]
+    found = net.output.retrieve(net.encode(b["feat_ids"], b["feat_vals"]), key=key) >= 0
+    share = float(found.sum(1).mean()) / budget
+  return {"mode": mode, "index_share": share, "steps": n, "seconds": elapsed,
+          "examples_per_second": n * BATCH / elapsed,
           "ms_per_step": 1e3 * elapsed / n, "index_rebuilds": rebuilds, "budget": budget,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "last_loss": float(m["loss"])}
@@ -90,38 +103,49 @@ def main():
   p.add_argument("--fill-groups", type=int, nargs="*", default=[1, 8, BATCH],
                  help="jslide runs: examples sharing one random fill (1: SLIDE's per-example)")
   p.add_argument("--no-dense", dest="dense", action="store_false")
+  p.add_argument("--sampled", type=int, default=2048, metavar="S",
+                 help="the plain-JAX sampled-softmax baseline with S shared uniform labels "
+                      "(0: skip it)")
   p.add_argument("--lazy-adam", action="store_true",
                  help="lazy Adam for the tables (default: catch-up Adam, equal to dense Adam)")
   p.add_argument("--json")
   p.add_argument("--worker", help=argparse.SUPPRESS)  # "dense" or a fill group
   args = p.parse_args()
   if args.worker:
-    dense = args.worker == "dense"
-    row = worker("dense" if dense else "sparse", args.seconds,
-                 fill_group=1 if dense else int(args.worker),
-                 rebuild_initial=args.rebuild_initial, catch_up=not args.lazy_adam)
-    row["mode"] = "dense" if dense else f"jslide, fill group {args.worker}"
-    row["fill_group"] = None if dense else int(args.worker)
+    baseline = args.worker in ("dense", "sampled")
+    row = worker(args.worker if baseline else "sparse", args.seconds,
+                 fill_group=1 if baseline else int(args.worker),
+                 rebuild_initial=args.rebuild_initial, catch_up=not args.lazy_adam,
+                 sampled=args.sampled)
+    row["mode"] = ({"dense": "dense", "sampled": f"sampled {args.sampled}"}[args.worker]
+                   if baseline else f"jslide, fill group {args.worker}")
+    row["fill_group"] = None if baseline else int(args.worker)
     print(json.dumps(row))
     return
   rows = []
   print(f"Amazon-670K shape: {N_IN:,} inputs (~{NNZ} non-zeros) -> {HIDDEN} -> {N_OUT:,}, "
         f"batch {BATCH}, {os.cpu_count()} cores")
-  print(f"{'mode':>22} {'examples/s':>11} {'ms/step':>9} {'peak RSS MB':>12} {'rebuilds':>9}")
-  for worker_arg in [*map(str, args.fill_groups), *(["dense"] if args.dense else [])]:
+  print(f"{'mode':>22} {'examples/s':>11} {'ms/step':>9} {'peak RSS MB':>12} {'rebuilds':>9} "
+        f"{'index share':>12}")
+  workers = [*map(str, args.fill_groups), *(["sampled"] if args.sampled else []),
+             *(["dense"] if args.dense else [])]
+  for worker_arg in workers:
     out = subprocess.run([sys.executable, __file__, "--worker", worker_arg, "--seconds",
                           str(args.seconds), "--rebuild-initial", str(args.rebuild_initial),
+                          "--sampled", str(args.sampled),
                           *(["--lazy-adam"] if args.lazy_adam else [])],
                          check=True, capture_output=True, text=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     rows.append(row)
+    share = "" if row["index_share"] is None else f"{row['index_share']:.1%}"
     print(f"{row['mode']:>22} {row['examples_per_second']:>11.0f} {row['ms_per_step']:>9.1f} "
-          f"{row['peak_rss_mb']:>12.0f} {row['index_rebuilds']:>9}", flush=True)
-  dense = [r for r in rows if r["mode"] == "dense"]
-  for row in rows:
-    if dense and row["mode"] != "dense":
-      print(f"{row['mode']}: {row['examples_per_second'] / dense[0]['examples_per_second']:.1f}x "
-            "the dense throughput")
+          f"{row['peak_rss_mb']:>12.0f} {row['index_rebuilds']:>9} {share:>12}", flush=True)
+  for base in ("sampled", "dense"):
+    ref = [r for r in rows if r["mode"].startswith(base)]
+    for row in rows:
+      if ref and row["mode"].startswith("jslide"):
+        print(f"{row['mode']}: {row['examples_per_second'] / ref[0]['examples_per_second']:.1f}x "
+              f"the {ref[0]['mode']} throughput")
   write_json(args.json, rows)
 
 

@@ -183,8 +183,8 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
   const int64_t width = cfg.num_buckets + 1;
   // Size the counter to what this query reads, so it stays in cache.
   int64_t to_read = 0;
-  for (int64_t t = 0; t < cfg.num_tables; ++t) {
-    const int32_t* o = offsets + t * width;
+  for (int64_t t = 0; t < cfg.num_probes; ++t) {
+    const int32_t* o = offsets + (t % cfg.num_tables) * width;
     to_read += std::min<int64_t>(std::max<int64_t>(o[codes[t] + 1] - o[codes[t]], 0), per_bucket);
   }
   s.counter.Reserve(to_read + 1);
@@ -196,13 +196,18 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
       out[filled++] = force[i];
     }
 
-  for (int64_t t = 0; t < cfg.num_tables; ++t) {
-    const int32_t* o = offsets + t * width;
+  // kRanked keeps the first ids in reading order, so it stops reading once it has enough
+  // (forced ids found in the buckets do not count towards the room).
+  const int64_t ranked_enough = filled + std::min(budget - filled, cfg.max_retrieved);
+  for (int64_t t = 0; t < cfg.num_probes; ++t) {
+    if (cfg.strategy == QueryStrategy::kRanked && s.counter.Size() >= ranked_enough) break;
+    const int64_t table = t % cfg.num_tables;
+    const int32_t* o = offsets + table * width;
     const int32_t code = codes[t];
     const int64_t begin = o[code], size = o[code + 1] - o[code];
     if (begin < 0 || size < 0 || begin + size > n) return false;  // a corrupt index
     if (size == 0) continue;
-    const int32_t* bucket = ids + t * n + begin;
+    const int32_t* bucket = ids + table * n + begin;
     if (size <= per_bucket) {
       for (int64_t i = 0; i < size; ++i) s.counter.Add(bucket[i]);
     } else {
@@ -222,7 +227,7 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
       s.candidate_counts.push_back(count);
     }
   });
-  const int64_t room = budget - filled;
+  const int64_t room = std::min(budget - filled, cfg.max_retrieved);
   const int64_t m = static_cast<int64_t>(s.candidates.size());
   auto take = [&](int32_t id) {
     s.chosen.Add(id);
@@ -236,16 +241,17 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
       take(s.candidates[i]);
     }
   };
-  if (m <= room) {
-    for (int32_t id : s.candidates) take(id);
+  if (m <= room || cfg.strategy == QueryStrategy::kRanked) {
+    // kRanked: the codes come best first, and so do the ids in the counter's insertion order.
+    for (int64_t i = 0; i < std::min(m, room); ++i) take(s.candidates[i]);
   } else if (cfg.strategy != QueryStrategy::kTopK) {
     sample(0, m, room);
   } else {
     // The ids found in the most tables: every id above the cutoff count, then a random
-    // subset of those at the cutoff. Counts are at most L, so this is a counting pass.
-    s.histogram.assign(cfg.num_tables + 2, 0);
+    // subset of those at the cutoff. Counts are at most P * L, so this is a counting pass.
+    s.histogram.assign(cfg.num_probes + 2, 0);
     for (int32_t c : s.candidate_counts) ++s.histogram[c];
-    int64_t cutoff = cfg.num_tables + 1, above = 0;
+    int64_t cutoff = cfg.num_probes + 1, above = 0;
     while (cutoff > 1 && above + s.histogram[cutoff - 1] <= room) above += s.histogram[--cutoff];
     --cutoff;  // ids with count > cutoff all fit; those at == cutoff compete for the rest
     int64_t at = 0;
@@ -265,7 +271,7 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
   if (cfg.fill_group > 1)
     rng.state = cfg.seed ^ ((example / static_cast<uint64_t>(cfg.fill_group) + 1) *
                             0x5bd1e9955bd1e995ull);
-  if (filled < budget) {
+  if (cfg.fill && filled < budget) {
     if (n <= 4 * budget) {
       // Small tables: a uniform random subset of the ids not chosen yet.
       s.candidates.clear();

@@ -51,17 +51,20 @@ void SparseSimHashCodes(const int32_t* ids, const float* vals, int64_t f, const 
 void BuildIndexTables(const int32_t* codes, int64_t n, int64_t l, int64_t num_buckets,
                       int32_t* offsets, int32_t* ids, int64_t t_begin, int64_t t_end);
 
-enum class QueryStrategy : int32_t { kVanilla = 0, kTopK = 1, kThreshold = 2 };
+enum class QueryStrategy : int32_t { kVanilla = 0, kTopK = 1, kThreshold = 2, kRanked = 3 };
 
 struct QueryConfig {
   int64_t num_rows;     // N
   int64_t num_tables;   // L
+  int64_t num_probes;   // codes per query: probes * L, column t probing table t % L
   int64_t num_buckets;  // buckets per table
   int64_t budget;       // active ids per example
+  int64_t max_retrieved;  // ids taken from the buckets at most (the rest is forced or fill)
   QueryStrategy strategy;
   int64_t threshold;    // for kThreshold
   int64_t max_per_bucket;  // ids read from one bucket at most
   int64_t fill_group;      // consecutive examples that share one random fill
+  bool fill;               // false: no random fill, -1 after the retrieved ids (inference)
   uint64_t seed;
 };
 
@@ -73,6 +76,7 @@ class IdCounter {
   int32_t Add(int32_t id);
   bool Contains(int32_t id) const;
   void Clear();
+  int64_t Size() const { return static_cast<int64_t>(used_.size()); }
   // fn(id, count) for every distinct id, in insertion order.
   template <typename Fn>
   void ForEach(Fn&& fn) const {

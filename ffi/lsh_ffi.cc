@@ -114,20 +114,23 @@ ffi::Error BuildIndexImpl(ffi::ThreadPool pool, S32 codes, ffi::ResultBuffer<ffi
 
 ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 force, U32 seed,
                      int64_t budget, int64_t strategy, int64_t threshold,
-                     int64_t max_per_bucket, int64_t fill_group,
+                     int64_t max_per_bucket, int64_t fill_group, int64_t fill,
+                     int64_t max_retrieved,
                      ffi::ResultBuffer<ffi::S32> out) {
   const char* k = "jslide_lsh_query";
   if (codes.dimensions().size() != 2 || offsets.dimensions().size() != 2 ||
       ids.dimensions().size() != 2 || force.dimensions().size() != 2)
-    return Invalid(k, "codes [B, L], offsets [L, buckets + 1], ids [L, N], force [B, F] expected");
-  const int64_t b = codes.dimensions()[0], l = codes.dimensions()[1];
+    return Invalid(k, "codes [B, P * L], offsets [L, buckets + 1], ids [L, N], force [B, F] expected");
+  const int64_t b = codes.dimensions()[0], num_codes = codes.dimensions()[1];
+  const int64_t l = ids.dimensions()[0];
   const int64_t n = ids.dimensions()[1], num_buckets = offsets.dimensions()[1] - 1;
-  if (offsets.dimensions()[0] != l || ids.dimensions()[0] != l)
-    return Invalid(k, "codes, offsets and ids disagree on the number of tables L");
+  if (offsets.dimensions()[0] != l || l < 1 || num_codes < l || num_codes % l != 0)
+    return Invalid(k, "codes [B, P * L] (P probes of each of the L tables), offsets "
+                      "[L, buckets + 1] and ids [L, N] disagree on L");
   if (force.dimensions()[0] != b) return Invalid(k, "force_ids must have one row per query");
   if (seed.element_count() != 2) return Invalid(k, "seed must hold 2 uint32");
   if (budget < 1) return Invalid(k, "budget must be >= 1");
-  if (strategy < 0 || strategy > 2) return Invalid(k, "unknown strategy");
+  if (strategy < 0 || strategy > 3) return Invalid(k, "unknown strategy");
   if (max_per_bucket < 1) return Invalid(k, "max_per_bucket must be >= 1");
   if (fill_group < 1) return Invalid(k, "fill_group must be >= 1");
   if (out->dimensions().size() != 2 || out->dimensions()[0] != b || out->dimensions()[1] != budget)
@@ -135,15 +138,17 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "codes", codes.typed_data(), codes.element_count(), 0, num_buckets));
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "force_ids", force.typed_data(), force.element_count(), -1, n));
   const uint32_t* sp = seed.typed_data();
-  const QueryConfig cfg{n, l, num_buckets, budget, static_cast<QueryStrategy>(strategy),
-                        threshold, max_per_bucket, fill_group,
+  if (max_retrieved < 0) return Invalid(k, "max_retrieved must be >= 0");
+  const QueryConfig cfg{n, l, num_codes, num_buckets, budget, max_retrieved,
+                        static_cast<QueryStrategy>(strategy),
+                        threshold, max_per_bucket, fill_group, fill != 0,
                         (uint64_t{sp[0]} << 32) | sp[1]};
   const int64_t f = force.dimensions()[1];
   std::atomic<bool> corrupt{false};
   ParallelFor(pool, b, 4, [&](int64_t begin, int64_t end) {
     QueryScratch scratch;
     for (int64_t r = begin; r < end; ++r)
-      if (!QueryOne(codes.typed_data() + r * l, offsets.typed_data(), ids.typed_data(),
+      if (!QueryOne(codes.typed_data() + r * num_codes, offsets.typed_data(), ids.typed_data(),
                     force.typed_data() + r * f, f, cfg, static_cast<uint64_t>(r),
                     out->typed_data() + r * budget, scratch)) {
         corrupt.store(true);
@@ -201,6 +206,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideLshQuery, jslide::QueryImpl,
                                   .Attr<int64_t>("threshold")
                                   .Attr<int64_t>("max_per_bucket")
                                   .Attr<int64_t>("fill_group")
+                                  .Attr<int64_t>("fill")
+                                  .Attr<int64_t>("max_retrieved")
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
 namespace jslide {

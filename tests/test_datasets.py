@@ -80,12 +80,42 @@ def test_batches_are_padded_shuffled_and_reproducible(tmp_path):
 
 
 def test_wordnet_dataset_is_real_and_long_tailed():
-  train = D.wordnet.load("train")
+  train = D.bundled.load("wordnet", "train")
   s = train.stats()
   assert s["examples"] == 76_258 and s["labels"] == 20_472 and s["features"] == 47_866
   freq = np.sort(train.label_frequencies())[::-1]
   assert freq[0] > 300 and s["labels_with_one_example"] > 5_000  # a long tail
-  assert len(D.wordnet.label_names()) == 20_472
+  assert len(D.bundled.label_names("wordnet")) == 20_472
   norm = train.normalized()
   row = norm.feat_vals[norm.feat_indptr[0]:norm.feat_indptr[1]]
   assert abs(np.linalg.norm(row) - 1) < 1e-5
+
+
+def test_debian_dataset_is_multi_label_with_a_skewed_head():
+  train, test = D.bundled.load("debian", "train"), D.bundled.load("debian", "test")
+  s = train.stats()
+  assert s["examples"] == 43_678 and len(test) == 10_920
+  assert s["labels"] == 18_160 >= 10_000 and s["features"] == 34_457
+  assert s["mean_labels_per_example"] > 4.5  # at least 3 labels an example on average
+  names = D.bundled.label_names("debian")
+  freq = train.label_frequencies()
+  assert names[int(np.argmax(freq))] == "libc6" and 0.3 < freq.max() / len(train) < 0.5
+  with pytest.raises(ValueError, match="bundled dataset must be one of"):
+    D.bundled.load("amazon", "train")
+
+
+def test_split_holds_out_a_fraction_and_subset_keeps_each_example_whole():
+  d = D.bundled.load("wordnet", "test")
+  rest, held = d.split(0.1, seed=3)
+  assert len(held) == round(0.1 * len(d)) and len(rest) + len(held) == len(d)
+  for part in (rest, held):
+    assert part.feat_indptr[-1] == len(part.feat_ids) and part.label_indptr[-1] == len(part.label_ids)
+  rows = [5, 0, 17]
+  sub = d.subset(rows)
+  for i, r in enumerate(rows):
+    np.testing.assert_array_equal(sub.feat_ids[sub.feat_indptr[i]:sub.feat_indptr[i + 1]],
+                                  d.feat_ids[d.feat_indptr[r]:d.feat_indptr[r + 1]])
+    np.testing.assert_array_equal(sub.label_ids[sub.label_indptr[i]:sub.label_indptr[i + 1]],
+                                  d.label_ids[d.label_indptr[r]:d.label_indptr[r + 1]])
+  with pytest.raises(ValueError, match="fraction"):
+    d.split(1.0)

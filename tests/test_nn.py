@@ -188,8 +188,8 @@ def test_a_step_with_a_non_finite_gradient_is_skipped_and_reported(rng):
 
 def test_training_on_wordnet_reaches_a_precision_floor():
   """3 epochs on the real WordNet training split; P@1 over the 20,472 labels on the test split."""
-  train = D.wordnet.load("train").normalized()
-  test = D.wordnet.load("test").normalized()
+  train = D.bundled.load("wordnet", "train").normalized()
+  test = D.bundled.load("wordnet", "test").normalized()
   model = jslide.nn.SparseMLP(train.num_features, train.num_labels, hidden=(128,), budget=512,
                               num_hashes=5, num_tables=16, batch_negatives=256,
                               rngs=nnx.Rngs(0))

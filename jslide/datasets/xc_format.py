@@ -65,6 +65,32 @@ class XCData:
     vals = vals / np.maximum(norms[row], 1e-12).astype(np.float32)
     return dataclasses.replace(self, feat_vals=vals.astype(np.float32))
 
+  def subset(self, rows) -> "XCData":
+    """The examples ``rows`` (int indices, in that order)."""
+    rows = np.asarray(rows, np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+      raise ValueError(f"XCData.subset: rows must lie in [0, {len(self)})")
+
+    def take(indptr, *arrays):
+      counts = np.diff(indptr)[rows]
+      new_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+      idx = np.repeat(indptr[rows] - new_ptr[:-1], counts) + np.arange(new_ptr[-1])
+      return (new_ptr, *(a[idx] for a in arrays))
+
+    feat_indptr, feat_ids, feat_vals = take(self.feat_indptr, self.feat_ids, self.feat_vals)
+    label_indptr, label_ids = take(self.label_indptr, self.label_ids)
+    return dataclasses.replace(self, feat_indptr=feat_indptr, feat_ids=feat_ids,
+                               feat_vals=feat_vals, label_indptr=label_indptr,
+                               label_ids=label_ids)
+
+  def split(self, fraction: float, seed: int = 0) -> tuple["XCData", "XCData"]:
+    """(rest, held out): a random ``fraction`` of the examples held out (e.g. validation)."""
+    if not 0 < fraction < 1:
+      raise ValueError(f"XCData.split: fraction must lie in (0, 1), got {fraction!r}")
+    order = np.random.default_rng(seed).permutation(len(self))
+    cut = int(round(fraction * len(self)))
+    return self.subset(np.sort(order[cut:])), self.subset(np.sort(order[:cut]))
+
   def stats(self) -> dict:
     freq = self.label_frequencies()
     used = freq[freq > 0]

@@ -10,11 +10,13 @@ import jax.numpy as jnp
 
 from jslide import _ffi  # noqa: F401
 from jslide._checks import float32_array
+from jslide.lsh.cluster import ClusterHash
 from jslide.lsh.dwta import DWTA
+from jslide.lsh.mips import MIPSHash
 from jslide.lsh.simhash import SimHash
 from jslide.lsh.sparse_simhash import SparseSimHash
 
-HashFamily = Union[SimHash, DWTA, SparseSimHash]
+HashFamily = Union[SimHash, DWTA, SparseSimHash, MIPSHash, ClusterHash]
 
 
 @jax.tree_util.register_dataclass
@@ -70,18 +72,32 @@ def _csr(codes, num_buckets: int):
   return jax.ffi.ffi_call("jslide_build_index", out, vmap_method="sequential")(codes)
 
 
-def build(hasher: HashFamily, w) -> LSHIndex:
-  """Hashes every row of w: f32[N, d] and buckets them by counting sort, tables in parallel."""
+def build(hasher: HashFamily, w, b=None) -> LSHIndex:
+  """Hashes every row of w: f32[N, d] and buckets them by counting sort, tables in parallel.
+
+  ``b`` (f32[N], the layer's bias) is read by hash families that score ``x . w_n + b_n``
+  (:class:`MIPSHash`, :class:`ClusterHash`: rows are hashed by ``hash_keys(w, b)``); the
+  others hash the rows as vectors and ignore it. A learned family (one with ``refit``,
+  :class:`ClusterHash`) is first refitted to the rows; the index holds the refitted family.
+  """
   w = float32_array("lsh.build", "w", w, ndim=2)
   if w.shape[1] != hasher.dim:
     raise ValueError(f"lsh.build: w has d={w.shape[1]} but the hash family was built for "
                      f"dim={hasher.dim}")
-  offsets, ids = _csr(hasher.hash(w), hasher.num_buckets)
+  if b is not None:
+    b = float32_array("lsh.build", "b", b, ndim=1)
+    if b.shape[0] != w.shape[0]:
+      raise ValueError(f"lsh.build: b shape {b.shape} must be ({w.shape[0]},), one per row")
+  if hasattr(hasher, "refit"):  # a learned family fits its buckets to the current rows
+    hasher = hasher.refit(w, b)
+  codes = hasher.hash_keys(w, b) if hasattr(hasher, "hash_keys") else hasher.hash(w)
+  offsets, ids = _csr(codes, hasher.num_buckets)
   return LSHIndex(hasher=hasher, offsets=offsets, ids=ids)
 
 
-def rebuild(index: LSHIndex, w) -> LSHIndex:
-  """A new index over the current rows of w with the same hash functions (jit-friendly)."""
+def rebuild(index: LSHIndex, w, b=None) -> LSHIndex:
+  """A new index over the current rows of w (and bias b) with the same hash functions
+  (jit-friendly)."""
   w = float32_array("lsh.rebuild", "w", w, ndim=2)
   index.check_table(w, "lsh.rebuild")
-  return build(index.hasher, w)
+  return build(index.hasher, w, b)

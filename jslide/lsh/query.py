@@ -10,11 +10,11 @@ from jslide import _ffi  # noqa: F401
 from jslide._checks import int32_ids, positive_int
 from jslide.lsh.index import LSHIndex
 
-STRATEGIES = {"vanilla": 0, "topk": 1, "threshold": 2}
+STRATEGIES = {"vanilla": 0, "topk": 1, "threshold": 2, "ranked": 3}
 
 
 def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, threshold,
-              max_per_bucket, fill_group):
+              max_per_bucket, fill_group, fill, max_retrieved):
   fn = "lsh.query"
   budget = positive_int(fn, "budget", budget)
   if strategy not in STRATEGIES:
@@ -25,6 +25,9 @@ def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, thres
       raise ValueError(f"{fn}: threshold={threshold} exceeds the number of tables "
                        f"{index.num_tables}")
   b = codes.shape[0]
+  if codes.shape[1] % index.num_tables:
+    raise ValueError(f"{fn}: {codes.shape[1]} codes per query are not a whole number of "
+                     f"probes of the index's {index.num_tables} tables")
   if force_ids is None:
     force_ids = jnp.zeros((b, 0), jnp.int32)
   force_ids = int32_ids(fn, "force_ids", force_ids, index.num_rows, ndim=2)
@@ -34,6 +37,10 @@ def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, thres
     raise ValueError(f"{fn}: budget={budget} is smaller than the {force_ids.shape[1]} forced "
                      "ids per example")
   max_per_bucket = positive_int(fn, "max_per_bucket", max_per_bucket or 4 * budget)
+  if max_retrieved is None:
+    max_retrieved = budget
+  if isinstance(max_retrieved, bool) or not isinstance(max_retrieved, int) or max_retrieved < 0:
+    raise ValueError(f"{fn}: max_retrieved must be an int >= 0, got {max_retrieved!r}")
   fill_group = b if fill_group is None else positive_int(fn, "fill_group", fill_group)
   if key is None:
     raise ValueError(f"{fn}: key (a jax.random key) is required")
@@ -42,12 +49,14 @@ def _retrieve(index: LSHIndex, codes, *, budget, strategy, key, force_ids, thres
   return jax.ffi.ffi_call("jslide_lsh_query", out, vmap_method="sequential")(
       codes, index.offsets, index.ids, force_ids, seed, budget=np.int64(budget),
       strategy=np.int64(STRATEGIES[strategy]), threshold=np.int64(threshold or 1),
-      max_per_bucket=np.int64(max_per_bucket), fill_group=np.int64(max(fill_group, 1)))
+      max_per_bucket=np.int64(max_per_bucket), fill_group=np.int64(max(fill_group, 1)),
+      fill=np.int64(bool(fill)), max_retrieved=np.int64(max_retrieved))
 
 
 def query(index: LSHIndex, x, *, budget: int, key, strategy: str = "vanilla",
           force_ids=None, threshold: int = 2, max_per_bucket: int | None = None,
-          fill_group: int | None = 1) -> jax.Array:
+          fill_group: int | None = 1, fill: bool = True,
+          max_retrieved: int | None = None) -> jax.Array:
   """Active ids int32[B, budget] for queries x: f32[B, d].
 
   Each row holds, all distinct: the ``force_ids`` of that example (e.g. its true labels;
@@ -57,7 +66,10 @@ def query(index: LSHIndex, x, *, budget: int, key, strategy: str = "vanilla",
 
   Strategies (SLIDE's): ``vanilla``, a uniform sample of the union of the L buckets;
   ``topk``, the ids found in the most tables (random order among ties); ``threshold``, a
-  uniform sample of the ids found in at least ``threshold`` tables. At most
+  uniform sample of the ids found in at least ``threshold`` tables; and ``ranked``, the ids
+  in the order the buckets come (for families whose codes are ranked, best first, such as
+  :class:`ClusterHash`'s probes), cut at the budget. A family may give P probes per table
+  (codes [B, P * L], column t probing table t % L). At most
   ``max_per_bucket`` ids (default ``4 * budget``) are read from any one bucket, a window
   from a random start, so a query costs O(L * max_per_bucket) even with skewed buckets;
   choose K so that typical buckets are smaller (counts for ``topk``/``threshold`` are exact
@@ -65,20 +77,26 @@ def query(index: LSHIndex, x, *, budget: int, key, strategy: str = "vanilla",
   fill from one sequence (shared negatives, as TensorFlow's sampled softmax shares them
   over the batch; ``None``: the whole batch), so a batch touches about ``B / fill_group *
   budget`` fill rows rather than ``B * budget``: less optimizer work when the buckets return
-  few ids, at some cost in accuracy (fewer distinct negatives a step). Deterministic for a given ``key``.
+  few ids, at some cost in accuracy (fewer distinct negatives a step). ``fill=False``: no
+  random fill, -1 after the retrieved ids (inference, and measuring what the index supplies).
+  ``max_retrieved`` caps the ids taken from the buckets (default: the budget), leaving the
+  rest of the budget to random fill: a mix of hard and random negatives.
+  Deterministic for a given ``key``.
   """
   return _retrieve(index, index.hasher.hash(x), budget=budget, strategy=strategy, key=key,
                    force_ids=force_ids, threshold=threshold, max_per_bucket=max_per_bucket,
-                   fill_group=fill_group)
+                   fill_group=fill_group, fill=fill, max_retrieved=max_retrieved)
 
 
 def query_sparse(index: LSHIndex, feat_ids, feat_vals, *, budget: int, key,
                  strategy: str = "vanilla", force_ids=None, threshold: int = 2,
-                 max_per_bucket: int | None = None, fill_group: int | None = 1) -> jax.Array:
+                 max_per_bucket: int | None = None, fill_group: int | None = 1,
+                 fill: bool = True, max_retrieved: int | None = None) -> jax.Array:
   """:func:`query` for sparse inputs, with an index built from a :class:`SparseSimHash`."""
   if not hasattr(index.hasher, "hash_sparse"):
     raise TypeError("lsh.query_sparse: the index's hash family does not hash sparse inputs "
                     "(use SparseSimHash)")
   return _retrieve(index, index.hasher.hash_sparse(feat_ids, feat_vals), budget=budget,
                    strategy=strategy, key=key, force_ids=force_ids, threshold=threshold,
-                   max_per_bucket=max_per_bucket, fill_group=fill_group)
+                   max_per_bucket=max_per_bucket, fill_group=fill_group, fill=fill,
+                   max_retrieved=max_retrieved)

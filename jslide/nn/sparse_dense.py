@@ -13,12 +13,30 @@ from jslide.nn.variables import Index, Table
 from jslide.ops import sparse_linear
 
 
-def make_hasher(family: str, key, dim: int, num_hashes: int, num_tables: int, bin_size: int = 8):
+HASH_FAMILIES = ("cluster", "dwta", "mips", "simhash")
+
+
+def make_hasher(family: str, key, dim: int, num_hashes: int, num_tables: int, bin_size: int = 8,
+                *, num_rows: int = 0, budget: int = 0):
+  """The hash family ``family`` for rows of length ``dim``. ``cluster`` (k-means buckets,
+  :class:`jslide.lsh.ClusterHash`) probes about three times as many buckets per table as
+  cover ``budget`` of the ``num_rows`` rows on average."""
   if family == "dwta":
     return lsh.DWTA.init(key, dim, num_hashes, num_tables, bin_size=bin_size)
   if family == "simhash":
     return lsh.SimHash.init(key, dim, num_hashes, num_tables)
-  raise ValueError(f"hash family must be 'dwta' or 'simhash', got {family!r}")
+  if family == "mips":
+    return lsh.MIPSHash.init(key, dim, num_hashes, num_tables)
+  if family == "cluster":
+    per_bucket = max(num_rows, 1) / 2 ** num_hashes
+    probes = max(1, 3 * -(-budget // max(int(per_bucket), 1)))
+    return lsh.ClusterHash.init(key, dim, num_hashes, num_tables, probes=probes)
+  raise ValueError(f"hash family must be one of {HASH_FAMILIES}, got {family!r}")
+
+
+def default_strategy(family: str) -> str:
+  """``ranked`` for families whose probes come best first (cluster), else ``vanilla``."""
+  return "ranked" if family == "cluster" else "vanilla"
 
 
 def batch_label_sample(labels, count: int, key):
@@ -43,6 +61,10 @@ class SparseDense(nnx.Module):
   whole batch; see :func:`jslide.lsh.query`): fewer distinct rows to update when the index
   returns fewer ids than the budget, but fewer distinct negatives per step.
 
+  ``max_retrieved``: in training, at most this many ids of the active set come from the index
+  (default: all the room left), the rest being random fill: hard negatives mixed with
+  uniform ones, which keep pushing down labels the index does not return.
+
   ``batch_negatives``: in training, up to this many labels of the whole batch (a random
   subset when there are more) join every example's active set, after its own labels and
   before the retrieved ids. A label appears in a batch about as often as it is frequent, so
@@ -63,11 +85,12 @@ class SparseDense(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, *, budget: int,
                hash_family: str = "dwta", num_hashes: int = 6, num_tables: int = 50,
-               bin_size: int = 8, strategy: str = "vanilla", fill_group: int | None = 1,
-               batch_negatives: int = 0,
+               bin_size: int = 8, strategy: str | None = None, fill_group: int | None = 1,
+               batch_negatives: int = 0, max_retrieved: int | None = None,
                kernel_init: nnx.Initializer = nnx.initializers.normal(0.01),
                bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
                param_dtype=jnp.float32, rngs: nnx.Rngs):
+    strategy = default_strategy(hash_family) if strategy is None else strategy
     if strategy not in lsh.STRATEGIES:
       raise ValueError(f"SparseDense: strategy must be one of {sorted(lsh.STRATEGIES)}, "
                        f"got {strategy!r}")
@@ -78,14 +101,20 @@ class SparseDense(nnx.Module):
       raise ValueError(f"SparseDense: batch_negatives must be an int in [0, budget={budget}), "
                        f"got {batch_negatives!r}")
     self.batch_negatives = batch_negatives
+    if max_retrieved is not None and (not isinstance(max_retrieved, int) or max_retrieved < 0):
+      raise ValueError(f"SparseDense: max_retrieved must be an int >= 0 or None, got "
+                       f"{max_retrieved!r}")
+    self.max_retrieved = max_retrieved
     self.in_features, self.out_features = in_features, out_features
     self.budget, self.strategy, self.fill_group = budget, strategy, fill_group
     check_param_dtype("SparseDense", param_dtype)
     self.kernel = Table(init_table(kernel_init, rngs.params(), (out_features, in_features),
                                    param_dtype))
     self.bias = Table(init_table(bias_init, rngs.params(), (out_features,), param_dtype))
-    hasher = make_hasher(hash_family, rngs.params(), in_features, num_hashes, num_tables, bin_size)
-    self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value()))
+    hasher = make_hasher(hash_family, rngs.params(), in_features, num_hashes, num_tables, bin_size,
+                         num_rows=out_features, budget=budget)
+    self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value(),
+                                          self.bias.get_value()))
 
   def active_ids(self, x, labels=None, *, key):
     """Active ids int32[B, budget] for inputs x f32[B, in_features] (labels int[B, L])."""
@@ -98,7 +127,8 @@ class SparseDense(nnx.Module):
       force = jnp.concatenate(
           [labels.astype(jnp.int32), jnp.broadcast_to(shared, (labels.shape[0], room))], axis=-1)
     return lsh.query(self.index.get_value(), x, budget=self.budget, key=key,
-                     strategy=self.strategy, force_ids=force, fill_group=self.fill_group)
+                     strategy=self.strategy, force_ids=force, fill_group=self.fill_group,
+                     max_retrieved=self.max_retrieved)
 
   def __call__(self, x, labels=None, *, key):
     """(logits f32[B, budget], active ids int32[B, budget])."""
@@ -110,10 +140,16 @@ class SparseDense(nnx.Module):
     y = sparse_linear(x, self.kernel.get_value(), self.bias.get_value(), ids)
     return jnp.where(ids >= 0, y, -jnp.inf)
 
+  def retrieve(self, x, *, key, candidates: int | None = None):
+    """The ids int32[B, candidates] (default budget) the index retrieves for x, no labels
+    and no random fill (-1 after the retrieved ids)."""
+    return lsh.query(self.index.get_value(), x, budget=candidates or self.budget, key=key,
+                     strategy=self.strategy, fill=False)
+
   def topk(self, x, k: int, *, key, candidates: int | None = None):
-    """(scores, ids) of the k best of ``candidates`` (default budget) retrieved neurons."""
-    ids = lsh.query(self.index.get_value(), x, budget=candidates or self.budget, key=key,
-                    strategy=self.strategy)
+    """(scores, ids) of the k best of ``candidates`` (default budget) retrieved neurons,
+    rescored exactly (-inf and -1 where fewer than k were retrieved)."""
+    ids = self.retrieve(x, key=key, candidates=candidates)
     top, pos = jax.lax.top_k(self.scores(x, ids), k)
     return top, jnp.take_along_axis(ids, pos, axis=-1)
 
@@ -122,4 +158,5 @@ class SparseDense(nnx.Module):
     return x @ self.kernel.get_value().T + self.bias.get_value()
 
   def rebuild_index(self):
-    self.index.set_value(lsh.rebuild(self.index.get_value(), self.kernel.get_value()))
+    self.index.set_value(lsh.rebuild(self.index.get_value(), self.kernel.get_value(),
+                                     self.bias.get_value()))

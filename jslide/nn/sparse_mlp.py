@@ -18,8 +18,9 @@ class SparseMLP(nnx.Module):
 
   def __init__(self, num_features: int, num_labels: int, *, hidden: Sequence[int] = (128,),
                budget: int, hash_family: str = "dwta", num_hashes: int = 6,
-               num_tables: int = 50, bin_size: int = 8, strategy: str = "vanilla",
-               fill_group: int | None = 1, batch_negatives: int = 0, rngs: nnx.Rngs):
+               num_tables: int = 50, bin_size: int = 8, strategy: str | None = None,
+               fill_group: int | None = 1, batch_negatives: int = 0,
+               max_retrieved: int | None = None, rngs: nnx.Rngs):
     if not hidden:
       raise ValueError("SparseMLP: hidden must name at least one layer width")
     for width in hidden:
@@ -29,7 +30,8 @@ class SparseMLP(nnx.Module):
     self.output = SparseDense(hidden[-1], num_labels, budget=budget, hash_family=hash_family,
                               num_hashes=num_hashes, num_tables=num_tables, bin_size=bin_size,
                               strategy=strategy, fill_group=fill_group,
-                              batch_negatives=batch_negatives, rngs=rngs)
+                              batch_negatives=batch_negatives, max_retrieved=max_retrieved,
+                              rngs=rngs)
 
   def encode(self, feat_ids, feat_vals):
     """The last hidden layer's activations, f32[B, hidden[-1]]."""

@@ -153,6 +153,15 @@ def catch_up_train_state(state: TrainState) -> TrainState:
   return state._replace(tables=tables, params=params, opt_state=opt_state)
 
 
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def rebuild_train_state(graphdef, state: TrainState) -> TrainState:
+  """The state with every LSH index rebuilt from the current weights (``state`` donated):
+  before evaluating or serving, so retrieval sees the weights it scores."""
+  model = merge(graphdef, state)
+  rebuild_indices(model)
+  return state._replace(rest=split_model(model)[3])
+
+
 def merge(graphdef, state: TrainState) -> nnx.Module:
   """The model that a TrainState holds."""
   return nnx.merge(graphdef, state.tables, state.params, state.rest)

@@ -1,6 +1,7 @@
 """Command line: ``python -m jslide.xc {train,eval,predict} ...``.
 
     python -m jslide.xc train                       # the bundled WordNet dataset
+    python -m jslide.xc train --dataset debian      # the bundled Debian dependency dataset
     python -m jslide.xc train --dense               # the same architecture, dense output layer
     python -m jslide.xc train --train a.txt --test b.txt --ckpt run/ --json run.json
     python -m jslide.xc train --ckpt run/ --resume  # continue exactly where it stopped
@@ -15,6 +16,8 @@ import json
 import sys
 
 from jslide import datasets as D
+from jslide.lsh import STRATEGIES
+from jslide.nn.sparse_dense import HASH_FAMILIES
 from jslide.xc import checkpoint, trainer
 from jslide.xc.config import ModelConfig, TrainConfig
 
@@ -32,9 +35,9 @@ def _load_train_test(args):
       test = _read(args.test, args.format, train.num_features, train.num_labels, args.normalize)
     return train, test
   if args.test:
-    raise SystemExit("--test needs --train (or neither, for the bundled WordNet data)")
+    raise SystemExit("--test needs --train (or neither, for a bundled dataset)")
   norm = (lambda d: d.normalized()) if args.normalize else (lambda d: d)
-  return norm(D.wordnet.load("train")), norm(D.wordnet.load("test"))
+  return norm(D.bundled.load(args.dataset, "train")), norm(D.bundled.load(args.dataset, "test"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--max-labels", type=int, default=8, help="labels kept per example")
 
   t = sub.add_parser("train", help="train (default data: the bundled WordNet hypernyms)")
+  t.add_argument("--dataset", choices=sorted(D.bundled.NAMES), default="wordnet",
+                 help="bundled dataset used without --train (default: wordnet)")
   t.add_argument("--train", help="training file (XC repository or multi-label libsvm format)")
   t.add_argument("--test", help="test file, evaluated after every epoch")
   t.add_argument("--num-features", type=int, help="feature dimension (libsvm files)")
@@ -59,20 +64,32 @@ def _parser() -> argparse.ArgumentParser:
   tc = TrainConfig()
   t.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden))
   t.add_argument("--budget", type=int, default=d.budget, help="active output neurons per example")
-  t.add_argument("--hash", dest="hash_family", choices=["dwta", "simhash"], default=d.hash_family)
-  t.add_argument("--num-hashes", type=int, default=d.num_hashes, help="K: hashes per table")
-  t.add_argument("--num-tables", type=int, default=d.num_tables, help="L: hash tables")
+  t.add_argument("--hash", dest="hash_family", choices=list(HASH_FAMILIES),
+                 default=d.hash_family)
+  t.add_argument("--num-hashes", type=int, default=d.num_hashes,
+                 help="K: hashes per table (cluster: 2^K buckets); default per family")
+  t.add_argument("--num-tables", type=int, default=d.num_tables,
+                 help="L: hash tables; default per family")
   t.add_argument("--bin-size", type=int, default=d.bin_size, help="DWTA bin size")
-  t.add_argument("--strategy", choices=["vanilla", "topk", "threshold"], default=d.strategy)
+  t.add_argument("--strategy", choices=sorted(STRATEGIES), default=d.strategy,
+                 help="retrieval strategy (default: ranked for --hash cluster, else vanilla)")
   t.add_argument("--fill-group", type=int, default=d.fill_group,
                  help="consecutive examples sharing one random fill (shared negatives)")
+  t.add_argument("--max-retrieved", type=int, default=d.max_retrieved,
+                 help="of the budget, ids taken from the index at most, the rest random "
+                      "(default: budget/4)")
   t.add_argument("--batch-negatives", type=int, default=d.batch_negatives,
                  help="of the budget, slots for other labels of the batch (default: budget/4)")
   t.add_argument("--epochs", type=int, default=tc.epochs)
+  t.add_argument("--valid-fraction", type=float, default=0.1,
+                 help="training examples held out to select the best epoch (0: none)")
   t.add_argument("--batch-size", type=int, default=tc.batch_size)
   t.add_argument("--lr", type=float, default=tc.learning_rate)
   t.add_argument("--loss", choices=["softmax", "bce"], default=tc.loss)
   t.add_argument("--dense", action="store_true", help="dense output layer baseline")
+  t.add_argument("--sampled", type=int, default=0, metavar="S",
+                 help="sampled-softmax baseline: the batch's labels plus S uniform labels "
+                      "shared by the batch, plain JAX gathers, optax.adam on everything")
   t.add_argument("--lazy-adam", dest="catch_up", action="store_false",
                  help="lazy Adam for tables (default: catch-up Adam, equal to dense Adam)")
   t.add_argument("--rebuild-initial", type=int, default=tc.rebuild_initial)
@@ -87,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
 
   e = sub.add_parser("eval", help="P@k and nDCG@k of a checkpoint")
   e.add_argument("--ckpt", required=True)
-  e.add_argument("--test", help="default: the bundled WordNet test split")
+  e.add_argument("--test", help="default: the test split of the bundled --dataset")
+  e.add_argument("--dataset", choices=sorted(D.bundled.NAMES), default="wordnet")
   e.add_argument("--json")
   data_args(e)
 
@@ -110,22 +128,28 @@ def main(argv=None) -> int:
           train.num_features, train.num_labels, hidden=tuple(args.hidden), budget=args.budget,
           hash_family=args.hash_family, num_hashes=args.num_hashes, num_tables=args.num_tables,
           bin_size=args.bin_size, strategy=args.strategy, fill_group=args.fill_group,
-          batch_negatives=args.batch_negatives)
+          batch_negatives=args.batch_negatives, max_retrieved=args.max_retrieved)
       cfg = TrainConfig(
           epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss,
-          dense=args.dense, catch_up=args.catch_up, rebuild_initial=args.rebuild_initial,
+          dense=args.dense, sampled=args.sampled, catch_up=args.catch_up,
+          rebuild_initial=args.rebuild_initial,
           rebuild_growth=args.rebuild_growth, rebuild_max=args.rebuild_max,
           max_features=args.max_features, max_labels=args.max_labels, seed=args.seed,
           checkpoint_every=args.ckpt_every)
       print(f"data: {train.stats()}")
-      print(f"model: {model_cfg}{' (dense output layer)' if args.dense else ''}")
-      trainer.train(train, test, model_cfg, cfg, checkpoint_dir=args.ckpt, resume=args.resume,
-                    json_path=args.json, progress=args.progress)
+      kind = (" (dense output layer)" if args.dense else
+              f" (sampled softmax, {args.sampled} shared labels)" if args.sampled else "")
+      print(f"model: {model_cfg}{kind}")
+      valid = None
+      if args.valid_fraction:
+        train, valid = train.split(args.valid_fraction, seed=0)
+      trainer.train(train, test, model_cfg, cfg, valid_data=valid, checkpoint_dir=args.ckpt,
+                    resume=args.resume, json_path=args.json, progress=args.progress)
     elif args.command == "eval":
       meta = checkpoint.read_meta(args.ckpt)
       dims = ModelConfig.from_json(meta["model"])
       data = (_read(args.test, args.format, dims.num_features, dims.num_labels, args.normalize)
-              if args.test else D.wordnet.load("test").normalized())
+              if args.test else D.bundled.load(args.dataset, "test").normalized())
       metrics = trainer.evaluate(args.ckpt, data, max_features=args.max_features,
                                  max_labels=args.max_labels)
       print(json.dumps(metrics, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from flax import nnx
 
@@ -17,28 +18,42 @@ class ModelConfig:
   num_labels: int
   hidden: tuple[int, ...] = (128,)
   budget: int = 1024
-  hash_family: str = "dwta"
-  num_hashes: int = 5
-  num_tables: int = 16
+  hash_family: str = "cluster"
+  num_hashes: int | None = None  # None: per family (cluster: about 20 rows a bucket; else 5)
+  num_tables: int | None = None  # None: per family (cluster: 1; else 16)
   bin_size: int = 8
-  strategy: str = "vanilla"
+  strategy: str | None = None  # None: the hash family's default
   fill_group: int | None = 1
   batch_negatives: int | None = None  # None: budget // 4
+  max_retrieved: int | None = None  # ids from the index at most; None: budget // 4
+
+  def index_shape(self) -> tuple[int, int]:
+    """(K, L) with the per-family defaults filled in. k-means buckets work best small (about
+    20 rows each, docs/lsh.md) and need one table; hashing families take K=5, L=16."""
+    cluster = self.hash_family == "cluster"
+    k = self.num_hashes or (min(12, max(4, round(math.log2(self.num_labels / 20))))
+                            if cluster else 5)
+    return k, self.num_tables or (1 if cluster else 16)
 
   def build(self, seed: int) -> jslide.nn.SparseMLP:
+    k, l = self.index_shape()
+    quarter = self.budget // 4
     return jslide.nn.SparseMLP(
         self.num_features, self.num_labels, hidden=self.hidden, budget=self.budget,
-        hash_family=self.hash_family, num_hashes=self.num_hashes, num_tables=self.num_tables,
+        hash_family=self.hash_family, num_hashes=k, num_tables=l,
         bin_size=self.bin_size, strategy=self.strategy, fill_group=self.fill_group,
-        batch_negatives=(self.budget // 4 if self.batch_negatives is None
-                         else self.batch_negatives), rngs=nnx.Rngs(seed))
+        batch_negatives=quarter if self.batch_negatives is None else self.batch_negatives,
+        max_retrieved=quarter if self.max_retrieved is None else self.max_retrieved,
+        rngs=nnx.Rngs(seed))
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_json(cls, d: dict) -> "ModelConfig":
-    return cls(**{"fill_group": 1, "batch_negatives": 0, **d, "hidden": tuple(d["hidden"])})
+    # Checkpoints from before a field existed get the value that build used then.
+    old = {"fill_group": 1, "batch_negatives": 0, "max_retrieved": d.get("budget", 0)}
+    return cls(**{**old, **d, "hidden": tuple(d["hidden"])})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +63,7 @@ class TrainConfig:
   learning_rate: float = 5e-3
   loss: str = "softmax"
   dense: bool = False
+  sampled: int = 0  # > 0: the sampled-softmax baseline with that many shared uniform labels
   catch_up: bool = True  # sparse_adam(catch_up=...): rows keep pace with dense Adam
   rebuild_initial: int = 50
   rebuild_growth: float = 1.3

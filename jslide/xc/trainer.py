@@ -9,6 +9,7 @@ import math
 import time
 
 import jax
+import jax.numpy as jnp
 import optax
 from tqdm import tqdm
 
@@ -29,6 +30,9 @@ def _batch_dict(b: D.Batch) -> dict:
 def _make_step(model, cfg: TrainConfig):
   if cfg.dense:
     return jslide.nn.make_dense_train_step(model, tx=optax.adam(cfg.learning_rate))
+  if cfg.sampled:
+    return jslide.nn.make_sampled_train_step(model, num_sampled=cfg.sampled,
+                                             tx=optax.adam(cfg.learning_rate))
   return jslide.nn.make_train_step(
       model, table_tx=jslide.optim.sparse_adam(cfg.learning_rate, catch_up=cfg.catch_up),
       dense_tx=optax.adam(cfg.learning_rate), loss=cfg.loss,
@@ -38,9 +42,12 @@ def _make_step(model, cfg: TrainConfig):
 
 @functools.lru_cache(maxsize=8)
 def _rankers(graphdef, k: int, candidates: int):
-  """Jitted (state, feat_ids, feat_vals[, key]) -> top-k ids: exact, and through the index.
+  """Jitted rankers, cached so evaluating after every epoch compiles once:
 
-  Cached, so evaluating after every epoch compiles once."""
+  - ``exact(state, feat_ids, feat_vals) -> (scores, ids)``: top k of all labels;
+  - ``retrieved(state, feat_ids, feat_vals, key) -> (scores, ids, candidate ids)``: top k of
+    the ``candidates`` the index retrieves (no fill), rescored exactly.
+  """
 
   @jax.jit
   def exact(state, feat_ids, feat_vals):
@@ -50,36 +57,74 @@ def _rankers(graphdef, k: int, candidates: int):
   @jax.jit
   def retrieved(state, feat_ids, feat_vals, key):
     model = jslide.nn.merge(graphdef, state)
-    return model.output.topk(model.encode(feat_ids, feat_vals), k, key=key,
-                             candidates=candidates)
+    h = model.encode(feat_ids, feat_vals)
+    ids = model.output.retrieve(h, key=key, candidates=candidates)
+    top, pos = jax.lax.top_k(model.output.scores(h, ids), k)
+    return top, jnp.take_along_axis(ids, pos, axis=-1), ids
 
   return exact, retrieved
 
 
+def _timed(fn, *args):
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return out, time.perf_counter() - t0
+
+
 def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_features: int,
                    max_labels: int, budget: int, ks=(1, 3, 5), with_lsh: bool = True) -> dict:
-  """P@k and nDCG@k over all labels (exact) and through LSH retrieval (``lsh_`` prefix)."""
-  kmax = max(ks)
+  """P@k and nDCG@k over all labels (exact), and with ``with_lsh`` through the index:
+
+  - ``lsh_P@k``, ``lsh_nDCG@k``: the top k of the ``budget`` retrieved labels, rescored;
+  - ``recall@1``, ``recall@5``: the share of the exact top 1 / top 5 that the index retrieved;
+  - ``index_share``: retrieved labels / budget (no labels forced, no random fill);
+  - ``labels_scored``: labels scored per example through the index; ``exact_ms`` and
+    ``lsh_ms``: time per batch of exact ranking and of retrieval + rescoring (first batch,
+    which compiles, excluded).
+  """
+  kmax = max(max(ks), 5)
   exact, retrieved = _rankers(graphdef, kmax, budget)
   sums: dict[str, float] = {}
+  times = {"exact_ms": [], "lsh_ms": []}
   key = jax.random.PRNGKey(0)
 
-  def add(prefix, top, b):
-    for name, v in jslide.metrics.summarize(top, b.labels, b.mask, ks).items():
-      sums[prefix + name] = sums.get(prefix + name, 0.0) + float(v)
+  def add(name, value):
+    sums[name] = sums.get(name, 0.0) + float(value)
 
   for i, b in enumerate(D.batches(data, batch_size, max_features=max_features,
                                   max_labels=max_labels, shuffle=False)):
-    add("", exact(state, b.feat_ids, b.feat_vals)[1], b)
-    if with_lsh:
-      add("lsh_", retrieved(state, b.feat_ids, b.feat_vals, jax.random.fold_in(key, i))[1], b)
-  return {name: v / len(data) for name, v in sums.items()}
+    (_, top), t_exact = _timed(exact, state, b.feat_ids, b.feat_vals)
+    for name, v in jslide.metrics.summarize(top, b.labels, b.mask, ks).items():
+      add(name, v)
+    if not with_lsh:
+      continue
+    (_, lsh_top, cand), t_lsh = _timed(retrieved, state, b.feat_ids, b.feat_vals,
+                                       jax.random.fold_in(key, i))
+    if i:
+      times["exact_ms"].append(1e3 * t_exact)
+      times["lsh_ms"].append(1e3 * t_lsh)
+    for name, v in jslide.metrics.summarize(lsh_top, b.labels, b.mask, ks).items():
+      add("lsh_" + name, v)
+    found = jnp.sum(cand >= 0, axis=1)
+    for name, v in (("recall@1", jslide.lsh.recall_of_top_k(cand, top[:, :1])),
+                    ("recall@5", jslide.lsh.recall_of_top_k(cand, top[:, :5])),
+                    ("labels_scored", found), ("index_share", found / budget)):
+      add(name, jnp.sum(jnp.where(b.mask, v, 0)))
+  out = {name: v / len(data) for name, v in sums.items()}
+  out.update({name: sum(v) / len(v) for name, v in times.items() if v})
+  return out
 
 
 def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConfig,
-          cfg: TrainConfig, *, checkpoint_dir: str | None = None, resume: bool = False,
+          cfg: TrainConfig, *, valid_data: D.XCData | None = None,
+          checkpoint_dir: str | None = None, resume: bool = False,
           json_path: str | None = None, progress: bool = True, log=print) -> dict:
-  """Trains (or resumes) a SparseMLP; returns the run's record (also written to json_path)."""
+  """Trains (or resumes) a SparseMLP; returns the run's record (also written to json_path).
+
+  With ``valid_data``, every epoch is scored on it (exact P@k) and the epoch with the best
+  validation P@1 is selected: ``record["selected"]`` holds its entry (test numbers included),
+  and with a checkpoint directory its state is kept in ``<checkpoint_dir>-best``.
+  """
   if train_data.num_features != model_cfg.num_features or train_data.num_labels != model_cfg.num_labels:
     raise ValueError("train: the data's dimensions differ from the model's")
   model = model_cfg.build(cfg.seed)
@@ -87,19 +132,26 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   epoch, start_batch = 0, 0
   record = {"model": model_cfg.to_json(), "train": dataclasses.asdict(cfg), "epochs": []}
   mgr = checkpoint.manager(checkpoint_dir) if checkpoint_dir else None
+  best_mgr = (checkpoint.manager(checkpoint_dir.rstrip("/") + "-best")
+              if checkpoint_dir and valid_data is not None else None)
   if resume:
     if not checkpoint_dir:
       raise ValueError("train: resume needs a checkpoint directory")
-    state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense, cfg.catch_up)
+    state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense, cfg.catch_up,
+                                     cfg.sampled)
     epoch, start_batch = meta["epoch"], meta["next_batch"]
     record["epochs"] = meta.get("epochs", [])
+    if meta.get("selected"):
+      record["selected"] = meta["selected"]
     log(f"resumed from {checkpoint_dir} at step {int(state.step)} (epoch {epoch}, batch "
         f"{start_batch})")
 
   def meta(epoch, next_batch):
-    return {"model": model_cfg.to_json(), "dense": cfg.dense, "catch_up": cfg.catch_up,
+    return {"model": model_cfg.to_json(), "dense": cfg.dense, "sampled": cfg.sampled,
+            "catch_up": cfg.catch_up,
             "epoch": epoch,
-            "next_batch": next_batch, "epochs": record["epochs"]}
+            "next_batch": next_batch, "epochs": record["epochs"],
+            "selected": record.get("selected")}
 
   n_batches = D.num_batches(train_data, cfg.batch_size)
   key = jax.random.PRNGKey(cfg.seed)
@@ -127,19 +179,32 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
         checkpoint.save(mgr, state, meta(epoch, i + 1))
     bar.close()
     state = jslide.nn.catch_up_train_state(state)  # every row as dense Adam has it, for eval and saving
+    if not (cfg.dense or cfg.sampled):  # retrieval at evaluation sees the final weights
+      state = jslide.nn.rebuild_train_state(graphdef, state)
     seconds = time.perf_counter() - t0
     entry = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "seconds": seconds,
              "examples_per_second": seen / seconds if seconds else 0.0}
+    evaluate = functools.partial(evaluate_state, graphdef, state, batch_size=1024,
+                                 max_features=cfg.max_features, max_labels=cfg.max_labels,
+                                 budget=model_cfg.budget)
+    if valid_data is not None:
+      entry["valid"] = evaluate(valid_data, with_lsh=False)
     if test_data is not None:
-      entry["test"] = evaluate_state(graphdef, state, test_data, batch_size=1024,
-                                     max_features=cfg.max_features, max_labels=cfg.max_labels,
-                                     budget=model_cfg.budget, with_lsh=not cfg.dense)
+      entry["test"] = evaluate(test_data, with_lsh=not (cfg.dense or cfg.sampled))
     record["epochs"].append(entry)
     log(_format_epoch(entry))
+    best = record.get("selected")
+    if valid_data is not None and (best is None or entry["valid"]["P@1"] > best["valid"]["P@1"]):
+      record["selected"] = entry
+      if best_mgr:
+        checkpoint.save(best_mgr, state, meta(epoch + 1, 0))
     epoch, start_batch = epoch + 1, 0
     if mgr:
       checkpoint.save(mgr, state, meta(epoch, 0))
   record["final"] = record["epochs"][-1] if record["epochs"] else {}
+  if record.get("selected"):
+    log(f"selected epoch {record['selected']['epoch']} (best validation P@1 "
+        f"{record['selected']['valid']['P@1']:.4f})")
   if json_path:
     with open(json_path, "w") as f:
       json.dump(record, f, indent=2)
@@ -149,11 +214,17 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
 def _format_epoch(e: dict) -> str:
   s = (f"epoch {e['epoch']}: loss {e['train_loss']:.4f}, {e['seconds']:.1f} s "
        f"({e['examples_per_second']:.0f} examples/s)")
+  if e.get("valid"):
+    s += f"; valid P@1 {e['valid']['P@1']:.4f}"
   t = e.get("test")
   if t:
     s += "; test " + " ".join(f"{k} {t[k]:.4f}" for k in ("P@1", "P@3", "P@5", "nDCG@5"))
     if "lsh_P@1" in t:
-      s += f" | via LSH: P@1 {t['lsh_P@1']:.4f} P@5 {t['lsh_P@5']:.4f}"
+      s += (f" | via LSH: P@1 {t['lsh_P@1']:.4f} P@5 {t['lsh_P@5']:.4f}, recall of top 1 "
+            f"{t['recall@1']:.3f} top 5 {t['recall@5']:.3f}, {t['labels_scored']:.0f} labels "
+            f"scored ({t['index_share']:.0%} of the budget)")
+      if "lsh_ms" in t:
+        s += f", {t['lsh_ms']:.1f} ms/batch vs exact {t['exact_ms']:.1f}"
   return s
 
 
@@ -161,9 +232,11 @@ def load_model(checkpoint_dir: str):
   """(graphdef, state, model config, meta) from a checkpoint directory."""
   meta = checkpoint.read_meta(checkpoint_dir)
   model_cfg = ModelConfig.from_json(meta["model"])
-  cfg = TrainConfig(dense=bool(meta["dense"]), catch_up=bool(meta.get("catch_up", False)))
+  cfg = TrainConfig(dense=bool(meta["dense"]), sampled=int(meta.get("sampled", 0)),
+                    catch_up=bool(meta.get("catch_up", False)))
   graphdef, state, _ = _make_step(model_cfg.build(0), cfg)
-  state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense, cfg.catch_up)
+  state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense, cfg.catch_up,
+                                   cfg.sampled)
   # A mid-epoch checkpoint may hold rows that catch-up Adam has not brought up to date yet.
   return graphdef, jslide.nn.catch_up_train_state(state), model_cfg, meta
 
@@ -173,7 +246,7 @@ def evaluate(checkpoint_dir: str, data: D.XCData, *, max_features=64, max_labels
   _check_dims(data, model_cfg)
   return evaluate_state(graphdef, state, data, batch_size=1024, max_features=max_features,
                         max_labels=max_labels, budget=model_cfg.budget,
-                        with_lsh=not meta["dense"])
+                        with_lsh=not (meta["dense"] or meta.get("sampled", 0)))
 
 
 def predict(checkpoint_dir: str, data: D.XCData, out_path: str, *, k: int = 5,
@@ -188,7 +261,7 @@ def predict(checkpoint_dir: str, data: D.XCData, out_path: str, *, k: int = 5,
       if exact:
         scores, ids = exact_rank(state, b.feat_ids, b.feat_vals)
       else:
-        scores, ids = retrieved(state, b.feat_ids, b.feat_vals, jax.random.PRNGKey(i))
+        scores, ids, _ = retrieved(state, b.feat_ids, b.feat_vals, jax.random.PRNGKey(i))
       for row in range(int(b.mask.sum())):
         f.write(" ".join(f"{int(l)}:{float(s):.5g}" for l, s in zip(ids[row], scores[row])) + "\n")
   return len(data)
