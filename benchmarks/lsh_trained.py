@@ -35,6 +35,10 @@ FAMILIES = [
     ("cluster K=10 L=1 P=160", lambda k, d: lsh.ClusterHash.init(k, d, 10, 1, probes=160),
      "ranked"),
     ("cluster K=8 L=2 P=32", lambda k, d: lsh.ClusterHash.init(k, d, 8, 2, probes=32), "ranked"),
+    ("cluster K=10 L=2 P=80", lambda k, d: lsh.ClusterHash.init(k, d, 10, 2, probes=80),
+     "ranked"),
+    ("cluster K=11 L=1 P=320", lambda k, d: lsh.ClusterHash.init(k, d, 11, 1, probes=320),
+     "ranked"),
 ]
 
 
