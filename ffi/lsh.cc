@@ -1,6 +1,7 @@
 #include "lsh.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -168,6 +169,29 @@ void IdCounter::Clear() {
     slot_count_[s] = 0;
   }
   used_.clear();
+}
+
+// ------------------------------------------------------------------------------ TopIndices
+
+void TopIndices(const float* scores, int64_t c, int64_t k, int32_t* out,
+                std::vector<uint64_t>& scratch) {
+  // Each entry as one integer that sorts ascending by (score descending, position
+  // ascending): integer compares, no branches on NaN in the comparator.
+  scratch.resize(static_cast<size_t>(c));
+  for (int64_t i = 0; i < c; ++i) {
+    uint32_t u;
+    std::memcpy(&u, scores + i, sizeof(u));
+    if (std::isnan(scores[i])) {
+      u = 0;  // below -inf
+    } else {
+      u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // order-preserving as unsigned
+    }
+    scratch[i] = (uint64_t{~u} << 32) | static_cast<uint32_t>(i);
+  }
+  // O(C) selection, then a sort of the k selected.
+  if (k < c) std::nth_element(scratch.begin(), scratch.begin() + k, scratch.end());
+  std::sort(scratch.begin(), scratch.begin() + k);
+  for (int64_t i = 0; i < k; ++i) out[i] = static_cast<int32_t>(scratch[i] & 0xffffffffu);
 }
 
 // ------------------------------------------------------------------------------ QueryOne

@@ -51,6 +51,11 @@ void SparseSimHashCodes(const int32_t* ids, const float* vals, int64_t f, const 
 void BuildIndexTables(const int32_t* codes, int64_t n, int64_t l, int64_t num_buckets,
                       int32_t* offsets, int32_t* ids, int64_t t_begin, int64_t t_end);
 
+// The positions of the k highest of scores[0, c), highest first (ties: lower position
+// first; NaN ranks below everything). scratch is reused across calls.
+void TopIndices(const float* scores, int64_t c, int64_t k, int32_t* out,
+                std::vector<uint64_t>& scratch);
+
 enum class QueryStrategy : int32_t { kVanilla = 0, kTopK = 1, kThreshold = 2, kRanked = 3 };
 
 struct QueryConfig {

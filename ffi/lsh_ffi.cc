@@ -112,6 +112,22 @@ ffi::Error BuildIndexImpl(ffi::ThreadPool pool, S32 codes, ffi::ResultBuffer<ffi
   return ffi::Error::Success();
 }
 
+ffi::Error TopIndicesImpl(ffi::ThreadPool pool, F32 scores, ffi::ResultBuffer<ffi::S32> out) {
+  const char* k = "jslide_top_indices";
+  if (scores.dimensions().size() != 2 || out->dimensions().size() != 2)
+    return Invalid(k, "scores [R, C] and result [R, k] expected");
+  const int64_t r = scores.dimensions()[0], c = scores.dimensions()[1];
+  const int64_t top = out->dimensions()[1];
+  if (out->dimensions()[0] != r || top < 1 || top > c)
+    return Invalid(k, "result must be [R, k] with 1 <= k <= C = " + std::to_string(c));
+  ParallelFor(pool, r, 16, [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> scratch;
+    for (int64_t i = begin; i < end; ++i)
+      TopIndices(scores.typed_data() + i * c, c, top, out->typed_data() + i * top, scratch);
+  });
+  return ffi::Error::Success();
+}
+
 ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 force, U32 seed,
                      int64_t budget, int64_t strategy, int64_t threshold,
                      int64_t max_per_bucket, int64_t fill_group, int64_t fill,
@@ -193,6 +209,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideBuildIndex, jslide::BuildIndexImpl,
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideTopIndices, jslide::TopIndicesImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::F32>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideLshQuery, jslide::QueryImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -217,6 +239,7 @@ std::vector<std::pair<const char*, XLA_FFI_Handler*>> LshHandlers() {
           {"jslide_dwta", JslideDwta},
           {"jslide_sparse_simhash", JslideSparseSimHash},
           {"jslide_build_index", JslideBuildIndex},
+          {"jslide_top_indices", JslideTopIndices},
           {"jslide_lsh_query", JslideLshQuery}};
 }
 

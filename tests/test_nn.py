@@ -99,7 +99,9 @@ def test_batch_negatives_join_every_active_set(rng):
 
 
 def test_topk_rescoring_and_exact_mode(rng):
-  model = _small_model(n_out=50, budget=50)  # candidates cover all: topk must be exact
+  # Four k-means buckets, all probed: the index retrieves every row, so topk must be exact.
+  model = jslide.nn.SparseMLP(60, 50, hidden=(16,), budget=50, hash_family="cluster",
+                              num_hashes=2, num_tables=1, rngs=nnx.Rngs(0))
   h = jnp.asarray(rng.random((3, 16)), jnp.float32)
   scores, ids = model.output.topk(h, 5, key=jax.random.PRNGKey(0))
   exact = model.output.exact(h)

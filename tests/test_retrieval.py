@@ -122,3 +122,15 @@ def test_recall_of_top_k_matches_a_set_count(b, a, k, seed):
   np.testing.assert_allclose(np.asarray(lsh.recall_of_top_k(jnp.asarray(got, jnp.int32),
                                                             jnp.asarray(top, jnp.int32))),
                              want, rtol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(r=st.integers(1, 6), c=st.integers(1, 40), seed=st.integers(0, 2**31 - 1),
+       data=st.data())
+def test_top_indices_kernel_matches_lax_top_k_with_ties(r, c, seed, data):
+  k = data.draw(st.integers(1, c))
+  rng = np.random.default_rng(seed)
+  scores = jnp.asarray(rng.integers(0, 5, size=(r, c)), jnp.float32)  # many ties
+  got = lsh.cluster.top_indices(scores, k)
+  want = jax.lax.top_k(scores, k)[1]
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -11,8 +11,9 @@ Each of the L tables has C = 2^K centroids (unit vectors in the MIPS key space o
 :func:`mips_keys`, d + 2 coordinates). A row's code is its nearest centroid; a query's codes
 are the P centroids with the highest ``q . c`` for ``q = [x, 1, 0]``, best first, so
 :func:`jslide.lsh.query` with ``strategy="ranked"`` takes rows bucket by bucket in that order.
-Centroids are refitted from the current rows each time the index is built (a few Lloyd
-iterations from the previous centroids), so the buckets follow the weights as they train.
+Centroids are refitted from the current rows each time the index is built (``iters`` Lloyd
+iterations, 3 by default, from the previous centroids: the iterations add up over the
+rebuilds of a training run), so the buckets follow the weights as they train.
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jslide import _ffi  # noqa: F401  (registers the FFI targets)
 from jslide._checks import positive_int
 from jslide.lsh._common import check_kl, check_vectors
 from jslide.lsh.mips import mips_keys, mips_queries
+
+
+def top_indices(scores, k: int) -> jax.Array:
+  """int32[R, k]: the positions of the k highest scores of each row of f32[R, C], highest
+  first (ties: lower position first). ``jax.lax.top_k`` gives the same (NaN aside, which
+  ranks last here); this C++ partial sort is several times faster on the CPU for k ~ 100."""
+  out = jax.ShapeDtypeStruct((scores.shape[0], k), jnp.int32)
+  return jax.ffi.ffi_call("jslide_top_indices", out, vmap_method="sequential")(scores)
 
 
 def _normalize(x):
@@ -77,7 +87,7 @@ class ClusterHash:
 
   @classmethod
   def init(cls, key, dim: int, num_hashes: int, num_tables: int, probes: int = 16,
-           iters: int = 6) -> "ClusterHash":
+           iters: int = 3) -> "ClusterHash":
     """C = 2^num_hashes random centroids per table (refitted to the rows by ``build``)."""
     check_kl("ClusterHash.init", num_hashes, num_tables, dim=dim)
     c = 2 ** num_hashes
@@ -99,8 +109,9 @@ class ClusterHash:
     each table's P best centroids by ``q . c``, best first."""
     x = check_vectors("ClusterHash.hash", x, self.dim)
     scores = jnp.einsum("bd,lcd->blc", mips_queries(x), self.centroids)
-    best = jax.lax.top_k(scores, self.probes)[1]              # [B, L, P]
-    return jnp.swapaxes(best, 1, 2).reshape(x.shape[0], -1).astype(jnp.int32)
+    b, l, c = scores.shape
+    best = top_indices(scores.reshape(b * l, c), self.probes).reshape(b, l, self.probes)
+    return jnp.swapaxes(best, 1, 2).reshape(b, -1)
 
   def refit(self, w, b=None) -> "ClusterHash":
     """The family with its centroids moved to the rows w (bias b) by ``iters`` Lloyd steps."""
