@@ -139,16 +139,23 @@ ffi::Error CheckAdamState(const std::string& k, const F32& w, const F32& m, cons
   return ffi::Error::Success();
 }
 
-// Learning rate, bias corrections and step from `hyper` = [lr, 1 - b1^t, 1 - b2^t, t].
+// Learning rate, bias corrections and step from `hyper` = [lr, 1 - b1^t, 1 - b2^t, t_hi,
+// t_lo], t = t_hi * 65536 + t_lo: two float32 halves hold every int32 step exactly, where
+// one float32 is exact only up to 2^24 (a run of 16.7M steps).
 ffi::Error ReadAdamHyper(const std::string& k, const F32& hyper, float b1, float b2, float eps,
                          AdamHyper* h) {
-  if (hyper.element_count() != 4)
-    return Invalid(k, "hyper must hold [learning_rate, 1 - b1^t, 1 - b2^t, t]");
+  if (hyper.element_count() != 5)
+    return Invalid(k, "hyper must hold [learning_rate, 1 - b1^t, 1 - b2^t, t_hi, t_lo]");
   JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "hyper", hyper));
   const float* hp = hyper.typed_data();
-  if (!(hp[1] > 0.0f) || !(hp[2] > 0.0f) || !(hp[3] >= 1.0f) || hp[3] > 2147483647.0f)
+  const bool halves = hp[3] >= 0.0f && hp[3] < 32768.0f && hp[4] >= 0.0f && hp[4] < 65536.0f &&
+                      hp[3] == static_cast<float>(static_cast<int64_t>(hp[3])) &&
+                      hp[4] == static_cast<float>(static_cast<int64_t>(hp[4]));
+  if (!halves) return Invalid(k, "the step's halves t_hi, t_lo must be integers in range");
+  const int64_t step = static_cast<int64_t>(hp[3]) * 65536 + static_cast<int64_t>(hp[4]);
+  if (!(hp[1] > 0.0f) || !(hp[2] > 0.0f) || step < 1)
     return Invalid(k, "bias corrections 1 - b^t must be positive and the step t >= 1");
-  *h = AdamHyper{hp[0], b1, b2, eps, hp[1], hp[2], static_cast<int64_t>(hp[3])};
+  *h = AdamHyper{hp[0], b1, b2, eps, hp[1], hp[2], step};
   return ffi::Error::Success();
 }
 

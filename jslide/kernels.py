@@ -99,14 +99,20 @@ def _check_table_state(fn, w, *states):
 
 
 def _adam_hyper(learning_rate, bias_correction1, bias_correction2, step):
-  """f32[4] = [lr, 1 - b1^t, 1 - b2^t, t]: traced scalars, so schedules do not recompile."""
+  """f32[5] = [lr, 1 - b1^t, 1 - b2^t, t // 65536, t % 65536]: traced scalars, so schedules
+  do not recompile; the int32 step in two halves, each exact in float32 (one float32 holds
+  integers exactly only up to 2^24)."""
   for name, x in [("learning_rate", learning_rate), ("bias_correction1", bias_correction1),
                   ("bias_correction2", bias_correction2)]:
     finite_scalar("sparse_adam_rows", name, x)
+  step = jnp.asarray(step)
+  if not jnp.issubdtype(step.dtype, jnp.integer):
+    raise TypeError(f"adam step must be an integer (int32) count, got {step.dtype}")
+  step = step.astype(jnp.int32)
   return jnp.stack([jnp.asarray(learning_rate, jnp.float32),
                     jnp.asarray(bias_correction1, jnp.float32),
                     jnp.asarray(bias_correction2, jnp.float32),
-                    jnp.asarray(step, jnp.float32)])
+                    (step // 65536).astype(jnp.float32), (step % 65536).astype(jnp.float32)])
 
 
 def _adam_attrs(fn, b1, b2, eps):

@@ -137,6 +137,30 @@ def test_adam_catch_up_rows_matches_dense_adam_steps(n, d, step, seed):
   assert np.all(np.asarray(got[3]) == step)
 
 
+def test_catch_up_adam_keeps_counting_past_2_to_the_24_steps(rng):
+  """Step counts reach the kernels exactly (not as one float32, exact only to 2^24): late in
+  a run, where b^t is 0 in float32, the same gaps since each row's last update give the same
+  update at step 100,070 as at 2^24 + 100,070 and at 2^31 - 2."""
+  r, a, n, d = 6, 5, 30, 7
+  w = normal(rng, n, d)
+  m, v, gap_last = _adam_state(rng, n, d, 70)
+  ids, coef, vecs = random_ids(rng, n, (r, a)), normal(rng, r, a), normal(rng, r, d)
+  hyper = dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, bias_correction1=1.0,
+               bias_correction2=1.0)
+  outs = []
+  for base in (100_000, 2**24, 2**31 - 2 - 70):
+    last = jnp.where(gap_last > 0, gap_last + base, 0).astype(jnp.int32)
+    step = base + 70
+    out = kernels.sparse_adam_rows(w, m, v, ids, coef, vecs, last=last, step=step, **hyper)
+    assert np.all(np.asarray(out[3])[np.asarray(ref.touched_rows(ids, n))] == step)
+    caught = kernels.adam_catch_up_rows(*out[:4], step=step + 1, **{
+        k: hyper[k] for k in ("learning_rate", "b1", "b2", "eps")})
+    outs.append(caught)
+  for other in outs[1:]:
+    for x, y in zip(outs[0][:3], other[:3]):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 @pytest.mark.parametrize("step", [2, 70, 500])
 def test_sparse_adam_rows_with_catch_up_matches_reference(rng, step):
   r, a, n, d = 6, 5, 30, 7

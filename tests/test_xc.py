@@ -1,6 +1,8 @@
 """The XC trainer CLI: train, exact resume, eval, predict, and its errors."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -138,3 +140,43 @@ def test_sampled_baseline_and_retrieval_report(small_files, tmp_path):
   for name in ("recall@1", "recall@5", "index_share", "labels_scored", "lsh_P@1"):
     assert 0 <= report[name] <= (64 if name == "labels_scored" else 1)
   assert report["index_share"] == pytest.approx(report["labels_scored"] / 64)
+
+
+def test_checkpoints_are_never_silently_lost_or_misread(small_files, tmp_path, capsys):
+  """Issue 11, items 1, 3 and 7: a step checkpoint on an epoch's last step, a new run in a
+  directory holding another run, a resume whose batches would come in another order."""
+  train, _ = small_files
+  ckpt = str(tmp_path / "c")
+  # 11 batches an epoch: --ckpt-every 11 lands on each epoch's last step.
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", ckpt, "--ckpt-every", "11",
+               *ARCH]) == 0
+  assert main(["train", "--train", train, "--epochs", "2", "--ckpt", ckpt, "--ckpt-every", "11",
+               "--resume", *ARCH]) == 0
+  assert _final_state(ckpt)[1] == 22
+  capsys.readouterr()
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", ckpt, *ARCH]) == 2
+  assert "holds checkpoints of another run (latest step 22)" in capsys.readouterr().err
+  assert _final_state(ckpt)[1] == 22  # untouched
+  resumed = ["train", "--train", train, "--epochs", "3", "--ckpt", ckpt, "--resume", *ARCH]
+  assert main([*resumed, "--batch-size", "64"]) == 2  # the later flag wins
+  assert "batch_size 128 -> 64" in capsys.readouterr().err
+  assert main([*resumed, "--seed", "7"]) == 2
+  assert "seed 0 -> 7" in capsys.readouterr().err
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", ckpt, "--overwrite",
+               *ARCH]) == 0
+  assert _final_state(ckpt)[1] == 11
+
+
+def test_an_unwritable_checkpoint_path_fails_at_once_without_hanging(small_files, tmp_path):
+  """Issue 11, item 2: --ckpt naming a file used to train an epoch, print a traceback from
+  orbax's threads and never exit. Now: exit 2 before training, well within the timeout."""
+  train, _ = small_files
+  not_a_dir = tmp_path / "file"
+  not_a_dir.write_text("x")
+  proc = subprocess.run([sys.executable, "-m", "jslide.xc", "train", "--train", train,
+                         "--epochs", "1", "--ckpt", str(not_a_dir), *ARCH],
+                        capture_output=True, text=True, timeout=120,
+                        cwd=tmp_path)  # not the repository root: its jslide/ has no kernels
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "cannot write checkpoints there" in proc.stderr
+  assert "epoch 1:" not in proc.stdout

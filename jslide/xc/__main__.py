@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--seed", type=int, default=tc.seed)
   t.add_argument("--ckpt", help="checkpoint directory (orbax)")
   t.add_argument("--ckpt-every", type=int, default=0, help="also checkpoint every N steps")
+  t.add_argument("--overwrite", action="store_true",
+                 help="start a new run in a --ckpt directory that holds another run's "
+                      "checkpoints (deletes them)")
   t.add_argument("--resume", action="store_true", help="continue from --ckpt")
   t.add_argument("--json", help="write the run's metrics to this file")
   t.add_argument("--no-progress", dest="progress", action="store_false")
@@ -144,7 +147,8 @@ def main(argv=None) -> int:
       if args.valid_fraction:
         train, valid = train.split(args.valid_fraction, seed=0)
       trainer.train(train, test, model_cfg, cfg, valid_data=valid, checkpoint_dir=args.ckpt,
-                    resume=args.resume, json_path=args.json, progress=args.progress)
+                    resume=args.resume, overwrite=args.overwrite, json_path=args.json,
+                    progress=args.progress)
     elif args.command == "eval":
       meta = checkpoint.read_meta(args.ckpt)
       dims = ModelConfig.from_json(meta["model"])

@@ -19,6 +19,48 @@ def manager(directory: str) -> ocp.CheckpointManager:
                                options=ocp.CheckpointManagerOptions(max_to_keep=2))
 
 
+def writable_manager(directory: str) -> ocp.CheckpointManager:
+  """A manager for a run that will save: the directory is created and tried with a probe
+  file first, so a path that is a file or cannot be written fails now with a
+  CheckpointError, not in orbax's background threads after an epoch of training (where the
+  failure left the process hanging)."""
+  path = os.path.abspath(directory)
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, ".jslide_write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise CheckpointError(f"{directory}: cannot write checkpoints there ({e.strerror})") from None
+  return manager(path)
+
+
+def refuse_to_overwrite(mgr: ocp.CheckpointManager, directory: str, overwrite: bool) -> None:
+  """A new run (not ``--resume``) in a directory that holds checkpoints deletes them only with
+  ``overwrite``; otherwise CheckpointError, so one run never silently erases another."""
+  steps = list(mgr.all_steps())
+  if steps and not overwrite:
+    raise CheckpointError(f"{directory} holds checkpoints of another run (latest step "
+                          f"{max(steps)}): pass --resume to continue it, or --overwrite to "
+                          "delete them and start over")
+  for step in steps:
+    mgr.delete(step)
+
+
+def check_data_order(directory: str, saved: dict | None, current: dict) -> None:
+  """CheckpointError when what fixes the order of the batches (batch size, seed, examples,
+  features and labels kept) differs from the run being resumed: resuming would skip or
+  repeat examples."""
+  if saved is None:
+    return
+  diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+  if diff:
+    listed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(diff.items()))
+    raise CheckpointError(f"{directory}: the checkpoint's run read its data in another order "
+                          f"({listed}); resume with the same settings")
+
+
 def save(mgr: ocp.CheckpointManager, state, meta: dict) -> None:
   """Saves state at its step with meta (model config, epoch, next batch, flags).
 

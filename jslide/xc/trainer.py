@@ -117,7 +117,7 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
 
 def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConfig,
           cfg: TrainConfig, *, valid_data: D.XCData | None = None,
-          checkpoint_dir: str | None = None, resume: bool = False,
+          checkpoint_dir: str | None = None, resume: bool = False, overwrite: bool = False,
           json_path: str | None = None, progress: bool = True, log=print) -> dict:
   """Trains (or resumes) a SparseMLP; returns the run's record (also written to json_path).
 
@@ -131,14 +131,22 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   graphdef, state, step = _make_step(model, cfg)
   epoch, start_batch = 0, 0
   record = {"model": model_cfg.to_json(), "train": dataclasses.asdict(cfg), "epochs": []}
-  mgr = checkpoint.manager(checkpoint_dir) if checkpoint_dir else None
-  best_mgr = (checkpoint.manager(checkpoint_dir.rstrip("/") + "-best")
+  mgr = checkpoint.writable_manager(checkpoint_dir) if checkpoint_dir else None
+  best_dir = checkpoint_dir.rstrip("/") + "-best" if checkpoint_dir else None
+  best_mgr = (checkpoint.writable_manager(best_dir)
               if checkpoint_dir and valid_data is not None else None)
+  if mgr and not resume:
+    checkpoint.refuse_to_overwrite(mgr, checkpoint_dir, overwrite)
+    if best_mgr:
+      checkpoint.refuse_to_overwrite(best_mgr, best_dir, overwrite=True)  # goes with the run
+  data_order = {"batch_size": cfg.batch_size, "seed": cfg.seed, "examples": len(train_data),
+                "max_features": cfg.max_features, "max_labels": cfg.max_labels}
   if resume:
     if not checkpoint_dir:
       raise ValueError("train: resume needs a checkpoint directory")
     state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense, cfg.catch_up,
                                      cfg.sampled)
+    checkpoint.check_data_order(checkpoint_dir, meta.get("data_order"), data_order)
     epoch, start_batch = meta["epoch"], meta["next_batch"]
     record["epochs"] = meta.get("epochs", [])
     if meta.get("selected"):
@@ -151,7 +159,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
             "catch_up": cfg.catch_up,
             "epoch": epoch,
             "next_batch": next_batch, "epochs": record["epochs"],
-            "selected": record.get("selected")}
+            "selected": record.get("selected"), "data_order": data_order}
 
   n_batches = D.num_batches(train_data, cfg.batch_size)
   key = jax.random.PRNGKey(cfg.seed)
