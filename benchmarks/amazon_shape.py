@@ -3,14 +3,16 @@
 Architecture (SLIDE's): 135,909 sparse input features (about 75 non-zeros an example) ->
 128 ReLU -> 670,091 outputs; batch 128. jslide: DWTA K=6 (2^18 buckets), L=50, 0.5% of the
 outputs active per example (3,351), labels forced in, index rebuilt on a schedule (first
-after 50 steps, periods growing 1.1x); catch-up Adam in place (``--lazy-adam``: lazy Adam). Dense: the same network with every output scored, ``jax.grad`` and
-``optax.adam``, jitted with donation. Sampled (``--sampled S``, the program a JAX user writes
-instead): the batch's labels plus S uniform labels shared by the batch, ``jnp.take``
-gathers, ``optax.adam`` over every parameter (:func:`jslide.nn.make_sampled_train_step`). Data are generated at that shape (power-law labels,
-1 to 5 per example; the real Amazon-670K cannot be downloaded here). Each mode runs in its
-own subprocess so peak resident memory is its own. The index returns about 125 ids an
-example (the ``index share`` column: ids retrieved / budget, with no labels forced and no
-fill), so 96% of each active set is random fill: ``--fill-groups 1`` draws it per example
+after 50 steps, periods growing 1.1x); catch-up Adam in place (``--lazy-adam``: lazy
+Adam). Dense: the same network with every output scored, ``jax.grad`` and ``optax.adam``,
+jitted with donation. Sampled (``--sampled S``, the program a JAX user writes instead): the
+batch's labels plus S uniform labels shared by the batch, ``jnp.take`` gathers,
+``optax.adam`` over every parameter (:func:`jslide.nn.make_sampled_train_step`). Data are
+generated at that shape (power-law labels, 1 to 5 per example; the real Amazon-670K cannot
+be downloaded here). Each mode runs in its own subprocess so peak resident memory is its
+own. On these random weights the index returns about 2.5% of the budget (the ``index
+share`` column: ids retrieved / budget, with no labels forced and no fill), so nearly all
+of each active set is random fill: ``--fill-groups 1`` draws it per example
 (SLIDE's padding), ``G`` once per G consecutive examples (shared negatives), which cuts the
 rows the optimizer touches a step from ~400K to ~400K / G.
 

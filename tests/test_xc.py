@@ -180,3 +180,47 @@ def test_an_unwritable_checkpoint_path_fails_at_once_without_hanging(small_files
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "cannot write checkpoints there" in proc.stderr
   assert "epoch 1:" not in proc.stdout
+
+
+@pytest.mark.parametrize("content, flags, message", [
+    (None, [], "not a file"),                                         # a directory
+    (b"\x1f\x8b\x08\x00trunc", [], "cannot read the file"),           # a truncated gzip
+    (b"plain text, not gzip", [], "cannot read the file"),            # .gz that is not gzip
+    (b"2 5 3\n0 1:1\n\xff\xfe 2:1\n", [], "not UTF-8 text"),
+    (b"1 0 3\n0 1:1\n", [], "header declares 0 features"),
+    (b"1 5 3\n0 1:1\n", ["--batch-size", "0"], "batch_size must be a positive int"),
+    (b"1 5 3\n0 1:1\n", ["--batch-size", "-4"], "batch_size must be a positive int"),
+    (b"1 5 3\n0 1:1\n", ["--max-features", "0"], "max_features must be a positive int"),
+    (b"1 5 3\n0 1:1\n", ["--max-labels", "0"], "max_labels must be a positive int"),
+])
+def test_bad_files_and_flags_are_messages_with_exit_2(tmp_path, capsys, content, flags,
+                                                     message):
+  """Issue 11, item 9: what used to be tracebacks (or a silent run that trained nothing)."""
+  if content is None:
+    path = tmp_path / "adir"
+    path.mkdir()
+  else:
+    gz = content.startswith(b"\x1f\x8b") or content.startswith(b"plain")
+    path = tmp_path / ("data.txt.gz" if gz else "data.txt")
+    path.write_bytes(content)
+  assert main(["train", "--train", str(path), "--epochs", "1", "--no-progress",
+               "--valid-fraction", "0", *flags]) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_predict_refuses_k_beyond_the_labels_and_never_leaves_a_partial_file(small_files,
+                                                                            tmp_path, capsys):
+  """Issue 11, item 11."""
+  train, test = small_files
+  ckpt, out = str(tmp_path / "p"), tmp_path / "top.txt"
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", ckpt, *ARCH]) == 0
+  out.write_text("previous predictions\n")
+  for flags in (["--k", "30000"], ["--k", "65", "--via-lsh"]):
+    assert main(["predict", "--ckpt", ckpt, "--input", test, "--out", str(out), *flags]) == 2
+    assert "predict: k" in capsys.readouterr().err
+  assert out.read_text() == "previous predictions\n"
+  assert main(["predict", "--ckpt", ckpt, "--input", test, "--out", str(out), "--k", "3",
+               "--via-lsh"]) == 0
+  lines = out.read_text().splitlines()
+  assert len(lines) == 300 and all(":" in l and "-inf" not in l for l in lines)
+  assert not (tmp_path / "top.txt.partial").exists()

@@ -122,56 +122,67 @@ def read(path: str, *, num_features: int | None = None, num_labels: int | None =
     raise ValueError(f"read: fmt must be 'auto', 'xc' or 'libsvm', got {fmt!r}")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no such file")
+  if not os.path.isfile(path):
+    raise XCFormatError(f"{path}: not a file")
   feat_ptr, fids, fvals = array.array("q", [0]), array.array("i"), array.array("f")
   label_ptr, lids = array.array("q", [0]), array.array("i")
   declared_points = None
   max_f = max_l = -1
-  with _open(path) as f:
-    for lineno, line in enumerate(f, start=1):
-      if lineno == 1 and fmt != "libsvm":
-        parts = line.split()
-        if len(parts) == 3 and all(p.isdigit() for p in parts):
-          declared_points, nf, nl = (int(p) for p in parts)
-          for name, given, got in (("num_features", num_features, nf),
-                                   ("num_labels", num_labels, nl)):
-            if given is not None and given != got:
-              raise XCFormatError(f"{path}:1: header declares {name}={got}, expected {given}")
-          num_features, num_labels = nf, nl
-          continue
-        if fmt == "xc":
-          raise XCFormatError(f"{path}:1: expected a header 'num_points num_features "
-                              f"num_labels', got {line.strip()[:80]!r}")
-      tokens = line.split()
-      start = 0
-      if tokens and ":" not in tokens[0]:
-        for lab in tokens[0].split(","):
-          if not lab.lstrip("-").isdigit():
-            raise XCFormatError(f"{path}:{lineno}: bad label {lab!r} (labels are "
-                                "comma-separated non-negative integers)")
-          v = int(lab)
-          if v < 0 or (num_labels is not None and v >= num_labels):
-            raise XCFormatError(f"{path}:{lineno}: label {v} outside [0, {num_labels})")
-          lids.append(v)
-          max_l = max(max_l, v)
-        start = 1
-      for tok in tokens[start:]:
-        fid, sep, val = tok.partition(":")
-        if not sep or not fid.isdigit():
-          raise XCFormatError(f"{path}:{lineno}: bad feature {tok!r} (expected id:value)")
-        try:
-          x = float(val)
-        except ValueError:
-          raise XCFormatError(f"{path}:{lineno}: bad feature value in {tok!r}") from None
-        if not math.isfinite(x):
-          raise XCFormatError(f"{path}:{lineno}: non-finite feature value in {tok!r}")
-        i = int(fid)
-        if num_features is not None and i >= num_features:
-          raise XCFormatError(f"{path}:{lineno}: feature {i} outside [0, {num_features})")
-        fids.append(i)
-        fvals.append(x)
-        max_f = max(max_f, i)
-      feat_ptr.append(len(fids))
-      label_ptr.append(len(lids))
+  lineno = 0
+  try:
+    with _open(path) as f:
+      for lineno, line in enumerate(f, start=1):
+        if lineno == 1 and fmt != "libsvm":
+          parts = line.split()
+          if len(parts) == 3 and all(p.isdigit() for p in parts):
+            declared_points, nf, nl = (int(p) for p in parts)
+            if nf < 1 or nl < 1:
+              raise XCFormatError(f"{path}:1: header declares {nf} features and {nl} "
+                                  "labels; both must be at least 1")
+            for name, given, got in (("num_features", num_features, nf),
+                                     ("num_labels", num_labels, nl)):
+              if given is not None and given != got:
+                raise XCFormatError(f"{path}:1: header declares {name}={got}, expected {given}")
+            num_features, num_labels = nf, nl
+            continue
+          if fmt == "xc":
+            raise XCFormatError(f"{path}:1: expected a header 'num_points num_features "
+                                f"num_labels', got {line.strip()[:80]!r}")
+        tokens = line.split()
+        start = 0
+        if tokens and ":" not in tokens[0]:
+          for lab in tokens[0].split(","):
+            if not lab.lstrip("-").isdigit():
+              raise XCFormatError(f"{path}:{lineno}: bad label {lab!r} (labels are "
+                                  "comma-separated non-negative integers)")
+            v = int(lab)
+            if v < 0 or (num_labels is not None and v >= num_labels):
+              raise XCFormatError(f"{path}:{lineno}: label {v} outside [0, {num_labels})")
+            lids.append(v)
+            max_l = max(max_l, v)
+          start = 1
+        for tok in tokens[start:]:
+          fid, sep, val = tok.partition(":")
+          if not sep or not fid.isdigit():
+            raise XCFormatError(f"{path}:{lineno}: bad feature {tok!r} (expected id:value)")
+          try:
+            x = float(val)
+          except ValueError:
+            raise XCFormatError(f"{path}:{lineno}: bad feature value in {tok!r}") from None
+          if not math.isfinite(x):
+            raise XCFormatError(f"{path}:{lineno}: non-finite feature value in {tok!r}")
+          i = int(fid)
+          if num_features is not None and i >= num_features:
+            raise XCFormatError(f"{path}:{lineno}: feature {i} outside [0, {num_features})")
+          fids.append(i)
+          fvals.append(x)
+          max_f = max(max_f, i)
+        feat_ptr.append(len(fids))
+        label_ptr.append(len(lids))
+  except UnicodeDecodeError:
+    raise XCFormatError(f"{path}:{lineno + 1}: not UTF-8 text") from None
+  except (EOFError, OSError) as e:  # a truncated gzip, a .gz that is not gzip, ...
+    raise XCFormatError(f"{path}:{lineno + 1}: cannot read the file ({e})") from None
   n = len(feat_ptr) - 1
   if n == 0:
     raise XCFormatError(f"{path}: no examples (empty file)")

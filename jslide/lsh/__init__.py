@@ -1,7 +1,7 @@
 """Locality-sensitive hashing: retrieve the neurons of a large layer likely to fire.
 
-Hash families (``SimHash``, ``DWTA``, ``SparseSimHash``, ``MIPSHash``, ``ClusterHash``) each have
-``init(key, dim, K, L)`` and hash vectors to codes int32[B, L]; ``MIPSHash`` ranks rows by
+Hash families (``SimHash``, ``DWTA``, ``SparseSimHash``, ``MIPSHash``, ``ClusterHash``)
+each have ``init(key, dim, K, L)`` and hash vectors to codes int32[B, L]; ``MIPSHash`` ranks rows by
 the layer's score ``x . w_n + b_n`` (``mips_keys`` / ``mips_queries``). ``build``/``rebuild``
 bucket a table's rows into an ``LSHIndex`` (CSR layout); ``query`` / ``query_sparse`` return
 active ids per input; ``recall_of_top_k`` measures what they find; ``RebuildSchedule`` says

@@ -72,3 +72,18 @@ class TrainConfig:
   max_labels: int = 8
   seed: int = 0
   checkpoint_every: int = 0  # steps; 0: at the end of each epoch only
+
+  def __post_init__(self):
+    for name in ("batch_size", "max_features", "max_labels"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"TrainConfig: {name} must be a positive int, got {value!r}")
+    for name in ("epochs", "sampled", "checkpoint_every"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"TrainConfig: {name} must be an int >= 0, got {value!r}")
+    if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+      raise ValueError(f"TrainConfig: learning_rate must be finite and > 0, got "
+                       f"{self.learning_rate!r}")
+    if self.dense and self.sampled:
+      raise ValueError("TrainConfig: dense and sampled are two different baselines; pick one")

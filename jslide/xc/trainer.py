@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import time
 
 import jax
@@ -262,16 +263,30 @@ def predict(checkpoint_dir: str, data: D.XCData, out_path: str, *, k: int = 5,
   """Writes, per input line, its top-k labels as ``label:score`` pairs; returns the count."""
   graphdef, state, model_cfg, _ = load_model(checkpoint_dir)
   _check_dims(data, model_cfg)
+  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= model_cfg.num_labels:
+    raise ValueError(f"predict: k must be an int in [1, {model_cfg.num_labels}], got {k!r}")
+  if not exact and k > model_cfg.budget:
+    raise ValueError(f"predict: k={k} exceeds the {model_cfg.budget} labels retrieved through "
+                     "the index")
   exact_rank, retrieved = _rankers(graphdef, k, model_cfg.budget)
-  with open(out_path, "w") as f:
-    for i, b in enumerate(D.batches(data, 1024, max_features=max_features, max_labels=1,
-                                    shuffle=False)):
-      if exact:
-        scores, ids = exact_rank(state, b.feat_ids, b.feat_vals)
-      else:
-        scores, ids, _ = retrieved(state, b.feat_ids, b.feat_vals, jax.random.PRNGKey(i))
-      for row in range(int(b.mask.sum())):
-        f.write(" ".join(f"{int(l)}:{float(s):.5g}" for l, s in zip(ids[row], scores[row])) + "\n")
+  # Written beside the target and renamed at the end: a failed run leaves no partial file.
+  tmp_path = f"{out_path}.partial"
+  try:
+    with open(tmp_path, "w") as f:
+      for i, b in enumerate(D.batches(data, 1024, max_features=max_features, max_labels=1,
+                                      shuffle=False)):
+        if exact:
+          scores, ids = exact_rank(state, b.feat_ids, b.feat_vals)
+        else:
+          scores, ids, _ = retrieved(state, b.feat_ids, b.feat_vals, jax.random.PRNGKey(i))
+        for row in range(int(b.mask.sum())):
+          f.write(" ".join(f"{int(l)}:{float(s):.5g}" for l, s in zip(ids[row], scores[row])
+                           if l >= 0) + "\n")
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    raise
+  os.replace(tmp_path, out_path)
   return len(data)
 
 
