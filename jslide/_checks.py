@@ -44,6 +44,11 @@ def int32_ids(fn: str, name: str, ids, num_rows: int | None = None, ndim: int | 
       raise ValueError(
           f"{fn}: {name} holds {bad}; ids must lie in [-1, {num_rows}) "
           f"(-1 is padding, {num_rows} is the number of table rows)")
+  if dtype != jnp.int32 and not is_concrete(ids):
+    # Under jit the values cannot be range-checked here, and converting would wrap them
+    # (uint32 0xFFFFFFFF becomes -1, padding): refuse rather than read the wrong rows.
+    raise TypeError(f"{fn}: {name} must be int32 under jit, got {dtype} (convert it, "
+                    "checking its range, before the jitted function)")
   if dtype != jnp.int32:
     if num_rows is not None and num_rows > np.iinfo(np.int32).max:
       raise ValueError(f"{fn}: tables of more than 2**31 - 1 rows are not supported")

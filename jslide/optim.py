@@ -180,6 +180,13 @@ def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
                            jax.tree.map(zeros, params), extra)
 
   def update(updates, state, params=None):
+    if not isinstance(state, SparseAdamState) or (state.catch_up is not None) != catch_up:
+      have = ("a catch-up state" if isinstance(state, SparseAdamState) and state.catch_up
+              else "a lazy state" if isinstance(state, SparseAdamState)
+              else type(state).__name__)
+      raise ValueError(f"sparse_adam(catch_up={catch_up}).update got {have}: the state must "
+                       f"come from the same optimizer's init (a catch-up state holds each "
+                       f"row's last step, which a lazy update would drop)")
     count = optax.safe_increment(state.count)
     lr = _learning_rate(learning_rate, state.count)
     bc1 = 1 - jnp.asarray(b1, jnp.float32) ** count

@@ -306,3 +306,29 @@ def test_nan_in_a_dense_gradient_stays_out_of_table_gradients(rng):
 def test_bad_arguments_are_named_before_any_kernel_runs(make, match):
   with pytest.raises((TypeError, ValueError), match=match):
     make()
+
+
+def test_optimizer_state_from_another_mode_is_refused(rng):
+  """Issue 11, item 12: a lazy update used to drop a catch-up state's `last` silently, and
+  the reverse failed with an AttributeError."""
+  p, (x, ids) = _params(rng), _batches(rng, 1)[0]
+  g = _sparse_grads(p, x, ids)
+  lazy, eager = jslide.optim.sparse_adam(1e-2), jslide.optim.sparse_adam(1e-2, catch_up=True)
+  with pytest.raises(ValueError, match=r"catch_up=False\).update got a catch-up state"):
+    lazy.update(g, eager.init(p), p)
+  with pytest.raises(ValueError, match=r"catch_up=True\).update got a lazy state"):
+    eager.update(g, lazy.init(p), p)
+
+
+def test_ids_of_another_integer_type_are_refused_under_jit(rng):
+  """Issue 11, item 10: under jit a uint32 0xFFFFFFFF used to become -1 (padding) and an
+  out-of-range id a valid row; eager calls range-check and convert."""
+  w, b, x = normal(rng, N, D), normal(rng, N), normal(rng, 2, D)
+  ids = jnp.asarray([[1, 2], [3, 0xFFFFFFFF]], jnp.uint32)
+  with pytest.raises(TypeError, match="ids must be int32 under jit, got uint32"):
+    jax.jit(jslide.sparse_linear)(x, w, b, ids)
+  with pytest.raises(ValueError, match="ids holds 4294967295"):
+    jslide.sparse_linear(x, w, b, ids)
+  ok = jnp.asarray([[1, 2], [3, 4]], jnp.uint32)
+  assert_close(jslide.sparse_linear(x, w, b, ok), jax.jit(jslide.sparse_linear)(
+      x, w, b, ok.astype(jnp.int32)))
