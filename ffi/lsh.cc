@@ -232,11 +232,19 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
     if (begin < 0 || size < 0 || begin + size > n) return false;  // a corrupt index
     if (size == 0) continue;
     const int32_t* bucket = ids + table * n + begin;
+    // A row id outside [0, N) means a corrupt index: refuse rather than return it.
     if (size <= per_bucket) {
-      for (int64_t i = 0; i < size; ++i) s.counter.Add(bucket[i]);
+      for (int64_t i = 0; i < size; ++i) {
+        if (bucket[i] < 0 || bucket[i] >= n) return false;
+        s.counter.Add(bucket[i]);
+      }
     } else {
       const int64_t start = static_cast<int64_t>(rng.Below(size));
-      for (int64_t i = 0; i < per_bucket; ++i) s.counter.Add(bucket[(start + i) % size]);
+      for (int64_t i = 0; i < per_bucket; ++i) {
+        const int32_t id = bucket[(start + i) % size];
+        if (id < 0 || id >= n) return false;
+        s.counter.Add(id);
+      }
     }
   }
 

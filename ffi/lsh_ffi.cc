@@ -171,7 +171,8 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 
         return;
       }
   });
-  if (corrupt.load()) return Invalid(k, "index offsets point outside its ids (a corrupt index)");
+  if (corrupt.load())
+    return Invalid(k, "a corrupt index: offsets point outside its ids, or ids lie outside [0, N)");
   return ffi::Error::Success();
 }
 

@@ -279,6 +279,10 @@ def test_lsh_bad_input(rng):
   bad = lsh.LSHIndex(hasher=h, offsets=index.offsets.at[:, 1:].set(10**6), ids=index.ids)
   with pytest.raises(jax.errors.JaxRuntimeError, match="corrupt index"):
     jax.block_until_ready(jax.jit(lambda i, x: lsh.query(i, x, budget=8, key=KEY))(bad, x))
+  # So is a row id outside [0, N) in the buckets (issue 11, item 12): never an active id.
+  bad_ids = lsh.LSHIndex(hasher=h, offsets=index.offsets, ids=index.ids.at[:, :].set(10**6))
+  with pytest.raises(jax.errors.JaxRuntimeError, match="corrupt index"):
+    jax.block_until_ready(jax.jit(lambda i, x: lsh.query(i, x, budget=8, key=KEY))(bad_ids, x))
   # Traced out-of-range forced ids are caught by the kernel.
   with pytest.raises(jax.errors.JaxRuntimeError, match="force_ids holds 500"):
     jax.block_until_ready(jax.jit(lambda f: lsh.query(index, x, budget=8, key=KEY,
