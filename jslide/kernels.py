@@ -98,16 +98,16 @@ def _check_table_state(fn, w, *states):
   return w, out
 
 
-def _adam_hyper(learning_rate, bias_correction1, bias_correction2, step):
+def _adam_hyper(fn, learning_rate, bias_correction1, bias_correction2, step):
   """f32[5] = [lr, 1 - b1^t, 1 - b2^t, t // 65536, t % 65536]: traced scalars, so schedules
   do not recompile; the int32 step in two halves, each exact in float32 (one float32 holds
   integers exactly only up to 2^24)."""
   for name, x in [("learning_rate", learning_rate), ("bias_correction1", bias_correction1),
                   ("bias_correction2", bias_correction2)]:
-    finite_scalar("sparse_adam_rows", name, x)
+    finite_scalar(fn, name, x)
   step = jnp.asarray(step)
   if not jnp.issubdtype(step.dtype, jnp.integer):
-    raise TypeError(f"adam step must be an integer (int32) count, got {step.dtype}")
+    raise TypeError(f"{fn}: step must be an integer (int32) count, got {step.dtype}")
   step = step.astype(jnp.int32)
   return jnp.stack([jnp.asarray(learning_rate, jnp.float32),
                     jnp.asarray(bias_correction1, jnp.float32),
@@ -160,14 +160,14 @@ def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction
   attrs = _adam_attrs(fn, b1, b2, eps)
   shape = jax.ShapeDtypeStruct(w.shape, jnp.float32)
   if last is None:
-    hyper = _adam_hyper(learning_rate, bias_correction1, bias_correction2, 1)
+    hyper = _adam_hyper(fn, learning_rate, bias_correction1, bias_correction2, 1)
     return jax.ffi.ffi_call(
         "jslide_sparse_adam", (shape, shape, shape), vmap_method="sequential",
         input_output_aliases={0: 0, 1: 1, 2: 2})(w, m, v, ids, coef, vecs, hyper, **attrs)
   if step is None:
     raise ValueError(f"{fn}: step (this update's step count, >= 1) is required with last")
   last = _check_last(fn, last, w.shape[0])
-  hyper = _adam_hyper(learning_rate, bias_correction1, bias_correction2, step)
+  hyper = _adam_hyper(fn, learning_rate, bias_correction1, bias_correction2, step)
   return jax.ffi.ffi_call(
       "jslide_sparse_adam_catch_up",
       (shape, shape, shape, jax.ShapeDtypeStruct(last.shape, jnp.int32)),
@@ -197,7 +197,7 @@ def adam_catch_up_rows(w, m, v, last, *, step, learning_rate, b1: float, b2: flo
   w, (m, v) = _check_table_state(fn, w, ("m", m), ("v", v))
   last = _check_last(fn, last, w.shape[0])
   step = jnp.asarray(step)
-  hyper = _adam_hyper(learning_rate, 1 - jnp.float32(b1) ** step, 1 - jnp.float32(b2) ** step,
+  hyper = _adam_hyper(fn, learning_rate, 1 - jnp.float32(b1) ** step, 1 - jnp.float32(b2) ** step,
                       step)
   shape = jax.ShapeDtypeStruct(w.shape, jnp.float32)
   return jax.ffi.ffi_call(

@@ -18,8 +18,7 @@ from flax import nnx
 
 from jslide import losses
 from jslide._checks import positive_int
-from jslide.nn.training import TrainState, _skip_nonfinite, split_model
-from jslide import lsh
+from jslide.nn.training import dense_gradient_step
 
 
 def plain_encode(model, feat_ids, feat_vals):
@@ -51,31 +50,15 @@ def make_sampled_train_step(model: nnx.Module, *, num_sampled: int,
   as it is.
   """
   num_sampled = positive_int("make_sampled_train_step", "num_sampled", num_sampled)
-  graphdef, tables, params, rest = split_model(model)
-  tx = _skip_nonfinite(tx or optax.adam(1e-3))
-  state = TrainState(tables, params, rest, tx.init((tables, params)),
-                     lsh.RebuildSchedule().init(), jnp.zeros([], jnp.int32))
   num_labels = model.output.out_features
 
-  def loss_fn(trainable, rest, batch, key):
-    m = nnx.merge(graphdef, *trainable, rest)
+  def per_example(m, batch, key):
     h = plain_encode(m, batch["feat_ids"], batch["feat_vals"])
     cand = sampled_candidates(batch["labels"], num_sampled, num_labels, key)
     safe = jnp.maximum(cand, 0)
     logits = (h @ jnp.take(m.output.kernel.get_value(), safe, axis=0).T
               + jnp.take(m.output.bias.get_value(), safe))
     ids = jnp.broadcast_to(cand, logits.shape)
-    per = losses.active_softmax_cross_entropy(logits, ids, batch["labels"])
-    mask = batch["mask"].astype(per.dtype)
-    return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return losses.active_softmax_cross_entropy(logits, ids, batch["labels"])
 
-  def step(state: TrainState, batch, key):
-    trainable = (state.tables, state.params)
-    value, grads = jax.value_and_grad(loss_fn)(trainable, state.rest, batch, key)
-    updates, opt_state = tx.update(grads, state.opt_state, trainable)
-    tables, params = optax.apply_updates(trainable, updates)
-    new = state._replace(tables=tables, params=params, opt_state=opt_state, step=state.step + 1)
-    return new, {"loss": value, "rebuilt": jnp.zeros([], bool),
-                 "finite": opt_state.last_finite}
-
-  return graphdef, state, jax.jit(step, donate_argnums=(0,))
+  return dense_gradient_step(model, per_example, tx)

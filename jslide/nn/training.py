@@ -85,9 +85,7 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
   def loss_fn(trainable, rest, batch, key):
     model = nnx.merge(graphdef, *trainable, rest)
     logits, ids = forward(model, batch, key)
-    per = loss_per_example(logits, ids, batch["labels"])
-    mask = batch["mask"].astype(per.dtype)
-    return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return masked_mean(loss_per_example(logits, ids, batch["labels"]), batch["mask"])
 
   def rebuild(tables, params, rest):
     model = nnx.merge(graphdef, tables, params, rest)
@@ -117,22 +115,39 @@ def make_dense_train_step(model: nnx.Module, *, tx: optax.GradientTransformation
   :func:`make_train_step` (non-finite steps skipped the same way); the LSH index is left as
   it is.
   """
+
+  def per_example(model, batch, key):
+    del key
+    logits = model.output.exact(model.encode(batch["feat_ids"], batch["feat_vals"]))
+    return losses.softmax_cross_entropy(logits, batch["labels"])
+
+  return dense_gradient_step(model, per_example, tx)
+
+
+def masked_mean(per_example, mask):
+  """The mean of f32[B] over the examples where mask (bool[B]) is True (0 when none is)."""
+  mask = mask.astype(per_example.dtype)
+  return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def dense_gradient_step(model: nnx.Module, per_example: Callable,
+                        tx: optax.GradientTransformation | None = None):
+  """``(graphdef, state, step)`` for the baselines: every parameter, tables included, is
+  updated by ``tx`` (default ``optax.adam(1e-3)``, non-finite steps skipped) from dense
+  ``jax.value_and_grad`` gradients of the masked mean of ``per_example(model, batch, key)``
+  (f32[B]); one jit with the state donated; the LSH index is left as it is."""
   graphdef, tables, params, rest = split_model(model)
   tx = _skip_nonfinite(tx or optax.adam(1e-3))
   state = TrainState(tables, params, rest, tx.init((tables, params)),
                      lsh.RebuildSchedule().init(), jnp.zeros([], jnp.int32))
 
-  def loss_fn(trainable, rest, batch):
+  def loss_fn(trainable, rest, batch, key):
     model = nnx.merge(graphdef, *trainable, rest)
-    logits = model.output.exact(model.encode(batch["feat_ids"], batch["feat_vals"]))
-    per = losses.softmax_cross_entropy(logits, batch["labels"])
-    mask = batch["mask"].astype(per.dtype)
-    return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return masked_mean(per_example(model, batch, key), batch["mask"])
 
   def step(state: TrainState, batch, key):
-    del key
     trainable = (state.tables, state.params)
-    value, grads = jax.value_and_grad(loss_fn)(trainable, state.rest, batch)
+    value, grads = jax.value_and_grad(loss_fn)(trainable, state.rest, batch, key)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     tables, params = optax.apply_updates(trainable, updates)
     new = state._replace(tables=tables, params=params, opt_state=opt_state, step=state.step + 1)
