@@ -72,8 +72,17 @@ def finite_scalar(fn: str, name: str, value):
   return value
 
 
+def _refuse_array_hyperparameter(fn: str, name: str, value) -> None:
+  if isinstance(value, (jax.Array, np.ndarray)):
+    raise TypeError(
+        f"{fn}: {name} is compiled into the kernels and must be a Python float, got an array "
+        f"({value!r}); with optax.inject_hyperparams, pass static_args=('b1', 'b2', 'eps') "
+        "(the learning rate may stay injected)")
+
+
 def unit_interval(fn: str, name: str, value) -> float:
   """value as a float in [0, 1) (Adam's b1 and b2)."""
+  _refuse_array_hyperparameter(fn, name, value)
   if not isinstance(value, (int, float, np.floating, np.integer)) or not 0 <= value < 1:
     raise ValueError(f"{fn}: {name} must be a float in [0, 1), got {value!r}")
   return float(value)
@@ -83,8 +92,9 @@ def learning_rate(fn: str, value):
   """A float, a scalar array or a schedule (a callable of the step count)."""
   if callable(value):
     return value
-  if isinstance(value, (bool, str)) or np.ndim(value) != 0 or not np.issubdtype(
-      np.asarray(value).dtype, np.number):
+  dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype  # tracers too
+  if isinstance(value, (bool, str)) or np.ndim(value) != 0 or not np.issubdtype(dtype,
+                                                                                 np.number):
     raise TypeError(f"{fn}: learning_rate must be a float, a scalar array or an Optax "
                     f"schedule, got {value!r}")
   return finite_scalar(fn, "learning_rate", value)
@@ -94,6 +104,7 @@ def adam_hyperparameters(fn: str, b1, b2, eps) -> None:
   """ValueError unless b1, b2 lie in [0, 1) and eps is a finite float >= 0."""
   unit_interval(fn, "b1", b1)
   unit_interval(fn, "b2", b2)
+  _refuse_array_hyperparameter(fn, "eps", eps)
   if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) \
       or not 0 <= eps < np.inf:
     raise ValueError(f"{fn}: eps must be a finite float >= 0, got {eps!r}")

@@ -74,3 +74,47 @@ def active_binary_cross_entropy(logits, active_ids, labels):
   target = (label_targets(active_ids, labels) > 0).astype(logits.dtype)
   per = optax.sigmoid_binary_cross_entropy(jnp.where(valid, logits, 0.0), target)
   return jnp.sum(jnp.where(valid, per, 0.0), axis=-1)
+
+
+def chunked_softmax_cross_entropy(x, w, b, targets, *, chunk_size: int = 8192):
+  """The exact softmax cross-entropy over all N rows of a layer, f32[T], without a [T, N]
+  array: ``logsumexp_n(x . w[n] + b[n]) - (x . w[t] + b[t])``.
+
+  The log-partition is accumulated over blocks of ``chunk_size`` rows (a running max and
+  sum, as in online softmax), so memory is O(T * chunk_size): honest perplexity of a
+  large-vocabulary model.
+
+  Args:
+    x: f32[T, d]. w: f32[N, d]. b: f32[N]. targets: int[T] in [-1, N) (-1: padding, loss 0).
+  """
+  fn = "chunked_softmax_cross_entropy"
+  x = float32_array(fn, "x", x, ndim=2)
+  w = float32_array(fn, "w", w, ndim=2)
+  b = float32_array(fn, "b", b, ndim=1)
+  n, d = w.shape
+  if x.shape[1] != d or b.shape != (n,):
+    raise ValueError(f"{fn}: x {x.shape}, w {w.shape} and b {b.shape} must be [T, d], [N, d] "
+                     "and [N]")
+  targets = int32_ids(fn, "targets", targets, num_rows=n, ndim=1)
+  if targets.shape != x.shape[:1]:
+    raise ValueError(f"{fn}: targets shape {targets.shape} must be ({x.shape[0]},)")
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"{fn}: chunk_size must be a positive int, got {chunk_size!r}")
+  c = min(chunk_size, n)
+  blocks = -(-n // c)
+  pad = blocks * c - n
+  w_blocks = jnp.pad(w, ((0, pad), (0, 0))).reshape(blocks, c, d)
+  b_blocks = jnp.pad(b, (0, pad), constant_values=-jnp.inf).reshape(blocks, c)
+
+  def accumulate(carry, block):
+    top, total = carry
+    logits = x @ block[0].T + block[1]
+    new_top = jnp.maximum(top, jnp.max(logits, axis=-1))
+    total = total * jnp.exp(top - new_top) + jnp.sum(jnp.exp(logits - new_top[:, None]), -1)
+    return (new_top, total), None
+
+  start = (jnp.full(x.shape[:1], -jnp.inf, x.dtype), jnp.zeros(x.shape[:1], x.dtype))
+  (top, total), _ = jax.lax.scan(accumulate, start, (w_blocks, b_blocks))
+  safe = jnp.maximum(targets, 0)
+  target_logit = jnp.sum(x * jnp.take(w, safe, axis=0), axis=-1) + jnp.take(b, safe)
+  return jnp.where(targets >= 0, top + jnp.log(total) - target_logit, 0.0)

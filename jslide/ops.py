@@ -8,6 +8,7 @@ returns it row-sparse instead, at a cost independent of the table's size.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -76,7 +77,10 @@ def sparse_linear(x, w, b, ids):
     raise ValueError(f"{fn}: ids shape {ids.shape} must be x's leading shape {x.shape[:-1]} "
                      "plus the number of active neurons")
   lead, a = x.shape[:-1], ids.shape[-1]
-  x2, ids2 = x.reshape(-1, d), ids.reshape(-1, a)
+  rows = math.prod(lead)
+  if rows == 0 or a == 0:  # nothing to score (explicit: reshape(-1, 0) cannot infer -1)
+    return jnp.zeros((*lead, a), x.dtype)
+  x2, ids2 = x.reshape(rows, d), ids.reshape(rows, a)
   y = _sparse_linear(x2, w_val, b_val, ids2, w_ref is None, b_ref is None)
   tape = common_tape(fn, w_ref, b_ref)
   if tape is not None:
@@ -140,7 +144,10 @@ def embedding_bag(feat_ids, feat_vals, w):
     raise ValueError(f"{fn}: feat_vals shape {feat_vals.shape} must equal feat_ids shape "
                      f"{feat_ids.shape}")
   lead, f = feat_ids.shape[:-1], feat_ids.shape[-1]
-  ids2, vals2 = feat_ids.reshape(-1, f), feat_vals.reshape(-1, f)
+  rows = math.prod(lead)
+  if rows == 0 or f == 0 or d == 0:  # an empty bag sums to zero
+    return jnp.zeros((*lead, d), feat_vals.dtype)
+  ids2, vals2 = feat_ids.reshape(rows, f), feat_vals.reshape(rows, f)
   h = _embedding_bag(ids2, vals2, w_val, w_ref is None)
   if w_ref is not None:
     h = w_ref.tape.tap(h, partial(_embedding_bag_table_grads, w_ref.slot, n),
@@ -151,3 +158,60 @@ def embedding_bag(feat_ids, feat_vals, w):
 def _embedding_bag_table_grads(w_slot, n, saved, g):
   """The row-sparse gradient of w (coef: the feature values, vecs: g = dL/dh)."""
   return [(w_slot, RowSparseGrad(saved["ids"], saved["vals"], g, n))]
+
+
+# ------------------------------------------------------------------------ shared_linear
+
+
+def shared_linear(x, w, b, ids):
+  """Scores of one set of neurons shared by every input: ``y[t, j] = x[t] . w[ids[j]] +
+  b[ids[j]]``, a gather of S rows and one matmul (what sampled softmax does with its shared
+  negatives).
+
+  Under :func:`jslide.value_and_grad` the gradient of ``w`` is row-sparse with S rows
+  (``g.T @ x``), never [N, d]. Padding ids (-1) give 0.
+
+  Args:
+    x: f32[T, d]. w: f32[N, d]. b: f32[N] or None. ids: int[S] in [-1, N).
+  Returns:
+    f32[T, S].
+  """
+  fn = "shared_linear"
+  w_val, w_ref = unwrap_table(w)
+  b_val, b_ref = unwrap_table(b)
+  x = float32_array(fn, "x", x, ndim=2)
+  w_val = float32_array(fn, "w", w_val, ndim=2)
+  n, d = w_val.shape
+  if x.shape[1] != d:
+    raise ValueError(f"{fn}: x shape {x.shape} must end in d={d} like w shape {w_val.shape}")
+  if b_val is not None:
+    b_val = float32_array(fn, "b", b_val, ndim=1)
+    if b_val.shape != (n,):
+      raise ValueError(f"{fn}: b shape {b_val.shape} must be ({n},) like w's rows")
+  ids = int32_ids(fn, "ids", ids, n, ndim=1)
+  valid = ids >= 0
+  safe = jnp.where(valid, ids, 0)
+  # A table marked row-sparse is read without a gradient path; its gradient comes from the tap.
+  rows = jnp.take(jax.lax.stop_gradient(w_val) if w_ref is not None else w_val, safe, axis=0)
+  y = x @ rows.T
+  if b_val is not None:
+    y = y + jnp.take(jax.lax.stop_gradient(b_val) if b_ref is not None else b_val, safe)
+  y = jnp.where(valid, y, 0.0)
+  tape = common_tape(fn, w_ref, b_ref)
+  if tape is not None:
+    slots = (getattr(w_ref, "slot", None), getattr(b_ref, "slot", None))
+    y = tape.tap(y, partial(_shared_linear_table_grads, *slots, n), dict(ids=ids, x=x))
+  return y
+
+
+def _shared_linear_table_grads(w_slot, b_slot, n, saved, g):
+  """Row-sparse gradients of w (row ids[j]: (g.T @ x)[j]) and b (row ids[j]: sum_t g[t, j])."""
+  ids = saved["ids"][:, None]
+  ones = jnp.ones(ids.shape, g.dtype)
+  out = []
+  if w_slot is not None:
+    out.append((w_slot, RowSparseGrad(ids, ones, g.T @ saved["x"], n)))
+  if b_slot is not None:
+    out.append((b_slot, RowSparseGrad(ids, jnp.sum(g, axis=0)[:, None],
+                                      jnp.ones((ids.shape[0],), g.dtype), n)))
+  return out

@@ -115,11 +115,14 @@ def _flatten(name, updates, params, *trees):
 @dataclasses.dataclass(frozen=True)
 class CatchUpState:
   """Per leaf of the params, ``last: int32[rows]``: the step each row was last updated at
-  (0: never). The Adam hyperparameters ride along (static) so :func:`catch_up` needs only
-  the state."""
+  (0: never). The Adam hyperparameters ride along so :func:`catch_up` needs only the state:
+  ``schedule`` (static; None for a constant learning rate), ``learning_rate`` (f32[], the
+  rate of the latest update: a value injected by ``optax.inject_hyperparams`` is followed),
+  and the static b1, b2, eps."""
 
   last: Any
-  learning_rate: Any = dataclasses.field(metadata=dict(static=True))
+  learning_rate: jax.Array
+  schedule: Any = dataclasses.field(metadata=dict(static=True))
   b1: float = dataclasses.field(metadata=dict(static=True))
   b2: float = dataclasses.field(metadata=dict(static=True))
   eps: float = dataclasses.field(metadata=dict(static=True))
@@ -167,15 +170,15 @@ def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
 
   learning_rate = _checks.learning_rate("sparse_adam", learning_rate)
   _checks.adam_hyperparameters("sparse_adam", b1, b2, eps)
-  if catch_up and not callable(learning_rate):
-    learning_rate = float(learning_rate)  # static in CatchUpState
+  schedule = learning_rate if callable(learning_rate) else None
 
   def init(params):
     zeros = lambda p: jnp.zeros_like(p)
     extra = None
     if catch_up:
       last = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p)[:1], jnp.int32), params)
-      extra = CatchUpState(last, learning_rate, b1, b2, eps)
+      lr0 = jnp.asarray(_learning_rate(learning_rate, jnp.zeros([], jnp.int32)), jnp.float32)
+      extra = CatchUpState(last, lr0, schedule, b1, b2, eps)
     return SparseAdamState(jnp.zeros([], jnp.int32), jax.tree.map(zeros, params),
                            jax.tree.map(zeros, params), extra)
 
@@ -218,7 +221,8 @@ def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
         new_l.append(jnp.full_like(l, count) if catch_up else None)
     extra = None
     if catch_up:
-      extra = dataclasses.replace(state.catch_up, last=treedef.unflatten(new_l))
+      extra = dataclasses.replace(state.catch_up, last=treedef.unflatten(new_l),
+                                  learning_rate=jnp.asarray(lr, jnp.float32))
     return treedef.unflatten(new_u), SparseAdamState(
         count, treedef.unflatten(new_m), treedef.unflatten(new_v), extra)
 
@@ -245,7 +249,8 @@ def _catch_up_one(params, state: SparseAdamState):
   c = state.catch_up
   mus, treedef = jax.tree.flatten(state.mu, is_leaf=_is_masked)
   nus, lasts, ps = (treedef.flatten_up_to(t) for t in (state.nu, c.last, params))
-  lr = _learning_rate(c.learning_rate, jnp.maximum(state.count - 1, 0))
+  lr = (c.schedule(jnp.maximum(state.count - 1, 0)) if c.schedule is not None
+        else c.learning_rate)
   out_p, out_m, out_v, out_l = [], [], [], []
   for m, v, l, p in zip(mus, nus, lasts, ps):
     if _is_masked(m) or jnp.ndim(p) == 0:

@@ -59,12 +59,31 @@ def global_norm(tree) -> jax.Array:
   return jnp.sqrt(sparse + dense.astype(jnp.float32))
 
 
+# A summed gradient entry below this has a square (Adam's second moment) finite in float32.
+_SAFE_ENTRY = 1e18
+
+
+def _row_sparse_finite(g) -> jax.Array:
+  """Whether g's factors are finite and the rows they sum to are too: rows of finite factors
+  that share an id can overflow when summed (two rows of 3e38), and a sum below 1.8e19 can
+  still overflow Adam's squared moment. A cheap bound, sum|coef| * max|vecs|, settles the
+  usual case; only above it are the summed rows' squares added up (``sq_norm``, the cost of
+  the rows)."""
+  factors_ok = jnp.all(jnp.isfinite(g.coef)) & jnp.all(jnp.isfinite(g.vecs))
+  bound = jnp.sum(jnp.abs(g.coef)) * jnp.max(jnp.abs(g.vecs), initial=0.0)
+  return factors_ok & jax.lax.cond(bound < _SAFE_ENTRY, lambda: jnp.asarray(True),
+                                   lambda: jnp.isfinite(g.sq_norm()))
+
+
 def all_finite(tree) -> jax.Array:
   """bool[]: every float value of the tree is finite. A row-sparse leaf is checked through
-  its coefficients and vectors (not its ids), at the cost of its rows."""
+  its coefficients and vectors (not its ids) and, when they are large enough for it to
+  matter, through the rows they sum to (see :func:`_row_sparse_finite`), at the cost of its
+  rows."""
   def leaf_ok(x):
-    parts = (x.coef, x.vecs) if is_row_sparse(x) else (x,)
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in parts]))
+    if is_row_sparse(x):
+      return _row_sparse_finite(x)
+    return jnp.all(jnp.isfinite(x))
   leaves = jax.tree.leaves(tree, is_leaf=is_row_sparse)
   return jnp.all(jnp.asarray([leaf_ok(x) for x in leaves] or [True]))
 

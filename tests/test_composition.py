@@ -332,3 +332,83 @@ def test_ids_of_another_integer_type_are_refused_under_jit(rng):
   ok = jnp.asarray([[1, 2], [3, 4]], jnp.uint32)
   assert_close(jslide.sparse_linear(x, w, b, ok), jax.jit(jslide.sparse_linear)(
       x, w, b, ok.astype(jnp.int32)))
+
+
+@pytest.mark.parametrize("make_tx", [lambda: jslide.optim.sparse_adam(1e-2, catch_up=True),
+                                     lambda: jslide.optim.sparse_adam(1e-2),
+                                     lambda: jslide.optim.sparse_sgd(1e-2)],
+                         ids=["catch-up adam", "lazy adam", "sgd"])
+def test_finite_rows_whose_sum_overflows_are_a_skipped_step(make_tx):
+  """Issue 11, item 5: two finite rows of 3e38 for one id used to write NaN into the table
+  and inf into Adam's moments (sgd: -inf) with no error; so did a sum whose square overflows
+  the second moment. The guard now checks what the rows sum to, and skips the step."""
+  w = jnp.ones((6, 3), jnp.float32)
+  tx = jslide.optim.apply_if_finite(make_tx(), max_consecutive_errors=5)
+  for big in (3e38, 2e19):  # the sum overflows; the sum's square overflows
+    grad = jslide.RowSparseGrad(jnp.asarray([[2], [2]], jnp.int32), jnp.ones((2, 1)),
+                                jnp.full((2, 3), big, jnp.float32), 6)
+    state = tx.init(w)
+    updates, state = jax.jit(tx.update)(grad, state, w)
+    assert not bool(state.last_finite)
+    np.testing.assert_array_equal(np.asarray(optax.apply_updates(w, updates)), np.asarray(w))
+  # A large but safe gradient still updates.
+  grad = jslide.RowSparseGrad(jnp.asarray([[2], [2]], jnp.int32), jnp.ones((2, 1)),
+                              jnp.full((2, 3), 1e6, jnp.float32), 6)
+  updates, state = jax.jit(tx.update)(grad, tx.init(w), w)
+  new = np.asarray(optax.apply_updates(w, updates))
+  assert bool(state.last_finite) and np.all(np.isfinite(new)) and not np.allclose(new[2], 1.0)
+
+
+def test_empty_active_sets_features_and_rows_give_zeros_not_errors(rng):
+  """Issue 11, item 10: zero active ids, zero features, d=0 or no rows used to raise a
+  ZeroDivisionError from a reshape."""
+  w, b = normal(rng, N, D), normal(rng, N)
+  x = normal(rng, 3, D)
+  y = jslide.sparse_linear(x, w, b, jnp.zeros((3, 0), jnp.int32))
+  assert y.shape == (3, 0)
+  assert jslide.sparse_linear(jnp.zeros((0, D)), w, b, jnp.zeros((0, 4), jnp.int32)).shape == (0, 4)
+  h = jslide.embedding_bag(jnp.zeros((3, 0), jnp.int32), jnp.zeros((3, 0)), w)
+  assert_close(h, jnp.zeros((3, D)))
+  h0 = jslide.embedding_bag(jnp.asarray([[1, 2]], jnp.int32), jnp.ones((1, 2)),
+                            jnp.zeros((N, 0)))
+  assert h0.shape == (1, 0)
+  ids = random_ids(rng, N, (3, 4))
+  y0 = jslide.sparse_linear(jnp.zeros((3, 0)), jnp.zeros((N, 0)), b, ids)
+  assert_close(y0, jnp.where(ids >= 0, b[jnp.maximum(ids, 0)], 0.0))  # d=0: the bias alone
+  # Gradients through the empty cases are zeros of the right shapes.
+  gx = jax.grad(lambda x: jnp.sum(jslide.sparse_linear(x, w, b, jnp.zeros((3, 0), jnp.int32))))(x)
+  assert_close(gx, jnp.zeros_like(x))
+  loss = lambda t: jnp.sum(jslide.sparse_linear(x, t[0], t[1], jnp.zeros((3, 0), jnp.int32)))
+  _, g = jslide.value_and_grad(loss, tables=(True, True))((w, b))
+  assert_close(jslide.tree.todense(g)[0], jnp.zeros_like(w))
+
+
+def test_inject_hyperparams_wraps_catch_up_adam_and_follows_the_injected_rate(rng):
+  """Issue 11, item 12: optax.inject_hyperparams could not wrap sparse_adam(catch_up=True).
+  Now, with b1, b2, eps static, the learning rate is injected and changed between steps, and
+  the run equals inject_hyperparams(optax.adam) on dense gradients, catch_up included (rows
+  idle at the end catch up at the latest injected rate)."""
+  p = _params(rng)
+  batches = _batches(rng, 3)
+  # The last step touches only rows 0..4, so catch_up has idle rows to bring up to date.
+  x, ids = batches[-1]
+  batches[-1] = (x, jnp.where(ids < 5, ids, -1))
+  static = ("b1", "b2", "eps", "catch_up")
+  sparse = optax.inject_hyperparams(jslide.optim.sparse_adam, static_args=static)(
+      learning_rate=1e-2, catch_up=True)
+  dense = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+
+  def run(tx, grads_fn, finish=None):
+    params, state = p, tx.init(p)
+    step = jax.jit(lambda p, s, x, ids: tx.update(grads_fn(p, x, ids), s, p))
+    for i, (x, ids) in enumerate(batches):
+      state.hyperparams["learning_rate"] = jnp.asarray([1e-2, 3e-2, 5e-3][i])
+      u, state = step(params, state, x, ids)
+      params = optax.apply_updates(params, u)
+    return finish(params, state)[0] if finish else params
+
+  got = run(sparse, _sparse_grads, finish=jslide.optim.catch_up)
+  want = run(dense, _dense_grads)
+  _assert_same(got, want)
+  with pytest.raises(TypeError, match=r"b1 is compiled into the kernels.*static_args"):
+    optax.inject_hyperparams(jslide.optim.sparse_adam)(learning_rate=1e-2).init(p)

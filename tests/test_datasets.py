@@ -46,6 +46,7 @@ def test_libsvm_without_header(tmp_path):
     ("2 10 5\n0 1:1\n1 3-1\n", r":3: bad feature '3-1'"),
     ("1 10 5\n0 1:abc\n", ":2: bad feature value"),
     ("1 10 5\n0 1:nan\n", ":2: non-finite feature value"),
+    ("1 10 5\n0 1:1e39\n", ":2: feature value in '1:1e39' is outside float32's range"),
     ("1 10 5\nx,1 1:1\n", ":2: bad label 'x'"),
     ("", "no examples"),
 ])

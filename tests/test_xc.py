@@ -1,8 +1,11 @@
 """The XC trainer CLI: train, exact resume, eval, predict, and its errors."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -224,3 +227,84 @@ def test_predict_refuses_k_beyond_the_labels_and_never_leaves_a_partial_file(sma
   lines = out.read_text().splitlines()
   assert len(lines) == 300 and all(":" in l and "-inf" not in l for l in lines)
   assert not (tmp_path / "top.txt.partial").exists()
+
+
+def _step_dirs(ckpt):
+  return sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
+
+
+def _largest_file(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(small_files, tmp_path,
+                                                                          capsys):
+  """Issue 11, item 8: flipped bytes used to restore silently (weights of 1e12) and a damaged
+  file gave a long traceback; the checksums now send resume to the previous intact step, and
+  it says so."""
+  train, _ = small_files
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", full, *ARCH]) == 0
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", cut, "--ckpt-every", "4",
+               *ARCH]) == 0
+  older, latest = _step_dirs(cut)  # step 8 and the end of the epoch (11 batches)
+  victim = _largest_file(os.path.join(cut, str(latest)))
+  data = bytearray(open(victim, "rb").read())
+  data[len(data) // 2] ^= 0xFF  # one flipped byte
+  open(victim, "wb").write(bytes(data))
+  capsys.readouterr()
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", cut, "--resume", *ARCH]) == 0
+  err = capsys.readouterr().err
+  assert f"checkpoint step {latest} in {cut} is damaged" in err
+  assert f"using step {older}" in err
+  for x, y in zip(_final_state(full)[0], _final_state(cut)[0]):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # Every step damaged: a message and exit 2, not a traceback.
+  for step in _step_dirs(cut):
+    os.remove(_largest_file(os.path.join(cut, str(step))))
+  assert main(["train", "--train", train, "--epochs", "2", "--ckpt", cut, "--resume", *ARCH]) == 2
+  assert "no intact checkpoint" in capsys.readouterr().err
+
+
+def test_sigkill_at_random_points_then_resume_is_exact_and_loses_no_checkpoint(small_files,
+                                                                               tmp_path):
+  """Issue 11: the trainer killed (SIGKILL) 20 times at random points of training and
+  checkpointing (a checkpoint every step), resumed each time: the newest intact checkpoint
+  never goes back, and the final weights equal an uninterrupted run's bit for bit."""
+  train, _ = small_files
+  flags = ["--train", train, "--epochs", "6", *ARCH]  # 66 steps
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  assert main(["train", *flags, "--ckpt", full]) == 0
+  rng = np.random.default_rng(0)
+  kills, newest = 0, 0
+  while kills < 20:
+    resume = ["--resume"] if _step_dirs(cut) else []
+    proc = subprocess.Popen([sys.executable, "-m", "jslide.xc", "train", *flags, "--ckpt", cut,
+                             "--ckpt-every", "1", *resume], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while proc.poll() is None and max(_step_dirs(cut), default=0) <= newest:
+      assert time.time() < deadline, "the trainer made no progress"
+      time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.3))
+    if proc.poll() is not None:
+      assert proc.returncode == 0, proc.stderr.read().decode()
+      break  # finished before this kill
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    kills += 1
+    checkpoint.read_meta(cut)  # the newest intact step reads (a damaged one would be named)
+    intact = max(_step_dirs(cut))
+    assert intact >= newest  # no checkpoint lost
+    newest = intact
+  assert kills == 20
+  done = subprocess.run([sys.executable, "-m", "jslide.xc", "train", *flags, "--ckpt", cut,
+                         "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert "damaged" not in done.stderr
+  (a, step_a), (b, step_b) = _final_state(full), _final_state(cut)
+  assert step_a == step_b
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

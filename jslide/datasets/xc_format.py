@@ -20,6 +20,8 @@ import os
 
 import numpy as np
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 class XCFormatError(ValueError):
   """A malformed or inconsistent data file (the message names the file and line)."""
@@ -171,6 +173,9 @@ def read(path: str, *, num_features: int | None = None, num_labels: int | None =
             raise XCFormatError(f"{path}:{lineno}: bad feature value in {tok!r}") from None
           if not math.isfinite(x):
             raise XCFormatError(f"{path}:{lineno}: non-finite feature value in {tok!r}")
+          if abs(x) > _FLOAT32_MAX:  # 1e39 is finite here but inf once stored as float32
+            raise XCFormatError(f"{path}:{lineno}: feature value in {tok!r} is outside "
+                                "float32's range")
           i = int(fid)
           if num_features is not None and i >= num_features:
             raise XCFormatError(f"{path}:{lineno}: feature {i} outside [0, {num_features})")

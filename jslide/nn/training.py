@@ -13,6 +13,8 @@ from flax import nnx
 from jslide import losses, lsh, optim
 from jslide._autodiff import value_and_grad
 from jslide.nn.sparse_dense import SparseDense
+from jslide.nn.softmax_head import SparseSoftmaxHead
+from jslide.nn.sparse_ffn import SparseFFN
 from jslide.nn.variables import Table
 
 # (tables, dense params): tables get row-sparse gradients, the rest dense ones.
@@ -39,9 +41,10 @@ def default_forward(model, batch, key):
 
 
 def rebuild_indices(model: nnx.Module) -> None:
-  """Rebuilds the LSH index of every SparseDense layer of model from its current weights."""
+  """Rebuilds the LSH index of every layer of model that has one (:class:`SparseDense`,
+  :class:`SparseFFN`, :class:`SparseSoftmaxHead`) from its current weights."""
   for _, module in nnx.iter_modules(model):
-    if isinstance(module, SparseDense):
+    if isinstance(module, (SparseDense, SparseFFN, SparseSoftmaxHead)):
       module.rebuild_index()
 
 

@@ -1,8 +1,18 @@
-"""Checkpoints of a training run with orbax: the full TrainState plus where the run stood."""
+"""Checkpoints of a training run with orbax: the full TrainState plus where the run stood.
+
+Every saved step gets a SHA-256 of each of its files (``checksums/<step>.json`` beside the
+steps). Reading a run (meta or state) takes the newest step whose files still match and that
+orbax can restore; a damaged newer step is skipped with a message on stderr naming it, so a
+flipped byte or a truncated file never restores silently and never ends a run that has an
+intact earlier step.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -74,25 +84,98 @@ def save(mgr: ocp.CheckpointManager, state, meta: dict) -> None:
   mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                          meta=ocp.args.JsonSave(meta)), force=True)
   mgr.wait_until_finished()
+  _write_checksums(str(mgr.directory), step)
+
+
+def _checksum_file(directory: str, step: int) -> str:
+  return os.path.join(directory, "checksums", f"{step}.json")
+
+
+def _digests(step_dir: str) -> dict[str, str]:
+  """SHA-256 of every file under a step's directory, by relative path."""
+  out = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      h = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          h.update(block)
+      out[os.path.relpath(path, step_dir)] = h.hexdigest()
+  return out
+
+
+def _write_checksums(directory: str, step: int) -> None:
+  os.makedirs(os.path.join(directory, "checksums"), exist_ok=True)
+  path = _checksum_file(directory, step)
+  with open(path + ".tmp", "w") as f:
+    json.dump(_digests(os.path.join(directory, str(step))), f)
+  os.replace(path + ".tmp", path)  # atomic: a crash leaves the old file or the new one
+  kept = {str(s) for s in ocp.CheckpointManager(directory).all_steps()}
+  for name in os.listdir(os.path.join(directory, "checksums")):
+    if name.endswith(".json") and name[:-5] not in kept:
+      os.remove(os.path.join(directory, "checksums", name))
+
+
+def _damage(directory: str, step: int) -> str | None:
+  """Why step's files differ from their checksums (None when they match, or when the step
+  predates checksums)."""
+  path = _checksum_file(directory, step)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      want = json.load(f)
+  except (OSError, ValueError):
+    return "its checksum file is unreadable"
+  have = _digests(os.path.join(directory, str(step)))
+  for name in sorted(set(want) | set(have)):
+    if want.get(name) != have.get(name):
+      return f"{name} is {'missing' if name not in have else 'changed'}"
+  return None
+
+
+_REPORTED: set[tuple[str, int]] = set()
+
+
+def restore_newest_intact(directory: str, args_for):
+  """mgr.restore(step, args_for()) for the newest intact step, with that step."""
+  mgr = manager(directory)
+  steps = sorted(mgr.all_steps(), reverse=True)
+  if not steps:
+    raise CheckpointError(f"{directory}: no checkpoint found")
+  skipped = []
+  for step in steps:
+    reason = _damage(str(mgr.directory), step)
+    if reason is None:
+      try:
+        restored = mgr.restore(step, args=args_for())
+      except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types
+        reason = f"orbax cannot restore it ({type(e).__name__})"
+    if reason is None:
+      for bad, why in skipped:
+        if (directory, bad) not in _REPORTED:
+          _REPORTED.add((directory, bad))
+          print(f"jslide: checkpoint step {bad} in {directory} is damaged ({why}); using "
+                f"step {step}", file=sys.stderr)
+      return restored, step
+    skipped.append((step, reason))
+  raise CheckpointError(f"{directory}: no intact checkpoint (" +
+                        "; ".join(f"step {s}: {why}" for s, why in skipped) + ")")
 
 
 def read_meta(directory: str) -> dict:
-  mgr = manager(directory)
-  step = mgr.latest_step()
-  if step is None:
-    raise CheckpointError(f"{directory}: no checkpoint found")
-  return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  """The meta of the newest intact checkpoint."""
+  restored, _ = restore_newest_intact(
+      directory, lambda: ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  return restored.meta
 
 
 def restore(directory: str, state_like, config: ModelConfig, dense: bool,
             catch_up: bool = False, sampled: int = 0):
-  """(state, meta) of the latest checkpoint, after checking it was made by this architecture
-  and optimizer."""
-  mgr = manager(directory)
-  step = mgr.latest_step()
-  if step is None:
-    raise CheckpointError(f"{directory}: no checkpoint found")
-  meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  """(state, meta) of the newest intact checkpoint, after checking it was made by this
+  architecture and optimizer."""
+  meta = read_meta(directory)
   saved = ModelConfig.from_json(meta["model"])
   if saved != config:
     raise CheckpointError(f"{directory}: checkpoint is for another architecture:\n"
@@ -106,5 +189,6 @@ def restore(directory: str, state_like, config: ModelConfig, dense: bool,
     raise CheckpointError(f"{directory}: checkpoint was trained with "
                           f"catch_up={meta.get('catch_up', False)} (its optimizer state differs)")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-  restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-  return restored.state, meta
+  restored, _ = restore_newest_intact(directory, lambda: ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  return restored.state, restored.meta

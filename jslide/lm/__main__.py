@@ -1,0 +1,183 @@
+"""``python -m jslide.lm``: train, evaluate, sample from and plot word-level language models.
+
+    python -m jslide.lm train --train T.txt --valid V.txt [--head lsh|sampled|full]
+        [--ffn sparse|dense] [--vocab-size N] [--json PATH] [--ckpt DIR [--resume]]
+    python -m jslide.lm eval --ckpt DIR --valid V.txt
+    python -m jslide.lm generate --ckpt DIR --prompt "the word" [--words 20]
+    python -m jslide.lm plot RUN.json [RUN.json ...] --out FIG.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from jslide.lm.heads import HEADS, PROPOSALS
+from jslide.lm.trainer import LMConfig, RunConfig
+
+_DEFAULTS = LMConfig()
+_RUN = RunConfig()
+
+
+def _train_parser(sub):
+  p = sub.add_parser("train", help="train a model")
+  p.add_argument("--train", required=True, help="UTF-8 text file to train on")
+  p.add_argument("--valid", required=True, help="UTF-8 text file for validation perplexity")
+  p.add_argument("--vocab-size", type=int, default=_DEFAULTS.vocab_size)
+  p.add_argument("--head", choices=HEADS, default=_DEFAULTS.head)
+  p.add_argument("--ffn", choices=("sparse", "dense"), default=_DEFAULTS.ffn)
+  p.add_argument("--ffn-active", type=int, default=None,
+                 help="hidden neurons per token with --ffn sparse (default hidden // 20)")
+  p.add_argument("--context", type=int, default=_DEFAULTS.context)
+  p.add_argument("--features", type=int, default=_DEFAULTS.features)
+  p.add_argument("--heads", type=int, default=_DEFAULTS.heads, help="attention heads")
+  p.add_argument("--layers", type=int, default=_DEFAULTS.layers)
+  p.add_argument("--hidden", type=int, default=_DEFAULTS.hidden, help="FFN width")
+  p.add_argument("--retrieved", type=int, default=_DEFAULTS.retrieved,
+                 help="words the lsh head's index retrieves per position")
+  p.add_argument("--sampled", type=int, default=_DEFAULTS.sampled,
+                 help="shared sampled words per step (lsh and sampled heads)")
+  p.add_argument("--proposal", choices=PROPOSALS, default=_DEFAULTS.proposal)
+  p.add_argument("--epochs", type=int, default=_RUN.epochs)
+  p.add_argument("--batch-size", type=int, default=_RUN.batch_size)
+  p.add_argument("--lr", type=float, default=_RUN.learning_rate)
+  p.add_argument("--seed", type=int, default=_RUN.seed)
+  p.add_argument("--eval-every", type=int, default=_RUN.eval_every,
+                 help="evaluate every this many steps (0: only by --eval-seconds)")
+  p.add_argument("--eval-seconds", type=float, default=0.0,
+                 help="also evaluate after every this many seconds of training")
+  p.add_argument("--max-eval-tokens", type=int, default=_RUN.max_eval_tokens)
+  p.add_argument("--time-limit", type=float, default=0.0, help="seconds of training")
+  p.add_argument("--max-steps", type=int, default=0)
+  p.add_argument("--json", help="write the run's record (evaluations, speed) here")
+  p.add_argument("--ckpt", help="save checkpoints (orbax) in this directory")
+  p.add_argument("--resume", action="store_true", help="continue the checkpoint in --ckpt")
+  p.add_argument("--overwrite", action="store_true",
+                 help="delete another run's checkpoints in --ckpt")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train(args) -> None:
+  from jslide.lm import trainer
+  cfg = LMConfig(vocab_size=args.vocab_size, context=args.context, features=args.features,
+                 heads=args.heads, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
+                 ffn_active=args.ffn_active, head=args.head, retrieved=args.retrieved,
+                 sampled=args.sampled, proposal=args.proposal)
+  run = RunConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                  seed=args.seed, eval_every=args.eval_every, eval_seconds=args.eval_seconds,
+                  max_eval_tokens=args.max_eval_tokens, time_limit=args.time_limit,
+                  max_steps=args.max_steps)
+  record = trainer.train(args.train, args.valid, cfg, run, json_path=args.json,
+                         progress=not args.quiet, ckpt=args.ckpt, resume=args.resume,
+                         overwrite=args.overwrite)
+  last = record["evals"][-1]
+  print(f"{cfg.head} head, {cfg.ffn} FFN: valid perplexity {last['valid_ppl']:.2f} after "
+        f"{last['tokens']:,} tokens, {last['train_s']:.1f} s of training "
+        f"({record.get('step_ms', float('nan'))} ms/step)")
+
+
+def _load(ckpt: str):
+  """(model config, vocabulary, graphdef, state) of a checkpoint."""
+  from jslide.lm import checkpoint, trainer
+  from jslide.lm.vocab import Vocabulary
+  meta = checkpoint.read_meta(ckpt)
+  cfg, run = LMConfig(**meta["lm"]), RunConfig(**meta["run"])
+  vocab = Vocabulary(meta["vocab"])
+  graphdef, state, _ = trainer.make_step(cfg.build(len(vocab), run.seed), cfg, run)
+  return cfg, run, vocab, graphdef, trainer.restore(ckpt, state, cfg, run)[0]
+
+
+def _eval(args) -> None:
+  import numpy as np
+  from jslide.lm import trainer
+  from jslide.lm.vocab import read_text, tokenize
+  cfg, run, vocab, graphdef, state = _load(args.ckpt)
+  wins = trainer.windows(vocab.encode(tokenize(read_text(args.valid))), cfg.context)
+  wins = wins[:max(run.batch_size, args.max_eval_tokens // cfg.context)]
+  out = {"valid_ppl": trainer.perplexity(graphdef, state, wins, run.batch_size),
+         "tokens": int(np.prod(wins[:, 1:].shape))}
+  if cfg.ffn == "sparse":
+    out["valid_ppl_exact_ffn"] = trainer.perplexity(graphdef, state, wins, run.batch_size,
+                                                    exact_ffn=True)
+  print(json.dumps(out))
+
+
+def _generate(args) -> None:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import jslide
+  from jslide.lm.vocab import tokenize
+  cfg, _, vocab, graphdef, state = _load(args.ckpt)
+  model = jslide.nn.merge(graphdef, state)
+  words = [w for w in tokenize(args.prompt) if w != "<eos>"]
+  if not words:
+    raise ValueError("--prompt has no words")
+  ids = list(vocab.encode(words))
+  key = jax.random.key(args.seed)
+  for _ in range(args.words):
+    key, k1, k2 = jax.random.split(key, 3)
+    context = jnp.asarray([ids[-cfg.context:]], jnp.int32)
+    scores, cand = model.next_word_candidates(context, args.top_k, key=k1)
+    scores = jnp.where(cand >= 0, scores / args.temperature, -jnp.inf)
+    ids.append(int(np.asarray(cand)[0, int(jax.random.categorical(k2, scores[0]))]))
+  print(" ".join(vocab.decode(ids)))
+
+
+def _plot(args) -> None:
+  try:
+    import matplotlib
+  except ImportError:
+    raise SystemExit("plot needs matplotlib: pip install 'jslide[plot]'") from None
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for path in args.runs:
+    with open(path) as f:
+      record = json.load(f)
+    c = record["config"]
+    label = f"{c['head']} head, {c['ffn']} FFN"
+    ax.plot([e["train_s"] for e in record["evals"]], [e["valid_ppl"] for e in record["evals"]],
+            marker="o", label=label)
+  ax.set_xlabel("training time (s)")
+  ax.set_ylabel("validation perplexity (exact softmax)")
+  ax.set_yscale("log")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(args.out, dpi=120)
+  print(f"wrote {args.out}")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m jslide.lm", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  _train_parser(sub)
+  p = sub.add_parser("eval", help="validation perplexity of a checkpoint")
+  p.add_argument("--ckpt", required=True)
+  p.add_argument("--valid", required=True)
+  p.add_argument("--max-eval-tokens", type=int, default=_RUN.max_eval_tokens)
+  p = sub.add_parser("generate", help="continue a prompt")
+  p.add_argument("--ckpt", required=True)
+  p.add_argument("--prompt", required=True)
+  p.add_argument("--words", type=int, default=20)
+  p.add_argument("--top-k", type=int, default=10)
+  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  p = sub.add_parser("plot", help="validation perplexity against training time")
+  p.add_argument("runs", nargs="+", help="JSON records written by train --json")
+  p.add_argument("--out", required=True)
+  args = parser.parse_args(argv)
+  from jslide.lm.checkpoint import CheckpointError
+  try:
+    {"train": _train, "eval": _eval, "generate": _generate, "plot": _plot}[args.command](args)
+  except (ValueError, CheckpointError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,50 @@
+"""The per-token training losses of the three softmax heads a language-model run can use.
+
+- ``lsh``: :class:`jslide.nn.SparseTransformerLM`'s own :class:`jslide.nn.SparseSoftmaxHead`
+  (the target, the words the LSH index retrieves, and the same shared corrected sample as
+  ``sampled``), trained by :func:`jslide.nn.make_train_step` with row-sparse gradients;
+- ``full``: the exact softmax over the whole vocabulary (the dense baseline);
+- ``sampled``: sampled softmax as a JAX user writes it (Jean et al. 2015; TensorFlow's
+  ``sampled_softmax_loss``): the target plus ``num_sampled`` words drawn from a proposal q
+  and shared by the batch, each logit corrected by ``- log(num_sampled * q(word))``,
+  accidental hits (a sample equal to the target) removed; plain ``jnp.take`` gathers.
+
+The ``full`` and ``sampled`` losses train through :func:`jslide.nn.training.dense_gradient_step`
+(dense gradients, ``optax.adam`` on every parameter).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jslide.nn.softmax_head import PROPOSALS, log_proposal, sample_words
+
+HEADS = ("lsh", "sampled", "full")
+__all__ = ["HEADS", "PROPOSALS", "full_softmax_loss", "sampled_softmax_loss"]
+
+
+def full_softmax_loss(model, batch, key):
+  """f32[B*T]: the exact softmax cross-entropy over the vocabulary (builds [B*T, V] logits:
+  the dense baseline)."""
+  h = model.hidden_states(batch["tokens"], key=key).reshape(-1, model.features)
+  logits = h @ model.head.kernel.get_value().T + model.head.bias.get_value()
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"].reshape(-1))
+
+
+def sampled_softmax_loss(model, batch, key, *, num_sampled: int, proposal: str):
+  """f32[B*T]: sampled softmax with the logQ correction over ``num_sampled`` shared words."""
+  trunk_key, sample_key = jax.random.split(key)
+  h = model.hidden_states(batch["tokens"], key=trunk_key).reshape(-1, model.features)
+  targets = batch["targets"].reshape(-1)
+  w, b = model.head.kernel.get_value(), model.head.bias.get_value()
+  v = w.shape[0]
+  sampled = sample_words(sample_key, num_sampled, v, proposal)
+  correction = jnp.log(float(num_sampled)) + log_proposal(sampled, v, proposal)
+  sampled_logits = h @ jnp.take(w, sampled, axis=0).T + jnp.take(b, sampled) - correction
+  sampled_logits = jnp.where(sampled[None, :] == targets[:, None], -jnp.inf, sampled_logits)
+  true_logit = (jnp.sum(h * jnp.take(w, targets, axis=0), axis=-1) + jnp.take(b, targets)
+                - jnp.log(float(num_sampled)) - log_proposal(targets, v, proposal))
+  logits = jnp.concatenate([true_logit[:, None], sampled_logits], axis=-1)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros_like(targets))

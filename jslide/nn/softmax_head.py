@@ -1,0 +1,129 @@
+"""A softmax over a large vocabulary trained on each position's target, the words an LSH index
+retrieves for it, and a shared sample of the rest with the sampled-softmax correction."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jslide import losses, lsh
+from jslide._checks import int32_ids, positive_int
+from jslide.initializers import normal_table
+from jslide.nn.sparse_dense import default_strategy, make_hasher
+from jslide.nn.sparse_ffn import default_num_hashes
+from jslide.nn.variables import Index, Table
+from jslide.ops import shared_linear, sparse_linear
+
+PROPOSALS = ("log-uniform", "uniform")
+
+
+def log_proposal(ids, num_words: int, proposal: str):
+  """log q(id): ``uniform`` 1/V, or ``log-uniform`` (Zipf over the frequency rank, as
+  TensorFlow's ``log_uniform_candidate_sampler``): log((id + 2) / (id + 1)) / log(V + 1)."""
+  if proposal == "uniform":
+    return jnp.full(ids.shape, -jnp.log(float(num_words)))
+  ids = ids.astype(jnp.float32)
+  return jnp.log(jnp.log((ids + 2.0) / (ids + 1.0)) / jnp.log(num_words + 1.0))
+
+
+def sample_words(key, count: int, num_words: int, proposal: str):
+  """int32[count] words drawn with replacement from the proposal."""
+  if proposal == "uniform":
+    return jax.random.randint(key, (count,), 0, num_words, jnp.int32)
+  # The log-uniform inverse CDF: floor(exp(u log(V + 1))) - 1.
+  u = jax.random.uniform(key, (count,))
+  return jnp.clip(jnp.floor(jnp.exp(u * jnp.log(num_words + 1.0))) - 1, 0,
+                  num_words - 1).astype(jnp.int32)
+
+
+def _is_in_rows(words, ids):
+  """bool[T, S]: whether words[s] is among ids[t] (int32[T, A]), by binary search (no [T, A, S]
+  array)."""
+  ordered = jnp.sort(ids, axis=-1)
+  pos = jax.vmap(lambda row: jnp.searchsorted(row, words))(ordered)
+  found = jnp.take_along_axis(ordered, jnp.minimum(pos, ordered.shape[-1] - 1), axis=-1)
+  return found == words[None, :]
+
+
+class SparseSoftmaxHead(nnx.Module):
+  """The output softmax of a language model over ``num_words`` words, trained sparsely.
+
+  For each position the training loss is a softmax over: its target; up to ``retrieved``
+  words the LSH index returns for its hidden state (the words likely to score highest, whose
+  terms dominate the partition function); and ``sampled`` words drawn from ``proposal`` and
+  shared by the batch, each logit corrected by ``- log(sampled * q(word))``, those equal to
+  the target or to a retrieved word removed. The target and the retrieved words enter the
+  partition function exactly and the sample estimates the rest of it (the sampled-softmax
+  estimator of Jean et al. 2015 over the words the index did not find), so the loss tracks
+  the full softmax more closely than sampling alone. The retrieved part costs
+  O(T * retrieved * d) gathered rows, the shared part one [T, sampled] matmul; gradients of
+  ``kernel`` and ``bias`` are row-sparse.
+
+  ``log-uniform`` assumes word ids ranked by frequency (id 0 the most frequent), as
+  :class:`jslide.lm.Vocabulary` numbers them.
+  """
+
+  def __init__(self, features: int, num_words: int, *, retrieved: int = 256,
+               sampled: int = 1024, proposal: str = "log-uniform",
+               hash_family: str = "cluster", rngs: nnx.Rngs):
+    fn = "SparseSoftmaxHead"
+    positive_int(fn, "features", features)
+    positive_int(fn, "num_words", num_words)
+    if isinstance(retrieved, bool) or not isinstance(retrieved, int) or retrieved < 0:
+      raise ValueError(f"{fn}: retrieved must be an int >= 0, got {retrieved!r}")
+    positive_int(fn, "sampled", sampled)
+    if proposal not in PROPOSALS:
+      raise ValueError(f"{fn}: proposal must be one of {PROPOSALS}, got {proposal!r}")
+    self.features, self.num_words = features, num_words
+    self.retrieved = min(retrieved, num_words - 1)
+    self.sampled, self.proposal = sampled, proposal
+    self.strategy = default_strategy(hash_family)
+    self.kernel = Table(normal_table(rngs.params(), num_words, features, features ** -0.5))
+    self.bias = Table(jnp.zeros((num_words,), jnp.float32))
+    hasher = make_hasher(hash_family, rngs.params(), features, default_num_hashes(num_words),
+                         1, num_rows=num_words, budget=max(self.retrieved, 1))
+    self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value(),
+                                          self.bias.get_value()))
+
+  def __call__(self, h, targets, *, key):
+    """(logits f32[T, 1 + retrieved + sampled], word ids int32[T, 1 + retrieved + sampled])
+    for hidden states h f32[T, features] and targets int[T]: column 0 is the target, -1 marks
+    what is not scored. Feed them to :func:`jslide.losses.active_softmax_cross_entropy` with
+    ``targets[:, None]``."""
+    targets = int32_ids("SparseSoftmaxHead", "targets", targets, num_rows=self.num_words, ndim=1)
+    query_key, sample_key = jax.random.split(key)
+    ids = lsh.query(self.index.get_value(), jax.lax.stop_gradient(h),
+                    budget=1 + self.retrieved, key=query_key, strategy=self.strategy,
+                    force_ids=targets[:, None], fill=False)
+    near = sparse_linear(h, self.kernel.get_value(), self.bias.get_value(), ids)
+    words = sample_words(sample_key, self.sampled, self.num_words, self.proposal)
+    far = shared_linear(h, self.kernel.get_value(), self.bias.get_value(), words)
+    far = far - (jnp.log(float(self.sampled)) + log_proposal(words, self.num_words,
+                                                             self.proposal))
+    far_ids = jnp.where(_is_in_rows(words, ids), -1, words[None, :])
+    return jnp.concatenate([near, far], axis=-1), jnp.concatenate([ids, far_ids], axis=-1)
+
+  def exact(self, h):
+    """Scores of every word, f32[T, num_words] (small vocabularies and tests)."""
+    return h @ self.kernel.get_value().T + self.bias.get_value()
+
+  def nll(self, h, targets, *, chunk_size: int = 8192):
+    """f32[T]: the exact full-softmax loss, chunked over the vocabulary."""
+    return losses.chunked_softmax_cross_entropy(h, self.kernel.get_value(),
+                                                self.bias.get_value(), targets,
+                                                chunk_size=chunk_size)
+
+  def topk(self, h, k: int, *, key, candidates: int | None = None):
+    """(scores, ids) f32/int32[T, k]: the k best of ``candidates`` (default ``retrieved``)
+    retrieved words, rescored exactly (-inf / -1 where fewer were found)."""
+    ids = lsh.query(self.index.get_value(), h, budget=candidates or max(self.retrieved, k),
+                    key=key, strategy=self.strategy, fill=False)
+    y = jnp.where(ids >= 0, sparse_linear(h, self.kernel.get_value(), self.bias.get_value(),
+                                          ids), -jnp.inf)
+    top, pos = jax.lax.top_k(y, k)
+    return top, jnp.take_along_axis(ids, pos, axis=-1)
+
+  def rebuild_index(self):
+    self.index.set_value(lsh.rebuild(self.index.get_value(), self.kernel.get_value(),
+                                     self.bias.get_value()))

@@ -1,0 +1,119 @@
+"""A transformer feed-forward block in which each token computes only the hidden neurons its
+input retrieves from an LSH index over the up-projection rows."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jslide import lsh
+from jslide._checks import positive_int
+from jslide.initializers import check_param_dtype, normal_table
+from jslide.nn.sparse_dense import default_strategy, make_hasher
+from jslide.nn.variables import Index, Table
+from jslide.ops import embedding_bag, sparse_linear
+
+
+def default_num_hashes(num_rows: int) -> int:
+  """K for k-means buckets of about 20 rows each (4 to 12; docs/lsh.md)."""
+  return min(12, max(4, round(math.log2(max(num_rows, 1) / 20))))
+
+
+class SparseFFN(nnx.Module):
+  """``y = relu(x @ up.T + up_bias) @ down + down_bias`` over the ``active`` hidden neurons
+  each token retrieves.
+
+  A token's hidden neuron n fires as much as ``x . up[n] + up_bias[n]`` is large, a maximum
+  inner product: the LSH index over the rows of ``up`` (k-means buckets by default,
+  :class:`jslide.lsh.ClusterHash`) returns the neurons likely to score highest, padded with
+  random ones to ``active``. Only those are computed: the up-projection gathers their rows
+  (:func:`jslide.sparse_linear`), the down-projection is the weighted sum of their rows of
+  ``down`` (:func:`jslide.embedding_bag`), so the cost is O(tokens * active * features), and
+  under :func:`jslide.value_and_grad` both tables (``up``, ``down``) and ``up_bias`` get
+  row-sparse gradients. :meth:`exact` computes every neuron (evaluation, and measuring what
+  sparsity costs).
+
+  Layout: ``up: Table[hidden, features]`` and ``down: Table[hidden, features]``, one row per
+  hidden neuron (what the kernels gather and the index hashes); ``up_bias: Table[hidden]``;
+  ``down_bias: nnx.Param[features]``. Rebuild the index (:meth:`rebuild_index`, or the train
+  step's schedule) as the weights move.
+  """
+
+  def __init__(self, features: int, hidden: int, *, active: int, hash_family: str = "cluster",
+               num_hashes: int | None = None, num_tables: int | None = None,
+               strategy: str | None = None, fill_group: int | None = 1,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    fn = "SparseFFN"
+    positive_int(fn, "features", features)
+    positive_int(fn, "hidden", hidden)
+    positive_int(fn, "active", active)
+    if active > hidden:
+      raise ValueError(f"{fn}: active={active} must be at most hidden={hidden}")
+    check_param_dtype(fn, param_dtype)
+    strategy = default_strategy(hash_family) if strategy is None else strategy
+    if strategy not in lsh.STRATEGIES:
+      raise ValueError(f"{fn}: strategy must be one of {sorted(lsh.STRATEGIES)}, "
+                       f"got {strategy!r}")
+    cluster = hash_family == "cluster"
+    num_hashes = num_hashes or (default_num_hashes(hidden) if cluster else 5)
+    num_tables = num_tables or (1 if cluster else 16)
+    self.features, self.hidden, self.active = features, hidden, active
+    self.strategy, self.fill_group = strategy, fill_group
+    # LeCun normal (nnx.Linear's default) for both projections, fan-in features / hidden.
+    self.up = Table(normal_table(rngs.params(), hidden, features, features ** -0.5))
+    self.up_bias = Table(jnp.zeros((hidden,), param_dtype))
+    self.down = Table(normal_table(rngs.params(), hidden, features, hidden ** -0.5))
+    self.down_bias = nnx.Param(jnp.zeros((features,), param_dtype))
+    hasher = make_hasher(hash_family, rngs.params(), features, num_hashes, num_tables,
+                         num_rows=hidden, budget=active)
+    self.index = Index(jax.jit(lsh.build)(hasher, self.up.get_value(),
+                                          self.up_bias.get_value()))
+
+  def active_ids(self, x, *, key):
+    """int32[T, active]: the hidden neurons retrieved for the tokens x f32[T, features]."""
+    return lsh.query(self.index.get_value(), jax.lax.stop_gradient(x), budget=self.active,
+                     key=key, strategy=self.strategy, fill_group=self.fill_group)
+
+  def __call__(self, x, *, key):
+    """f32[..., features] -> f32[..., features], computing ``active`` neurons per token."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, self.features)
+    ids = self.active_ids(x2, key=key)
+    h = jax.nn.relu(sparse_linear(x2, self.up.get_value(), self.up_bias.get_value(), ids))
+    y = embedding_bag(ids, h, self.down.get_value()) + self.down_bias.get_value()
+    return y.reshape(*lead, self.features)
+
+  def exact(self, x):
+    """The same block with every hidden neuron computed, f32[..., features]."""
+    h = jax.nn.relu(x @ self.up.get_value().T + self.up_bias.get_value())
+    return h @ self.down.get_value() + self.down_bias.get_value()
+
+  def rebuild_index(self):
+    self.index.set_value(lsh.rebuild(self.index.get_value(), self.up.get_value(),
+                                     self.up_bias.get_value()))
+
+
+class DenseFFN(nnx.Module):
+  """The dense baseline of :class:`SparseFFN`, the same parameters as plain ``nnx.Param``:
+  every hidden neuron computed, dense gradients."""
+
+  def __init__(self, features: int, hidden: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    positive_int("DenseFFN", "features", features)
+    positive_int("DenseFFN", "hidden", hidden)
+    self.features, self.hidden = features, hidden
+    self.up = nnx.Param(normal_table(rngs.params(), hidden, features, features ** -0.5,
+                                     param_dtype))
+    self.up_bias = nnx.Param(jnp.zeros((hidden,), param_dtype))
+    self.down = nnx.Param(normal_table(rngs.params(), hidden, features, hidden ** -0.5,
+                                       param_dtype))
+    self.down_bias = nnx.Param(jnp.zeros((features,), param_dtype))
+
+  def __call__(self, x, *, key=None):
+    del key
+    h = jax.nn.relu(x @ self.up.get_value().T + self.up_bias.get_value())
+    return h @ self.down.get_value() + self.down_bias.get_value()
+
+  exact = __call__

@@ -1,0 +1,117 @@
+"""The language-model trainer: tokenization, vocabulary, training to a perplexity bound on text
+with a known entropy rate, checkpoints with exact resume, and bad input."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jslide.lm import LMConfig, RunConfig, Vocabulary, read_text, tokenize, train, windows
+
+SUCCESSORS = 3
+
+
+def markov_text(num_words: int, walk_seed: int, vocab: int = 60) -> str:
+  """Text from a first-order Markov chain over ``vocab`` made-up words in which each word is
+  followed by one of SUCCESSORS words, uniformly: its entropy rate is log(SUCCESSORS), so no
+  model beats perplexity SUCCESSORS, while the unigram perplexity is about ``vocab``."""
+  r = np.random.default_rng(0)  # the chain; the walk has its own seed
+  names = [f"w{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(vocab)]
+  nxt = np.stack([r.choice(vocab, SUCCESSORS, replace=False) for _ in range(vocab)])
+  walk = np.random.default_rng(walk_seed)
+  cur, words = 0, []
+  for _ in range(num_words):
+    words.append(names[cur])
+    cur = nxt[cur, walk.integers(SUCCESSORS)]
+  lines = [" ".join(words[i:i + 12]) for i in range(0, num_words, 12)]
+  return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  d = tmp_path_factory.mktemp("corpus")
+  (d / "train.txt").write_text(markov_text(60_000, walk_seed=1))
+  (d / "valid.txt").write_text(markov_text(6_000, walk_seed=2))
+  return d
+
+
+def test_tokenize_and_vocabulary_by_frequency():
+  tokens = tokenize("The cat, the dog.\n\nThe END")
+  assert tokens == ["the", "cat", ",", "the", "dog", ".", "<eos>", "the", "end", "<eos>"]
+  vocab = Vocabulary.from_tokens(tokens, 4)
+  assert vocab.words == ["<unk>", "the", "<eos>", ","]  # by count, ties alphabetical
+  np.testing.assert_array_equal(vocab.encode(["the", "zebra", ","]), [1, 0, 3])
+  assert vocab.decode([1, 3]) == ["the", ","]
+  with pytest.raises(ValueError, match="size must be an int >= 3"):
+    Vocabulary.from_tokens(tokens, 2)
+
+
+def test_text_files_that_cannot_train_are_refused_by_name(tmp_path):
+  (tmp_path / "empty.txt").write_text("  \n\n")
+  (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+  with pytest.raises(ValueError, match="empty.txt: the file has no text"):
+    read_text(str(tmp_path / "empty.txt"))
+  with pytest.raises(ValueError, match=r"latin1.txt: not UTF-8 text \(byte 3"):
+    read_text(str(tmp_path / "latin1.txt"))
+  with pytest.raises(ValueError, match="too few for one window of context 8"):
+    windows(np.arange(5, dtype=np.int32), 8)
+  with pytest.raises(ValueError, match="head must be one of"):
+    LMConfig(head="adaptive")
+
+
+TINY = dict(vocab_size=100, context=16, features=32, heads=2, layers=1, hidden=128,
+            ffn="sparse", ffn_active=32, retrieved=8, sampled=16)
+
+
+@pytest.mark.parametrize("head", ["lsh", "full"])
+def test_tiny_model_learns_the_markov_chain(corpus, head):
+  """Validation perplexity (exact softmax) falls from about the vocabulary size to below 5,
+  against a floor of 3 (the chain's entropy rate)."""
+  cfg = LMConfig(**TINY, head=head)
+  run = RunConfig(epochs=2, batch_size=16, learning_rate=3e-3, eval_every=10_000,
+                  max_eval_tokens=4096)
+  record = train(str(corpus / "train.txt"), str(corpus / "valid.txt"), cfg, run,
+                 progress=False)
+  last = record["evals"][-1]
+  assert record["vocab_size"] <= 62  # the words the walk reached, <unk>, <eos>
+  assert SUCCESSORS * 0.95 < last["valid_ppl"] < 5.0, last
+  assert last["valid_ppl_exact_ffn"] < 8.0, last
+
+
+def _cli(*args, cwd):
+  return subprocess.run([sys.executable, "-m", "jslide.lm", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_checkpoint_resume_is_exact_and_eval_generate_read_it(corpus, tmp_path):
+  common = ["--train", str(corpus / "train.txt"), "--valid", str(corpus / "valid.txt"),
+            "--vocab-size", "100", "--context", "16", "--features", "32", "--heads", "2",
+            "--layers", "1", "--hidden", "64", "--ffn", "sparse", "--ffn-active", "16",
+            "--retrieved", "8", "--sampled", "16", "--batch-size", "8", "--eval-every", "15",
+            "--max-eval-tokens", "512", "--quiet"]
+  whole = _cli("train", *common, "--max-steps", "30", "--json", "whole.json", cwd=tmp_path)
+  assert whole.returncode == 0, whole.stderr
+  first = _cli("train", *common, "--max-steps", "15", "--ckpt", "ck", cwd=tmp_path)
+  assert first.returncode == 0, first.stderr
+  again = _cli("train", *common, "--max-steps", "15", "--ckpt", "ck", cwd=tmp_path)
+  assert again.returncode == 2 and "--resume" in again.stderr
+  resumed = _cli("train", *common, "--max-steps", "30", "--ckpt", "ck", "--resume", "--json",
+                 "resumed.json", cwd=tmp_path)
+  assert resumed.returncode == 0, resumed.stderr
+  a = json.loads((tmp_path / "whole.json").read_text())["evals"]
+  b = json.loads((tmp_path / "resumed.json").read_text())["evals"]
+  assert [e["step"] for e in a] == [e["step"] for e in b] == [15, 30]
+  assert a[-1]["valid_ppl"] == b[-1]["valid_ppl"]  # bit-exact continuation
+  ev = _cli("eval", "--ckpt", "ck", "--valid", str(corpus / "valid.txt"),
+            "--max-eval-tokens", "512", cwd=tmp_path)
+  assert ev.returncode == 0, ev.stderr
+  assert math.isclose(json.loads(ev.stdout)["valid_ppl"], b[-1]["valid_ppl"], rel_tol=1e-5)
+  gen = _cli("generate", "--ckpt", "ck", "--prompt", "waa", "--words", "5", cwd=tmp_path)
+  assert gen.returncode == 0, gen.stderr
+  assert len(gen.stdout.split()) == 6 and gen.stdout.split()[0] == "waa"
+  bad = _cli("train", *common[4:], "--train", str(tmp_path / "missing.txt"), "--valid",
+             str(corpus / "valid.txt"), cwd=tmp_path)
+  assert bad.returncode == 2 and "missing.txt" in bad.stderr

@@ -1,0 +1,236 @@
+"""Transformer modules: SparseFFN, the chunked exact softmax, causal masking, the LM's sparse
+head, each equal to a dense reference when the budget covers every neuron."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jslide
+from jslide.nn import DenseFFN, SparseFFN, SparseTransformerLM
+
+from helpers import assert_close
+
+TABLES_FIRST = (True, False)
+
+
+def _densify(tree):
+  return jax.tree.map(lambda x: x.todense() if jslide.is_row_sparse(x) else x, tree,
+                      is_leaf=jslide.is_row_sparse)
+
+
+def _ffn_reference(up, up_bias, down, down_bias, x):
+  return jax.nn.relu(x @ up.T + up_bias) @ down + down_bias
+
+
+def test_sparse_ffn_with_every_neuron_active_equals_the_dense_block_values_and_gradients(rng):
+  ffn = SparseFFN(8, 24, active=24, num_hashes=2, rngs=nnx.Rngs(0))
+  x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
+  key = jax.random.key(3)
+  graphdef, tables, params, rest = jslide.nn.split_model(ffn)
+
+  def sparse_loss(trainable, x):
+    return jnp.sum(jnp.sin(nnx.merge(graphdef, *trainable, rest)(x, key=key)))
+
+  def dense_loss(trainable, x):
+    m = nnx.merge(graphdef, *trainable, rest)
+    return jnp.sum(jnp.sin(_ffn_reference(m.up.get_value(), m.up_bias.get_value(),
+                                          m.down.get_value(), m.down_bias.get_value(), x)))
+
+  value, grads = jslide.value_and_grad(sparse_loss, tables=TABLES_FIRST)((tables, params), x)
+  ref_value, ref_grads = jax.value_and_grad(dense_loss)((tables, params), x)
+  assert_close(value, ref_value, atol=1e-4)
+  assert all(jslide.is_row_sparse(g) for g in jax.tree.leaves(grads[0], is_leaf=jslide.is_row_sparse))
+  for a, b in zip(jax.tree.leaves(_densify(grads)), jax.tree.leaves(ref_grads)):
+    assert_close(a, b, atol=1e-4)
+  # d/dx through the sparse path equals the dense one too, and exact() is the reference
+  dx = jax.grad(sparse_loss, argnums=1)((tables, params), x)
+  assert_close(dx, jax.grad(dense_loss, argnums=1)((tables, params), x), atol=1e-4)
+  assert_close(ffn.exact(x), ffn(x, key=key), atol=1e-4)
+
+
+def test_sparse_ffn_computes_only_the_retrieved_neurons(rng):
+  ffn = SparseFFN(8, 64, active=6, num_hashes=3, rngs=nnx.Rngs(1))
+  x = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+  key = jax.random.key(0)
+  ids = np.asarray(ffn.active_ids(x, key=key))
+  assert ids.shape == (4, 6) and all(len(set(r)) == 6 for r in ids)
+  up, down = np.asarray(ffn.up.get_value()), np.asarray(ffn.down.get_value())
+  want = np.stack([np.maximum(up[r] @ xi, 0) @ down[r] for r, xi in zip(ids, np.asarray(x))])
+  np.testing.assert_allclose(np.asarray(ffn(x, key=key)), want, atol=1e-5)
+
+
+def test_sparse_ffn_rejects_bad_sizes():
+  with pytest.raises(ValueError, match="active=9 must be at most hidden=8"):
+    SparseFFN(4, 8, active=9, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="hidden"):
+    DenseFFN(4, 0, rngs=nnx.Rngs(0))
+
+
+@settings(max_examples=10)  # each example compiles new shapes
+@given(t=st.integers(1, 9), n=st.integers(1, 40), chunk=st.integers(1, 50),
+       seed=st.integers(0, 2**16))
+def test_chunked_softmax_cross_entropy_equals_the_plain_one(t, n, chunk, seed):
+  r = np.random.default_rng(seed)
+  x = jnp.asarray(r.normal(size=(t, 5)), jnp.float32)
+  w = jnp.asarray(r.normal(size=(n, 5)), jnp.float32)
+  b = jnp.asarray(r.normal(size=(n,)), jnp.float32)
+  targets = jnp.asarray(r.integers(0, n, size=t), jnp.int32)
+  got = jslide.losses.chunked_softmax_cross_entropy(x, w, b, targets, chunk_size=chunk)
+  want = optax.softmax_cross_entropy_with_integer_labels(x @ w.T + b, targets)
+  assert_close(got, want, atol=1e-4)
+
+
+def test_chunked_softmax_cross_entropy_padding_and_bad_input():
+  x, w, b = jnp.ones((2, 3)), jnp.ones((4, 3)), jnp.zeros(4)
+  got = jslide.losses.chunked_softmax_cross_entropy(x, w, b, jnp.array([-1, 2], jnp.int32))
+  assert_close(got, jnp.array([0.0, np.log(4.0)]), atol=1e-6)
+  with pytest.raises(ValueError, match="targets holds 4"):
+    jslide.losses.chunked_softmax_cross_entropy(x, w, b, jnp.array([0, 4], jnp.int32))
+  with pytest.raises(ValueError, match="chunk_size"):
+    jslide.losses.chunked_softmax_cross_entropy(x, w, b, jnp.array([0, 1], jnp.int32),
+                                                chunk_size=0)
+
+
+def _tiny_lm(vocab=50, ffn="sparse", retrieved=49, sampled=8, active=32, context=8, seed=0):
+  return SparseTransformerLM(vocab, context=context, features=16, heads=2, layers=2, hidden=32,
+                             ffn=ffn, ffn_active=active, head_retrieved=retrieved,
+                             head_sampled=sampled, rngs=nnx.Rngs(seed))
+
+
+@settings(max_examples=10)  # each example compiles new shapes
+@given(t=st.integers(1, 6), s=st.integers(1, 7), n=st.integers(1, 30), seed=st.integers(0, 999))
+def test_shared_linear_equals_a_gather_and_matmul_values_and_row_sparse_gradients(t, s, n, seed):
+  r = np.random.default_rng(seed)
+  x = jnp.asarray(r.normal(size=(t, 4)), jnp.float32)
+  w = jnp.asarray(r.normal(size=(n, 4)), jnp.float32)
+  b = jnp.asarray(r.normal(size=(n,)), jnp.float32)
+  ids = jnp.asarray(r.integers(-1, n, size=s), jnp.int32)  # duplicates and padding
+  coef = jnp.asarray(r.normal(size=(t, s)), jnp.float32)
+
+  def reference(tables, x):
+    w, b = tables
+    y = x @ w[jnp.maximum(ids, 0)].T + b[jnp.maximum(ids, 0)]
+    return jnp.sum(coef * jnp.where(ids >= 0, y, 0.0))
+
+  def loss(tables, x):
+    return jnp.sum(coef * jslide.shared_linear(x, tables[0], tables[1], ids))
+
+  value, grads = jslide.value_and_grad(loss, tables=(True, True))((w, b), x)
+  ref_value, ref_grads = jax.value_and_grad(reference)((w, b), x)
+  assert_close(value, ref_value, atol=1e-4)
+  for a, c in zip(_densify(grads), ref_grads):
+    assert_close(a, c, atol=1e-4)
+  assert_close(jax.grad(loss, argnums=1)((w, b), x), jax.grad(reference, argnums=1)((w, b), x),
+               atol=1e-4)
+  assert_close(jax.grad(loss)((w, b), x)[0], ref_grads[0], atol=1e-4)  # plain jax.grad too
+
+
+def test_sparse_head_scores_target_retrieved_and_corrected_sample(rng):
+  head = jslide.nn.SparseSoftmaxHead(8, 300, retrieved=5, sampled=40, rngs=nnx.Rngs(0))
+  h = jnp.asarray(rng.normal(size=(6, 8)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 300, size=6), jnp.int32)
+  logits, ids = head(h, targets, key=jax.random.key(1))
+  assert logits.shape == ids.shape == (6, 1 + 5 + 40)
+  ids, logits = np.asarray(ids), np.asarray(logits)
+  np.testing.assert_array_equal(ids[:, 0], np.asarray(targets))
+  w, b = np.asarray(head.kernel.get_value()), np.asarray(head.bias.get_value())
+  exact = np.asarray(h) @ w.T + b
+  for t in range(6):
+    near = ids[t, :6][ids[t, :6] >= 0]
+    assert len(set(near)) == len(near)
+    np.testing.assert_allclose(logits[t, :len(near)], exact[t, near], atol=1e-5)
+    far = ids[t, 6:]
+    assert not set(far[far >= 0]) & set(near)  # accidental hits removed
+    word = np.maximum(far, 0)
+    q = np.log(np.log((word + 2.0) / (word + 1.0)) / np.log(301.0))
+    ok = far >= 0
+    np.testing.assert_allclose(logits[t, 6:][ok], (exact[t, far] - np.log(40) - q)[ok], atol=1e-4)
+
+
+def test_log_uniform_sampling_follows_its_proposal():
+  from jslide.nn.softmax_head import log_proposal, sample_words
+  v, s = 50, 200_000
+  words = np.asarray(sample_words(jax.random.key(0), s, v, "log-uniform"))
+  freq = np.bincount(words, minlength=v) / s
+  q = np.exp(np.asarray(log_proposal(jnp.arange(v), v, "log-uniform")))
+  assert abs(q.sum() - 1) < 1e-5
+  np.testing.assert_allclose(freq, q, atol=4 * np.sqrt(q * (1 - q) / s).max())
+
+
+def test_no_position_sees_the_future(rng):
+  model = _tiny_lm(active=8)
+  tokens = jnp.asarray(rng.integers(0, 50, size=(2, 8)), jnp.int32)
+  changed = tokens.at[:, 5].set((tokens[:, 5] + 1) % 50)
+  for exact in (True, False):
+    key = jax.random.key(0)
+    a = model.hidden_states(tokens, key=key, exact_ffn=exact)
+    b = model.hidden_states(changed, key=key, exact_ffn=exact)
+    assert_close(a[:, :5], b[:, :5], atol=1e-6)
+    assert not np.allclose(np.asarray(a[:, 5:]), np.asarray(b[:, 5:]))
+
+
+def test_lm_with_full_budgets_equals_the_exact_model_values_and_gradients(rng):
+  """Every word retrieved by the head (so every sampled word is an accidental hit, removed)
+  and every FFN neuron active: the sparse training loss is the full-softmax loss, and its
+  row-sparse gradients (embedding, FFN tables, head) equal jax.grad of the exact model."""
+  model = _tiny_lm()
+  tokens = jnp.asarray(rng.integers(0, 50, size=(3, 8)), jnp.int32)
+  targets = jnp.asarray(rng.integers(0, 50, size=(3, 8)), jnp.int32)
+  graphdef, tables, params, rest = jslide.nn.split_model(model)
+  key = jax.random.key(2)
+
+  def sparse_loss(trainable):
+    m = nnx.merge(graphdef, *trainable, rest)
+    logits, ids = m(tokens, targets, key=key)
+    return jslide.losses.active_softmax_cross_entropy(logits, ids, targets.reshape(-1, 1)).mean()
+
+  def exact_loss(trainable):
+    m = nnx.merge(graphdef, *trainable, rest)
+    return m.token_nll(tokens, targets, exact_ffn=True, chunk_size=16).mean()
+
+  value, grads = jslide.value_and_grad(sparse_loss, tables=TABLES_FIRST)((tables, params))
+  ref_value, ref_grads = jax.value_and_grad(exact_loss)((tables, params))
+  assert_close(value, ref_value, atol=1e-4)
+  n_tables = len(jax.tree.leaves(grads[0], is_leaf=jslide.is_row_sparse))
+  assert n_tables == 3 + 2 * 3  # embedding, head kernel and bias; each FFN: up, up_bias, down
+  for a, b in zip(jax.tree.leaves(_densify(grads)), jax.tree.leaves(ref_grads)):
+    assert_close(a, b, atol=1e-4)
+
+
+def test_lm_train_step_never_builds_a_tokens_by_vocabulary_array():
+  vocab, b, t = 3001, 3, 7
+  model = _tiny_lm(vocab=vocab, retrieved=32, sampled=64, active=8)
+
+  def forward(m, batch, key):
+    return m(batch["tokens"], batch["targets"], key=key)
+
+  _, state, step = jslide.nn.make_train_step(model, forward=forward)
+  tokens = jnp.zeros((b, t), jnp.int32)
+  batch = {"tokens": tokens, "targets": tokens, "labels": tokens.reshape(-1, 1),
+           "mask": jnp.ones(b * t, bool)}
+  hlo = step.lower(state, batch, jax.random.key(0)).compile().as_text()
+  shapes = [s.split(",") for s in re.findall(r"[a-z]+[0-9]*\[([0-9,]+)\]", hlo)]
+  assert [str(vocab), "16"] in shapes  # the tables are there ...
+  big = [s for s in shapes if str(vocab) in s and (str(b * t) in s or str(t) in s)]
+  assert not big, big  # ... but nothing [tokens, vocab]
+
+
+def test_lm_refuses_bad_tokens_and_sizes():
+  model = _tiny_lm(context=4)
+  with pytest.raises(ValueError, match="5 positions, more than the model's context of 4"):
+    model.hidden_states(jnp.zeros((1, 5), jnp.int32))
+  with pytest.raises(ValueError, match="tokens holds 50"):
+    model.hidden_states(jnp.full((1, 3), 50, jnp.int32))
+  with pytest.raises(TypeError, match="integer dtype"):
+    model.hidden_states(jnp.zeros((1, 3), jnp.float32))
+  with pytest.raises(ValueError, match="sampled must be a positive int"):
+    _tiny_lm(sampled=0)
+  with pytest.raises(ValueError, match="ffn must be one of"):
+    _tiny_lm(ffn="wide")
