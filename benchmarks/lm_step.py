@@ -43,7 +43,6 @@ def median_step_ms(step, state, batch, steps: int) -> float:
 
 
 def head_only_ms(kind: str, vocab: int, steps: int) -> float:
-  import jax
   import jax.numpy as jnp
   import numpy as np
   import optax

@@ -4,7 +4,7 @@ everything else."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -3,7 +3,6 @@
 import jax
 import optax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import jslide

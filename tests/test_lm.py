@@ -115,3 +115,20 @@ def test_checkpoint_resume_is_exact_and_eval_generate_read_it(corpus, tmp_path):
   bad = _cli("train", *common[4:], "--train", str(tmp_path / "missing.txt"), "--valid",
              str(corpus / "valid.txt"), cwd=tmp_path)
   assert bad.returncode == 2 and "missing.txt" in bad.stderr
+
+
+def test_perplexity_counts_every_window_even_fewer_than_a_batch():
+  import jax
+  import jax.numpy as jnp
+  import jslide
+  from jslide.lm import perplexity
+  from jslide.lm.trainer import make_step
+  cfg = LMConfig(**{**TINY, "vocab_size": 30})
+  graphdef, state, _ = make_step(cfg.build(30, 0), cfg, RunConfig())
+  wins = np.random.default_rng(0).integers(0, 30, size=(3, cfg.context + 1)).astype(np.int32)
+  got = perplexity(graphdef, state, wins, batch_size=2)  # a batch of 2, then one of 1
+  model = jslide.nn.merge(graphdef, state)
+  nll = model.token_nll(jnp.asarray(wins[:, :-1]), jnp.asarray(wins[:, 1:]),
+                        key=jax.random.key(0))
+  assert math.isclose(got, math.exp(float(nll.mean())), rel_tol=1e-5)
+  assert got > 10  # an untrained model over 30 words, not the exp(0) of no windows

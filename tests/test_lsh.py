@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-import jslide
 from jslide import lsh
 from jslide.lsh import reference as ref
 

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import json
 import math
-import os
+import resource
 import time
 
 import jax
@@ -112,9 +112,10 @@ def _nll_sum(graphdef, state, tokens, targets, exact_ffn):
 
 def perplexity(graphdef, state, wins: np.ndarray, batch_size: int, *,
                exact_ffn: bool = False) -> float:
-  """exp(mean exact full-softmax loss) over the windows (whole batches only)."""
+  """exp(mean exact full-softmax loss) over every window (batches of ``batch_size``; a
+  shorter last batch compiles once more)."""
   total, count = 0.0, 0
-  for i in range(0, len(wins) - batch_size + 1, batch_size):
+  for i in range(0, len(wins), batch_size):
     w = wins[i:i + batch_size]
     total += float(_nll_sum(graphdef, state, jnp.asarray(w[:, :-1]), jnp.asarray(w[:, 1:]),
                             exact_ffn))
@@ -228,6 +229,7 @@ def train(train_path: str, valid_path: str, cfg: LMConfig, run: RunConfig, *,
     record["step_ms"] = round(1000 * float(np.median(step_times[min(5, len(step_times) - 1):])),
                               2)
   record["wall_s"] = round(time.perf_counter() - t0, 1)
+  record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
   if json_path:
     with open(json_path, "w") as f:
       json.dump(record, f, indent=1)
