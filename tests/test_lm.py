@@ -3,8 +3,6 @@ with a known entropy rate, checkpoints with exact resume, and bad input."""
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -81,40 +79,43 @@ def test_tiny_model_learns_the_markov_chain(corpus, head):
   assert last["valid_ppl_exact_ffn"] < 8.0, last
 
 
-def _cli(*args, cwd):
-  return subprocess.run([sys.executable, "-m", "jslide.lm", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=600)
+def test_checkpoint_resume_is_exact_and_eval_generate_read_it(corpus, tmp_path, capsys):
+  from jslide.lm.__main__ import main
 
+  def cli(*args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
-def test_checkpoint_resume_is_exact_and_eval_generate_read_it(corpus, tmp_path):
-  common = ["--train", str(corpus / "train.txt"), "--valid", str(corpus / "valid.txt"),
+  common = ["--train", corpus / "train.txt", "--valid", corpus / "valid.txt",
             "--vocab-size", "100", "--context", "16", "--features", "32", "--heads", "2",
             "--layers", "1", "--hidden", "64", "--ffn", "sparse", "--ffn-active", "16",
             "--retrieved", "8", "--sampled", "16", "--batch-size", "8", "--eval-every", "15",
             "--max-eval-tokens", "512", "--quiet"]
-  whole = _cli("train", *common, "--max-steps", "30", "--json", "whole.json", cwd=tmp_path)
-  assert whole.returncode == 0, whole.stderr
-  first = _cli("train", *common, "--max-steps", "15", "--ckpt", "ck", cwd=tmp_path)
-  assert first.returncode == 0, first.stderr
-  again = _cli("train", *common, "--max-steps", "15", "--ckpt", "ck", cwd=tmp_path)
-  assert again.returncode == 2 and "--resume" in again.stderr
-  resumed = _cli("train", *common, "--max-steps", "30", "--ckpt", "ck", "--resume", "--json",
-                 "resumed.json", cwd=tmp_path)
-  assert resumed.returncode == 0, resumed.stderr
+  ck = tmp_path / "ck"
+  code, _, err = cli("train", *common, "--max-steps", "30", "--json", tmp_path / "whole.json")
+  assert code == 0, err
+  code, _, err = cli("train", *common, "--max-steps", "15", "--ckpt", ck)
+  assert code == 0, err
+  code, _, err = cli("train", *common, "--max-steps", "15", "--ckpt", ck)
+  assert code == 2 and "--resume" in err
+  code, _, err = cli("train", *common, "--max-steps", "30", "--ckpt", ck, "--resume", "--json",
+                     tmp_path / "resumed.json")
+  assert code == 0, err
   a = json.loads((tmp_path / "whole.json").read_text())["evals"]
   b = json.loads((tmp_path / "resumed.json").read_text())["evals"]
   assert [e["step"] for e in a] == [e["step"] for e in b] == [15, 30]
   assert a[-1]["valid_ppl"] == b[-1]["valid_ppl"]  # bit-exact continuation
-  ev = _cli("eval", "--ckpt", "ck", "--valid", str(corpus / "valid.txt"),
-            "--max-eval-tokens", "512", cwd=tmp_path)
-  assert ev.returncode == 0, ev.stderr
-  assert math.isclose(json.loads(ev.stdout)["valid_ppl"], b[-1]["valid_ppl"], rel_tol=1e-5)
-  gen = _cli("generate", "--ckpt", "ck", "--prompt", "waa", "--words", "5", cwd=tmp_path)
-  assert gen.returncode == 0, gen.stderr
-  assert len(gen.stdout.split()) == 6 and gen.stdout.split()[0] == "waa"
-  bad = _cli("train", *common[4:], "--train", str(tmp_path / "missing.txt"), "--valid",
-             str(corpus / "valid.txt"), cwd=tmp_path)
-  assert bad.returncode == 2 and "missing.txt" in bad.stderr
+  code, out, err = cli("eval", "--ckpt", ck, "--valid", corpus / "valid.txt",
+                       "--max-eval-tokens", "512")
+  assert code == 0, err
+  assert math.isclose(json.loads(out)["valid_ppl"], b[-1]["valid_ppl"], rel_tol=1e-5)
+  code, out, err = cli("generate", "--ckpt", ck, "--prompt", "waa", "--words", "5")
+  assert code == 0, err
+  assert len(out.split()) == 6 and out.split()[0] == "waa"
+  code, _, err = cli("train", *common[4:], "--train", tmp_path / "missing.txt", "--valid",
+                     corpus / "valid.txt")
+  assert code == 2 and "missing.txt" in err
 
 
 def test_perplexity_counts_every_window_even_fewer_than_a_batch():

@@ -234,3 +234,15 @@ def test_lm_refuses_bad_tokens_and_sizes():
     _tiny_lm(sampled=0)
   with pytest.raises(ValueError, match="ffn must be one of"):
     _tiny_lm(ffn="wide")
+
+
+@given(t=st.integers(1, 5), a=st.integers(1, 6), s=st.integers(1, 9), n=st.integers(1, 12),
+       seed=st.integers(0, 999))
+def test_accidental_hit_mask_equals_a_plain_membership_test(t, a, s, n, seed):
+  from jslide.nn.softmax_head import _is_in_rows
+  r = np.random.default_rng(seed)
+  words = r.integers(0, n, size=s).astype(np.int32)  # duplicates likely
+  ids = r.integers(-1, n, size=(t, a)).astype(np.int32)  # padding too
+  want = np.array([[w in set(row) for w in words] for row in ids])
+  np.testing.assert_array_equal(np.asarray(_is_in_rows(jnp.asarray(words), jnp.asarray(ids))),
+                                want)

@@ -38,12 +38,18 @@ def sample_words(key, count: int, num_words: int, proposal: str):
 
 
 def _is_in_rows(words, ids):
-  """bool[T, S]: whether words[s] is among ids[t] (int32[T, A]), by binary search (no [T, A, S]
-  array)."""
-  ordered = jnp.sort(ids, axis=-1)
-  pos = jax.vmap(lambda row: jnp.searchsorted(row, words))(ordered)
-  found = jnp.take_along_axis(ordered, jnp.minimum(pos, ordered.shape[-1] - 1), axis=-1)
-  return found == words[None, :]
+  """bool[T, S]: whether words[s] (int32[S], duplicates allowed) is among ids[t] (int32[T, A],
+  -1 padding). The S words are sorted once and every id is looked up among them (T * A binary
+  searches), then each word reads its sorted slot: no per-row sort and no [T, A, S] array."""
+  s = words.shape[0]
+  ordered = jnp.sort(words)
+  pos = jnp.minimum(jnp.searchsorted(ordered, ids, side="left"), s - 1)
+  found = jnp.take(ordered, pos) == ids
+  rows = jnp.arange(ids.shape[0])[:, None]
+  hit_slot = jnp.zeros((ids.shape[0], s), bool).at[rows, jnp.where(found, pos, s)].set(
+      True, mode="drop")
+  # Equal words share their first sorted slot, so every copy of a hit is marked.
+  return jnp.take(hit_slot, jnp.searchsorted(ordered, words, side="left"), axis=1)
 
 
 class SparseSoftmaxHead(nnx.Module):
