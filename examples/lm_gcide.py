@@ -48,7 +48,8 @@ def main(argv=None):
   subprocess.run([sys.executable, "-m", "jslide.lm", "plot", *records, "--out",
                   os.path.join(args.out, f"perplexity_{args.ffn}.png")], check=False)
   import json
-  runs = {json.load(open(p))["config"]["head"]: json.load(open(p)) for p in records}
+  loaded = [json.load(open(path)) for path in records]
+  runs = {r["config"]["head"]: r for r in loaded}
   print(f"\n| head ({args.ffn} FFN) | ms/step | tokens in {args.seconds:.0f} s | "
         "valid ppl | train ppl |")
   print("|---|---:|---:|---:|---:|")

@@ -20,6 +20,32 @@ from jslide._tape import common_tape, unwrap_table
 from jslide.rowsparse import RowSparseGrad
 
 
+def _linear_args(fn: str, x, w, b):
+  """(x, w, w_ref, b, b_ref) of a linear op on table rows, checked: x f32[..., d], w f32[N, d]
+  (or its TableRef), b f32[N] (or its TableRef) or None."""
+  w_val, w_ref = unwrap_table(w)
+  b_val, b_ref = unwrap_table(b)
+  x = float32_array(fn, "x", x)
+  w_val = float32_array(fn, "w", w_val, ndim=2)
+  n, d = w_val.shape
+  if x.ndim < 1 or x.shape[-1] != d:
+    raise ValueError(f"{fn}: x shape {x.shape} must end in d={d} like w shape {w_val.shape}")
+  if b_val is not None:
+    b_val = float32_array(fn, "b", b_val, ndim=1)
+    if b_val.shape != (n,):
+      raise ValueError(f"{fn}: b shape {b_val.shape} must be ({n},) like w's rows")
+  return x, w_val, w_ref, b_val, b_ref
+
+
+def _tap_table_grads(fn, y, w_ref, b_ref, table_grads, n, saved):
+  """y, tapped for the row-sparse gradients of whichever of w, b are tables."""
+  tape = common_tape(fn, w_ref, b_ref)
+  if tape is None:
+    return y
+  slots = (getattr(w_ref, "slot", None), getattr(b_ref, "slot", None))
+  return tape.tap(y, partial(table_grads, *slots, n), saved)
+
+
 # ------------------------------------------------------------------------ sparse_linear
 
 
@@ -61,17 +87,8 @@ def sparse_linear(x, w, b, ids):
     f32[..., A].
   """
   fn = "sparse_linear"
-  w_val, w_ref = unwrap_table(w)
-  b_val, b_ref = unwrap_table(b)
-  x = float32_array(fn, "x", x)
-  w_val = float32_array(fn, "w", w_val, ndim=2)
+  x, w_val, w_ref, b_val, b_ref = _linear_args(fn, x, w, b)
   n, d = w_val.shape
-  if x.ndim < 1 or x.shape[-1] != d:
-    raise ValueError(f"{fn}: x shape {x.shape} must end in d={d} like w shape {w_val.shape}")
-  if b_val is not None:
-    b_val = float32_array(fn, "b", b_val, ndim=1)
-    if b_val.shape != (n,):
-      raise ValueError(f"{fn}: b shape {b_val.shape} must be ({n},) like w's rows")
   ids = int32_ids(fn, "ids", ids, n)
   if ids.ndim != x.ndim or ids.shape[:-1] != x.shape[:-1]:
     raise ValueError(f"{fn}: ids shape {ids.shape} must be x's leading shape {x.shape[:-1]} "
@@ -82,10 +99,8 @@ def sparse_linear(x, w, b, ids):
     return jnp.zeros((*lead, a), x.dtype)
   x2, ids2 = x.reshape(rows, d), ids.reshape(rows, a)
   y = _sparse_linear(x2, w_val, b_val, ids2, w_ref is None, b_ref is None)
-  tape = common_tape(fn, w_ref, b_ref)
-  if tape is not None:
-    slots = (getattr(w_ref, "slot", None), getattr(b_ref, "slot", None))
-    y = tape.tap(y, partial(_sparse_linear_table_grads, *slots, n), dict(ids=ids2, x=x2))
+  y = _tap_table_grads(fn, y, w_ref, b_ref, _sparse_linear_table_grads, n,
+                       dict(ids=ids2, x=x2))
   return y.reshape(*lead, a)
 
 
@@ -177,17 +192,8 @@ def shared_linear(x, w, b, ids):
     f32[T, S].
   """
   fn = "shared_linear"
-  w_val, w_ref = unwrap_table(w)
-  b_val, b_ref = unwrap_table(b)
-  x = float32_array(fn, "x", x, ndim=2)
-  w_val = float32_array(fn, "w", w_val, ndim=2)
-  n, d = w_val.shape
-  if x.shape[1] != d:
-    raise ValueError(f"{fn}: x shape {x.shape} must end in d={d} like w shape {w_val.shape}")
-  if b_val is not None:
-    b_val = float32_array(fn, "b", b_val, ndim=1)
-    if b_val.shape != (n,):
-      raise ValueError(f"{fn}: b shape {b_val.shape} must be ({n},) like w's rows")
+  x, w_val, w_ref, b_val, b_ref = _linear_args(fn, float32_array(fn, "x", x, ndim=2), w, b)
+  n = w_val.shape[0]
   ids = int32_ids(fn, "ids", ids, n, ndim=1)
   valid = ids >= 0
   safe = jnp.where(valid, ids, 0)
@@ -197,11 +203,8 @@ def shared_linear(x, w, b, ids):
   if b_val is not None:
     y = y + jnp.take(jax.lax.stop_gradient(b_val) if b_ref is not None else b_val, safe)
   y = jnp.where(valid, y, 0.0)
-  tape = common_tape(fn, w_ref, b_ref)
-  if tape is not None:
-    slots = (getattr(w_ref, "slot", None), getattr(b_ref, "slot", None))
-    y = tape.tap(y, partial(_shared_linear_table_grads, *slots, n), dict(ids=ids, x=x))
-  return y
+  return _tap_table_grads(fn, y, w_ref, b_ref, _shared_linear_table_grads, n,
+                          dict(ids=ids, x=x))
 
 
 def _shared_linear_table_grads(w_slot, b_slot, n, saved, g):

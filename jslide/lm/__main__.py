@@ -79,8 +79,9 @@ def _train(args) -> None:
 
 def _load(ckpt: str):
   """(model config, vocabulary, graphdef, state) of a checkpoint."""
-  from jslide.lm import checkpoint, trainer
+  from jslide.lm import trainer
   from jslide.lm.vocab import Vocabulary
+  from jslide.xc import checkpoint
   meta = checkpoint.read_meta(ckpt)
   cfg, run = LMConfig(**meta["lm"]), RunConfig(**meta["run"])
   vocab = Vocabulary(meta["vocab"])
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
   p.add_argument("runs", nargs="+", help="JSON records written by train --json")
   p.add_argument("--out", required=True)
   args = parser.parse_args(argv)
-  from jslide.lm.checkpoint import CheckpointError
+  from jslide.xc.checkpoint import CheckpointError
   try:
     {"train": _train, "eval": _eval, "generate": _generate, "plot": _plot}[args.command](args)
   except (ValueError, CheckpointError, OSError) as e:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jslide.nn.softmax_head import PROPOSALS, log_proposal, sample_words
+from jslide.nn.softmax_head import PROPOSALS, log_expected_count, sample_words
 
 HEADS = ("lsh", "sampled", "full")
 __all__ = ["HEADS", "PROPOSALS", "full_softmax_loss", "sampled_softmax_loss"]
@@ -29,8 +29,8 @@ def full_softmax_loss(model, batch, key):
   """f32[B*T]: the exact softmax cross-entropy over the vocabulary (builds [B*T, V] logits:
   the dense baseline)."""
   h = model.hidden_states(batch["tokens"], key=key).reshape(-1, model.features)
-  logits = h @ model.head.kernel.get_value().T + model.head.bias.get_value()
-  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"].reshape(-1))
+  return optax.softmax_cross_entropy_with_integer_labels(model.head.exact(h),
+                                                         batch["targets"].reshape(-1))
 
 
 def sampled_softmax_loss(model, batch, key, *, num_sampled: int, proposal: str):
@@ -41,10 +41,10 @@ def sampled_softmax_loss(model, batch, key, *, num_sampled: int, proposal: str):
   w, b = model.head.kernel.get_value(), model.head.bias.get_value()
   v = w.shape[0]
   sampled = sample_words(sample_key, num_sampled, v, proposal)
-  correction = jnp.log(float(num_sampled)) + log_proposal(sampled, v, proposal)
-  sampled_logits = h @ jnp.take(w, sampled, axis=0).T + jnp.take(b, sampled) - correction
+  sampled_logits = (h @ jnp.take(w, sampled, axis=0).T + jnp.take(b, sampled)
+                    - log_expected_count(sampled, num_sampled, v, proposal))
   sampled_logits = jnp.where(sampled[None, :] == targets[:, None], -jnp.inf, sampled_logits)
   true_logit = (jnp.sum(h * jnp.take(w, targets, axis=0), axis=-1) + jnp.take(b, targets)
-                - jnp.log(float(num_sampled)) - log_proposal(targets, v, proposal))
+                - log_expected_count(targets, num_sampled, v, proposal))
   logits = jnp.concatenate([true_logit[:, None], sampled_logits], axis=-1)
   return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros_like(targets))

@@ -17,10 +17,11 @@ from flax import nnx
 from tqdm import tqdm
 
 import jslide
-from jslide.lm import checkpoint
+from jslide._checks import positive_int
 from jslide.lm.heads import HEADS, PROPOSALS, full_softmax_loss, sampled_softmax_loss
 from jslide.lm.vocab import Vocabulary, read_text, tokenize
 from jslide.nn.training import dense_gradient_step
+from jslide.xc import checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +46,10 @@ class LMConfig:
       raise ValueError(f"LMConfig: head must be one of {HEADS}, got {self.head!r}")
     if self.proposal not in PROPOSALS:
       raise ValueError(f"LMConfig: proposal must be one of {PROPOSALS}, got {self.proposal!r}")
-    for name in ("retrieved", "sampled"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < (name == "sampled"):
-        raise ValueError(f"LMConfig: {name} must be an int >= {int(name == 'sampled')}, got "
-                         f"{value!r}")
+    if isinstance(self.retrieved, bool) or not isinstance(self.retrieved, int) \
+        or self.retrieved < 0:
+      raise ValueError(f"LMConfig: retrieved must be an int >= 0, got {self.retrieved!r}")
+    positive_int("LMConfig", "sampled", self.sampled)
 
   def build(self, vocab_size: int, seed: int) -> jslide.nn.SparseTransformerLM:
     return jslide.nn.SparseTransformerLM(
@@ -183,14 +183,20 @@ def train(train_path: str, valid_path: str, cfg: LMConfig, run: RunConfig, *,
     state, meta = restore(ckpt, state, cfg, run)
     steps, train_s, record = int(state.step), meta["train_s"], meta["record"]
   per_epoch = len(train_w) // run.batch_size
-  next_eval_s = ((math.floor(train_s / run.eval_seconds) + 1) * run.eval_seconds
-                 if run.eval_seconds else 0.0)
+
+  def next_eval_after(seconds):  # the next multiple of eval_seconds
+    return (math.floor(seconds / run.eval_seconds) + 1) * run.eval_seconds
+
+  def finished(steps, seconds):
+    return bool((run.max_steps and steps >= run.max_steps) or
+                (run.time_limit and seconds >= run.time_limit))
+
+  next_eval_s = next_eval_after(train_s) if run.eval_seconds else 0.0
   total = per_epoch * run.epochs if not run.max_steps else min(run.max_steps,
                                                                per_epoch * run.epochs)
   bar = tqdm(total=total, initial=min(steps, total), unit="step", disable=not progress,
              dynamic_ncols=True)
-  done = (run.max_steps and steps >= run.max_steps) or (run.time_limit and
-                                                        train_s >= run.time_limit)
+  done = finished(steps, train_s)
   for epoch in range(steps // per_epoch, run.epochs if not done else 0):
     order = np.random.default_rng(run.seed + 1 + epoch).permutation(len(train_w))
     for i in range(steps - epoch * per_epoch, per_epoch):
@@ -213,10 +219,9 @@ def train(train_path: str, valid_path: str, cfg: LMConfig, run: RunConfig, *,
       if ((run.eval_every and steps % run.eval_every == 0) or
           (run.eval_seconds and train_s >= next_eval_s)):
         state = evaluate(state, steps, train_s)
-        next_eval_s = (math.floor(train_s / run.eval_seconds) + 1) * run.eval_seconds \
-            if run.eval_seconds else 0.0
-      if ((run.time_limit and train_s >= run.time_limit) or
-          (run.max_steps and steps >= run.max_steps)):
+        if run.eval_seconds:
+          next_eval_s = next_eval_after(train_s)
+      if finished(steps, train_s):
         done = True
         break
     if done:
@@ -237,14 +242,16 @@ def train(train_path: str, valid_path: str, cfg: LMConfig, run: RunConfig, *,
 
 
 def restore(ckpt: str, state_like, cfg: LMConfig, run: RunConfig):
-  """(state, meta) of the latest checkpoint in ``ckpt``, refusing one made with other
+  """(state, meta) of the newest intact checkpoint in ``ckpt``, refusing one made with other
   settings (its batches, keys or optimizer state would not continue this run)."""
-  meta = checkpoint.read_meta(ckpt)
-  for name, saved, wanted in (("model", meta["lm"], dataclasses.asdict(cfg)),
-                              ("run", meta["run"], dataclasses.asdict(run))):
-    fixed = {k: v for k, v in wanted.items() if k not in ("epochs", "time_limit", "max_steps")}
-    diff = {k: (saved.get(k), v) for k, v in fixed.items() if saved.get(k) != v}
-    if diff:
-      raise checkpoint.CheckpointError(
-          f"{ckpt}: the checkpoint's {name} settings differ (saved, requested): {diff}")
-  return checkpoint.restore_state(ckpt, state_like)
+
+  def check(meta):
+    for name, saved, wanted in (("model", meta["lm"], dataclasses.asdict(cfg)),
+                                ("run", meta["run"], dataclasses.asdict(run))):
+      fixed = {k: v for k, v in wanted.items() if k not in ("epochs", "time_limit", "max_steps")}
+      diff = {k: (saved.get(k), v) for k, v in fixed.items() if saved.get(k) != v}
+      if diff:
+        raise checkpoint.CheckpointError(
+            f"{ckpt}: the checkpoint's {name} settings differ (saved, requested): {diff}")
+
+  return checkpoint.restore_checked(ckpt, state_like, check)

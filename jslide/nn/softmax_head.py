@@ -10,8 +10,7 @@ from flax import nnx
 from jslide import losses, lsh
 from jslide._checks import int32_ids, positive_int
 from jslide.initializers import normal_table
-from jslide.nn.sparse_dense import default_strategy, make_hasher
-from jslide.nn.sparse_ffn import default_num_hashes
+from jslide.nn.sparse_dense import default_num_hashes, default_strategy, make_hasher
 from jslide.nn.variables import Index, Table
 from jslide.ops import shared_linear, sparse_linear
 
@@ -25,6 +24,12 @@ def log_proposal(ids, num_words: int, proposal: str):
     return jnp.full(ids.shape, -jnp.log(float(num_words)))
   ids = ids.astype(jnp.float32)
   return jnp.log(jnp.log((ids + 2.0) / (ids + 1.0)) / jnp.log(num_words + 1.0))
+
+
+def log_expected_count(ids, count: int, num_words: int, proposal: str):
+  """log(count * q(id)): the sampled-softmax correction of a word's logit when ``count``
+  words are drawn from the proposal."""
+  return jnp.log(float(count)) + log_proposal(ids, num_words, proposal)
 
 
 def sample_words(key, count: int, num_words: int, proposal: str):
@@ -105,8 +110,7 @@ class SparseSoftmaxHead(nnx.Module):
     near = sparse_linear(h, self.kernel.get_value(), self.bias.get_value(), ids)
     words = sample_words(sample_key, self.sampled, self.num_words, self.proposal)
     far = shared_linear(h, self.kernel.get_value(), self.bias.get_value(), words)
-    far = far - (jnp.log(float(self.sampled)) + log_proposal(words, self.num_words,
-                                                             self.proposal))
+    far = far - log_expected_count(words, self.sampled, self.num_words, self.proposal)
     far_ids = jnp.where(_is_in_rows(words, ids), -1, words[None, :])
     return jnp.concatenate([near, far], axis=-1), jnp.concatenate([ids, far_ids], axis=-1)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -32,6 +34,12 @@ def make_hasher(family: str, key, dim: int, num_hashes: int, num_tables: int, bi
     probes = max(1, 3 * -(-budget // max(int(per_bucket), 1)))
     return lsh.ClusterHash.init(key, dim, num_hashes, num_tables, probes=probes)
   raise ValueError(f"hash family must be one of {HASH_FAMILIES}, got {family!r}")
+
+
+def default_num_hashes(num_rows: int) -> int:
+  """K for ``cluster``: k-means buckets of about 20 rows each, K clamped to 4..12
+  (docs/lsh.md)."""
+  return min(12, max(4, round(math.log2(max(num_rows, 1) / 20))))
 
 
 def default_strategy(family: str) -> str:

@@ -3,8 +3,6 @@ input retrieves from an LSH index over the up-projection rows."""
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -12,14 +10,15 @@ from flax import nnx
 from jslide import lsh
 from jslide._checks import positive_int
 from jslide.initializers import check_param_dtype, normal_table
-from jslide.nn.sparse_dense import default_strategy, make_hasher
+from jslide.nn.sparse_dense import default_num_hashes, default_strategy, make_hasher
 from jslide.nn.variables import Index, Table
 from jslide.ops import embedding_bag, sparse_linear
 
 
-def default_num_hashes(num_rows: int) -> int:
-  """K for k-means buckets of about 20 rows each (4 to 12; docs/lsh.md)."""
-  return min(12, max(4, round(math.log2(max(num_rows, 1) / 20))))
+def relu_ffn(x, up, up_bias, down, down_bias):
+  """``relu(x @ up.T + up_bias) @ down + down_bias`` with every hidden neuron: up and down
+  f32[hidden, features], one row per neuron."""
+  return jax.nn.relu(x @ up.T + up_bias) @ down + down_bias
 
 
 class SparseFFN(nnx.Module):
@@ -88,8 +87,8 @@ class SparseFFN(nnx.Module):
 
   def exact(self, x):
     """The same block with every hidden neuron computed, f32[..., features]."""
-    h = jax.nn.relu(x @ self.up.get_value().T + self.up_bias.get_value())
-    return h @ self.down.get_value() + self.down_bias.get_value()
+    return relu_ffn(x, self.up.get_value(), self.up_bias.get_value(), self.down.get_value(),
+                    self.down_bias.get_value())
 
   def rebuild_index(self):
     self.index.set_value(lsh.rebuild(self.index.get_value(), self.up.get_value(),
@@ -113,7 +112,7 @@ class DenseFFN(nnx.Module):
 
   def __call__(self, x, *, key=None):
     del key
-    h = jax.nn.relu(x @ self.up.get_value().T + self.up_bias.get_value())
-    return h @ self.down.get_value() + self.down_bias.get_value()
+    return relu_ffn(x, self.up.get_value(), self.up_bias.get_value(), self.down.get_value(),
+                    self.down_bias.get_value())
 
   exact = __call__

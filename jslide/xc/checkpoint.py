@@ -138,8 +138,11 @@ def _damage(directory: str, step: int) -> str | None:
 _REPORTED: set[tuple[str, int]] = set()
 
 
-def restore_newest_intact(directory: str, args_for):
-  """mgr.restore(step, args_for()) for the newest intact step, with that step."""
+def restore_newest_intact(directory: str, load):
+  """``(load(mgr, step), step)`` for the newest step whose files match their checksums and
+  that ``load`` restores. A CheckpointError from ``load`` (a checkpoint of another run) is
+  raised as it is; any other exception marks the step damaged, and the next older one is
+  tried. Each file is hashed once per call."""
   mgr = manager(directory)
   steps = sorted(mgr.all_steps(), reverse=True)
   if not steps:
@@ -149,7 +152,9 @@ def restore_newest_intact(directory: str, args_for):
     reason = _damage(str(mgr.directory), step)
     if reason is None:
       try:
-        restored = mgr.restore(step, args=args_for())
+        loaded = load(mgr, step)
+      except CheckpointError:
+        raise
       except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types
         reason = f"orbax cannot restore it ({type(e).__name__})"
     if reason is None:
@@ -158,37 +163,56 @@ def restore_newest_intact(directory: str, args_for):
           _REPORTED.add((directory, bad))
           print(f"jslide: checkpoint step {bad} in {directory} is damaged ({why}); using "
                 f"step {step}", file=sys.stderr)
-      return restored, step
+      return loaded, step
     skipped.append((step, reason))
   raise CheckpointError(f"{directory}: no intact checkpoint (" +
                         "; ".join(f"step {s}: {why}" for s, why in skipped) + ")")
 
 
+def _load_meta(mgr: ocp.CheckpointManager, step: int) -> dict:
+  return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
 def read_meta(directory: str) -> dict:
   """The meta of the newest intact checkpoint."""
-  restored, _ = restore_newest_intact(
-      directory, lambda: ocp.args.Composite(meta=ocp.args.JsonRestore()))
-  return restored.meta
+  return restore_newest_intact(directory, _load_meta)[0]
+
+
+def restore_checked(directory: str, state_like, check_meta):
+  """(state, meta) of the newest intact checkpoint, the state shaped like ``state_like``.
+  ``check_meta(meta)`` raises CheckpointError for a checkpoint this run cannot continue, and
+  runs before the state is read."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+
+  def load(mgr, step):
+    meta = _load_meta(mgr, step)
+    check_meta(meta)
+    restored = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    return restored.state, meta
+
+  return restore_newest_intact(directory, load)[0]
 
 
 def restore(directory: str, state_like, config: ModelConfig, dense: bool,
             catch_up: bool = False, sampled: int = 0):
   """(state, meta) of the newest intact checkpoint, after checking it was made by this
   architecture and optimizer."""
-  meta = read_meta(directory)
-  saved = ModelConfig.from_json(meta["model"])
-  if saved != config:
-    raise CheckpointError(f"{directory}: checkpoint is for another architecture:\n"
-                          f"  saved:     {saved}\n  requested: {config}")
-  if bool(meta.get("dense")) != dense:
-    raise CheckpointError(f"{directory}: checkpoint was trained with dense={meta.get('dense')}")
-  if int(meta.get("sampled", 0)) != sampled:
-    raise CheckpointError(f"{directory}: checkpoint was trained with "
-                          f"sampled={meta.get('sampled', 0)}")
-  if not (dense or sampled) and bool(meta.get("catch_up", False)) != catch_up:
-    raise CheckpointError(f"{directory}: checkpoint was trained with "
-                          f"catch_up={meta.get('catch_up', False)} (its optimizer state differs)")
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-  restored, _ = restore_newest_intact(directory, lambda: ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-  return restored.state, restored.meta
+
+  def check(meta):
+    saved = ModelConfig.from_json(meta["model"])
+    if saved != config:
+      raise CheckpointError(f"{directory}: checkpoint is for another architecture:\n"
+                            f"  saved:     {saved}\n  requested: {config}")
+    if bool(meta.get("dense")) != dense:
+      raise CheckpointError(f"{directory}: checkpoint was trained with "
+                            f"dense={meta.get('dense')}")
+    if int(meta.get("sampled", 0)) != sampled:
+      raise CheckpointError(f"{directory}: checkpoint was trained with "
+                            f"sampled={meta.get('sampled', 0)}")
+    if not (dense or sampled) and bool(meta.get("catch_up", False)) != catch_up:
+      raise CheckpointError(f"{directory}: checkpoint was trained with "
+                            f"catch_up={meta.get('catch_up', False)} (its optimizer state "
+                            "differs)")
+
+  return restore_checked(directory, state_like, check)

@@ -8,6 +8,7 @@ import math
 from flax import nnx
 
 import jslide
+from jslide.nn.sparse_dense import default_num_hashes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +32,7 @@ class ModelConfig:
     """(K, L) with the per-family defaults filled in. k-means buckets work best small (about
     20 rows each, docs/lsh.md) and need one table; hashing families take K=5, L=16."""
     cluster = self.hash_family == "cluster"
-    k = self.num_hashes or (min(12, max(4, round(math.log2(self.num_labels / 20))))
-                            if cluster else 5)
+    k = self.num_hashes or (default_num_hashes(self.num_labels) if cluster else 5)
     return k, self.num_tables or (1 if cluster else 16)
 
   def build(self, seed: int) -> jslide.nn.SparseMLP:
