@@ -14,10 +14,16 @@ the setting of the developers' guide (what an LSH index retrieving similar neuro
 similar inputs gives); ``uniform`` draws every id uniformly from all N rows (up to B*A =
 32,768 distinct rows a step, the worst case for the sparse step).
 
+Table precision (``--precision``, several allowed; jslide only, dense stays float32):
+``f32``; ``bf16``, a bfloat16 table ``w`` with float32 Adam moments; ``bf16-moments``, the
+table and both moments in bfloat16 (the bias stays float32). Each is compared with ``f32``
+in the same run.
+
 Every (mode, N) runs in a fresh subprocess, so the peak resident memory of the sparse run is
 its own (its `sparse_peak_rss_mb`).
 
     python benchmarks/step_scaling.py --json results/step_scaling.json
+    python benchmarks/step_scaling.py --precision f32 bf16 bf16-moments --n 1000000
 """
 
 from __future__ import annotations
@@ -54,7 +60,12 @@ def make_batches(n: int, active: str, count: int, seed: int = 0):
   return batches
 
 
-def worker(mode: str, n: int, active: str, steps: int, budget_s: float) -> dict:
+PRECISIONS = {"f32": ("float32", None), "bf16": ("bfloat16", None),
+              "bf16-moments": ("bfloat16", "bfloat16")}  # (table dtype, moment dtype)
+
+
+def worker(mode: str, n: int, active: str, steps: int, budget_s: float,
+           precision: str = "f32") -> dict:
   import jax
   import jax.numpy as jnp
   import optax
@@ -62,7 +73,8 @@ def worker(mode: str, n: int, active: str, steps: int, budget_s: float) -> dict:
   import jslide
 
   key = jax.random.PRNGKey(0)
-  params = {"w": jslide.initializers.normal_table(key, n, D, 0.01),
+  table_dtype, moment_dtype = PRECISIONS[precision]
+  params = {"w": jslide.initializers.normal_table(key, n, D, 0.01, getattr(jnp, table_dtype)),
             "b": jnp.zeros((n,), jnp.float32)}
   batches = [tuple(jnp.asarray(a) for a in bt) for bt in make_batches(n, active, 4)]
 
@@ -79,7 +91,8 @@ def worker(mode: str, n: int, active: str, steps: int, budget_s: float) -> dict:
       return optax.apply_updates(p, u), state, loss
   else:
     tables = jslide.tables.min_rows(n)
-    tx = jslide.optim.sparse_adam(1e-3)
+    tx = jslide.optim.sparse_adam(
+        1e-3, moment_dtype=moment_dtype and getattr(jnp, moment_dtype))
 
     def loss_fn(p, x, labels, ids):
       logits = jslide.sparse_linear(x, p["w"], p["b"], ids)
@@ -111,9 +124,9 @@ def worker(mode: str, n: int, active: str, steps: int, budget_s: float) -> dict:
           "first_loss": losses[0], "last_loss": losses[-1]}
 
 
-def run_worker(mode, n, active, steps, budget_s) -> dict:
+def run_worker(mode, n, active, steps, budget_s, precision="f32") -> dict:
   cmd = [sys.executable, __file__, "--worker", mode, "--n", str(n), "--active", active,
-         "--steps", str(steps), "--budget", str(budget_s)]
+         "--steps", str(steps), "--budget", str(budget_s), "--precision", precision]
   out = subprocess.run(cmd, check=True, capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -124,24 +137,36 @@ def main():
   p.add_argument("--active", choices=["pool", "uniform"], default="pool")
   p.add_argument("--steps", type=int, default=30, help="timed steps per run (at most)")
   p.add_argument("--budget", type=float, default=20.0, help="seconds per run for timed steps")
+  p.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=["f32"],
+                 help="jslide table precisions to run (the first is the reference)")
   p.add_argument("--json", help="write the results to this file")
   p.add_argument("--worker", choices=["dense", "sparse"], help=argparse.SUPPRESS)
   args = p.parse_args()
 
   if args.worker:
-    print(json.dumps(worker(args.worker, args.n[0], args.active, args.steps, args.budget)))
+    print(json.dumps(worker(args.worker, args.n[0], args.active, args.steps, args.budget,
+                            args.precision[0])))
     return
 
   import jslide
   rows = []
   print(f"d={D} B={B} A={A} active={args.active} cores={os.cpu_count()} isa={jslide.kernel_isa()}")
+  others = args.precision[1:]
   header = (f"{'N':>10} {'dense ms':>10} {'sparse ms':>10} {'speedup':>8} "
-            f"{'sparse RSS MB':>14} {'params+state MB':>16} {'RSS ratio':>9}")
+            f"{'sparse RSS MB':>14} {'params+state MB':>16} {'RSS ratio':>9}"
+            + "".join(f" {p + ' ms':>16} {'x faster':>8}" for p in others))
   print(header)
   for n in args.n:
     dense = run_worker("dense", n, args.active, args.steps, args.budget)
-    sparse = run_worker("sparse", n, args.active, args.steps, args.budget)
+    sparse = run_worker("sparse", n, args.active, args.steps, args.budget, args.precision[0])
+    extra = {p: run_worker("sparse", n, args.active, args.steps, args.budget, p) for p in others}
     row = {"n": n, "d": D, "batch": B, "active": A, "active_sets": args.active,
+           "precision": args.precision[0],
+           "other_precisions": {p: {"sparse_ms": e["ms"], "faster": sparse["ms"] / e["ms"],
+                                    "sparse_peak_rss_mb": e["peak_rss_mb"],
+                                    "params_and_state_mb": e["params_and_state_mb"],
+                                    "sparse_loss": [e["first_loss"], e["last_loss"]]}
+                                for p, e in extra.items()},
            "dense_ms": dense["ms"], "sparse_ms": sparse["ms"],
            "speedup": dense["ms"] / sparse["ms"],
            "sparse_peak_rss_mb": sparse["peak_rss_mb"],
@@ -153,7 +178,9 @@ def main():
     rows.append(row)
     print(f"{n:>10,} {row['dense_ms']:>10.2f} {row['sparse_ms']:>10.3f} {row['speedup']:>7.0f}x "
           f"{row['sparse_peak_rss_mb']:>14.0f} {row['params_and_state_mb']:>16.0f} "
-          f"{row['sparse_rss_over_state']:>9.2f}", flush=True)
+          f"{row['sparse_rss_over_state']:>9.2f}"
+          + "".join(f" {e['sparse_ms']:>16.3f} {e['faster']:>7.2f}x"
+                    for e in row["other_precisions"].values()), flush=True)
   base = rows[0]["sparse_ms"]
   for row in rows:
     row["sparse_ms_over_smallest_n"] = row["sparse_ms"] / base

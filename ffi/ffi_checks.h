@@ -3,6 +3,7 @@
 #ifndef JSLIDE_FFI_FFI_CHECKS_H_
 #define JSLIDE_FFI_FFI_CHECKS_H_
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -15,7 +16,9 @@ namespace jslide {
 using F32 = xla::ffi::Buffer<xla::ffi::F32>;
 using S32 = xla::ffi::Buffer<xla::ffi::S32>;
 using U32 = xla::ffi::Buffer<xla::ffi::U32>;
+using Any = xla::ffi::AnyBuffer;
 using F32Out = xla::ffi::ResultBuffer<xla::ffi::F32>;
+using AnyOut = xla::ffi::Result<xla::ffi::AnyBuffer>;
 using S32Out = xla::ffi::ResultBuffer<xla::ffi::S32>;
 
 // Limits shared with jslide/lsh/_common.py (the Python side raises before a kernel runs).
@@ -37,6 +40,45 @@ xla::ffi::Error CheckRank(const std::string& k, const char* name, const B& buf, 
   if (buf.dimensions().size() != rank)
     return Invalid(k, std::string(name) + " must have rank " + std::to_string(rank) +
                           ", got shape " + Dims(buf.dimensions()));
+  return xla::ffi::Error::Success();
+}
+
+// (rows, row length) of a table: [N] (one value a row, e.g. a bias: passed as it is, since
+// a reshape to [N, 1] around an aliased call makes XLA copy the whole table) or [N, D].
+template <typename B>
+xla::ffi::Error TableDims(const std::string& k, const char* name, const B& buf, int64_t* n,
+                          int64_t* d) {
+  const auto dims = buf.dimensions();
+  if (dims.size() != 1 && dims.size() != 2)
+    return Invalid(k, std::string(name) + " must be a table [N] or [N, D], got shape " +
+                          Dims(dims));
+  *n = dims[0];
+  *d = dims.size() == 2 ? dims[1] : 1;
+  return xla::ffi::Error::Success();
+}
+
+template <typename A, typename B>
+bool SameDims(const A& a, const B& b) {
+  const auto x = a.dimensions(), y = b.dimensions();
+  return x.size() == y.size() && std::equal(x.begin(), x.end(), y.begin());
+}
+
+inline const char* TypeName(xla::ffi::DataType t) {
+  switch (t) {
+    case xla::ffi::DataType::F32: return "float32";
+    case xla::ffi::DataType::BF16: return "bfloat16";
+    case xla::ffi::DataType::F16: return "float16";
+    case xla::ffi::DataType::F64: return "float64";
+    case xla::ffi::DataType::S32: return "int32";
+    default: return "another type";
+  }
+}
+
+// A table's (or an Adam moment's) element type: float32 or bfloat16.
+inline xla::ffi::Error CheckTableType(const std::string& k, const char* name, const Any& buf) {
+  const auto t = buf.element_type();
+  if (t != xla::ffi::DataType::F32 && t != xla::ffi::DataType::BF16)
+    return Invalid(k, std::string(name) + " must be float32 or bfloat16, got " + TypeName(t));
   return xla::ffi::Error::Success();
 }
 

@@ -3,90 +3,212 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
-// Hot loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time, so a
-// wheel built on one machine runs (fast) on another. Elsewhere, one portable version.
+#include "mix.h"
+
+// Hot loops are compiled for x86-64-v4 (AVX-512 F/BW/DQ/VL: the bfloat16 packing needs BW to
+// use 512-bit registers), x86-64-v3 (AVX2 with FMA) and baseline x86-64, and picked at load
+// time, so a wheel built on one machine runs (fast) on another. Elsewhere, one version.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(JSLIDE_NO_CLONES)
-#define JSLIDE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define JSLIDE_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define JSLIDE_CLONES
 #endif
+// Helpers and lambdas of a cloned kernel must be inlined into it to get its instruction set.
+#define JSLIDE_INLINE __attribute__((always_inline)) inline
 
 namespace jslide {
 namespace {
 
-inline float Dot(const float* __restrict a, const float* __restrict b, int64_t d) {
+JSLIDE_INLINE float Dot(const float* __restrict a, const float* __restrict b, int64_t d) {
   float s = 0.0f;
 #pragma omp simd reduction(+ : s)
   for (int64_t k = 0; k < d; ++k) s += a[k] * b[k];
   return s;
 }
 
-inline void Axpy(float alpha, const float* __restrict x, float* __restrict y, int64_t d) {
+JSLIDE_INLINE void Axpy(float alpha, const float* __restrict x, float* __restrict y, int64_t d) {
 #pragma omp simd
   for (int64_t k = 0; k < d; ++k) y[k] += alpha * x[k];
 }
 
-// Collects (id, position) for ids in [row_begin, row_end), sorted so equal ids are adjacent
-// (positions ascending within an id). A counting sort when the row range is not much larger
-// than the number of ids (O(range + count)); otherwise a comparison sort.
-void GroupByRow(const int32_t* ids, int64_t count, int64_t row_begin, int64_t row_end,
-                std::vector<uint64_t>& keys, std::vector<int32_t>& counts) {
-  keys.clear();
-  const int64_t range = row_end - row_begin;
-  auto key = [](int64_t id, int64_t p) {
-    return (static_cast<uint64_t>(id) << 32) | static_cast<uint64_t>(p);
-  };
-  if (range <= 8 * count) {
-    counts.assign(static_cast<size_t>(range + 1), 0);
-    int64_t m = 0;
-    for (int64_t p = 0; p < count; ++p) {
-      const int64_t id = ids[p];
-      if (id >= row_begin && id < row_end) {
-        ++counts[id - row_begin + 1];
-        ++m;
-      }
-    }
-    for (int64_t r = 0; r < range; ++r) counts[r + 1] += counts[r];
-    keys.resize(static_cast<size_t>(m));
-    for (int64_t p = 0; p < count; ++p) {
-      const int64_t id = ids[p];
-      if (id >= row_begin && id < row_end) keys[counts[id - row_begin]++] = key(id, p);
-    }
-    return;
-  }
-  for (int64_t p = 0; p < count; ++p) {
-    const int64_t id = ids[p];
-    if (id >= row_begin && id < row_end) keys.push_back(key(id, p));
-  }
-  std::sort(keys.begin(), keys.end());
+// Writes x; to bfloat16, rounded stochastically: `random`'s low 16 bits are added below the
+// kept bits before truncating, so x rounds away from zero with probability equal to the
+// dropped fraction (unbiased: E[result] = x). Round-to-nearest would drop any update smaller
+// than half the spacing of bfloat16 numbers (2^-9 of the weight): most of Adam's steps at a
+// learning rate of 1e-3. Inf and NaN pass unchanged (a carry could turn NaN into inf).
+JSLIDE_INLINE void StoreRounded(float* p, float x, uint32_t) { *p = x; }
+JSLIDE_INLINE void StoreRounded(Bf16* p, float x, uint32_t random) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  const uint32_t dither = (u & 0x7f800000u) == 0x7f800000u ? 0u : (random & 0xffffu);
+  p->bits = static_cast<uint16_t>((u + dither) >> 16);
 }
 
-// Calls update(row, summed_gradient) once for every distinct id in [row_begin, row_end).
-template <typename RowUpdate>
-inline void ForEachSummedRow(const int32_t* ids, const float* coef, const float* vecs,
-                             int64_t r, int64_t a, int64_t d, int64_t row_begin,
-                             int64_t row_end, RowScratch& s, RowUpdate&& update) {
-  GroupByRow(ids, r * a, row_begin, row_end, s.keys, s.counts);
+// Random bits for element k of a row (a counter-based hash: no state, the same bits for the
+// same (key, element) in every process and thread).
+JSLIDE_INLINE uint32_t ElementBits(uint32_t row_key, int64_t k) {
+  return Mix32(row_key ^ (static_cast<uint32_t>(k) * 0x9e3779b9u));
+}
+
+JSLIDE_INLINE uint32_t RowKey(uint32_t seed, int64_t row) {
+  return Mix32(seed + static_cast<uint32_t>(row) * 0x85ebca6bu +
+               static_cast<uint32_t>(row >> 32) * 0xc2b2ae35u);
+}
+
+// x . w (w widened), and y += alpha * w. The dot keeps 16 partial sums (one 512-bit register,
+// two 256-bit ones) and adds them at the end: an `omp simd` reduction here was lowered to
+// per-lane arrays on the stack, summed one scalar at a time, which cost the gathers a third.
+template <typename W>
+JSLIDE_INLINE float DotRow(const float* __restrict x, const W* __restrict w, int64_t d) {
+  constexpr int kLanes = 16;
+  float acc[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= d; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += x[k + l] * Widen(w[k + l]);
+  float s = 0.0f;
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  for (; k < d; ++k) s += x[k] * Widen(w[k]);
+  return s;
+}
+
+template <typename W>
+JSLIDE_INLINE void AxpyRow(float alpha, const W* __restrict w, float* __restrict y, int64_t d) {
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) y[k] += alpha * Widen(w[k]);
+}
+
+// Collects (id - row_begin, position) for the ids in [row_begin, row_end), sorted by id with
+// positions ascending within an id, in O(count) whatever the table's size: the keys in range
+// are first compacted without branches (each worker of a call keeps about 1/workers of the
+// ids, so a branch per id is a coin flip), then sorted by a counting sort when the range is
+// no larger than their number, else by an LSD radix sort (11 bits a pass, so two passes up to
+// 4M rows). A comparison sort here made a step's cost grow with N.
+void GroupByRow(const int32_t* ids, int64_t count, int64_t row_begin, int64_t row_end,
+                RowScratch& s) {
+  const uint64_t range = static_cast<uint64_t>(row_end - row_begin);
+  s.sorted.resize(static_cast<size_t>(count) + 1);  // one slot past the end for rejected ids
+  uint64_t* compact = s.sorted.data();
+  int64_t m = 0;
+  for (int64_t p = 0; p < count; ++p) {
+    const uint64_t rel = static_cast<uint64_t>(int64_t{ids[p]} - row_begin);  // padding: huge
+    compact[m] = (rel << 32) | static_cast<uint64_t>(p);
+    m += rel < range;
+  }
+  s.keys.resize(static_cast<size_t>(m));
+  uint64_t* keys = s.keys.data();
+  if (static_cast<int64_t>(range) <= std::max<int64_t>(m, 1024)) {
+    std::vector<int32_t>& counts = s.counts;
+    counts.assign(range + 1, 0);
+    for (int64_t i = 0; i < m; ++i) ++counts[(compact[i] >> 32) + 1];
+    for (uint64_t r = 0; r < range; ++r) counts[r + 1] += counts[r];
+    for (int64_t i = 0; i < m; ++i) keys[counts[compact[i] >> 32]++] = compact[i];  // stable
+    return;
+  }
+  constexpr int kBits = 11;
+  constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
+  int bits = 0;
+  while ((uint64_t{1} << bits) < range) ++bits;
+  uint32_t hist[kMask + 1];
+  uint64_t* from = compact;
+  uint64_t* to = keys;
+  for (int shift = 32; shift < 32 + bits; shift += kBits) {
+    std::fill(hist, hist + kMask + 1, 0u);
+    for (int64_t i = 0; i < m; ++i) ++hist[(from[i] >> shift) & kMask];
+    uint32_t sum = 0;
+    for (uint64_t b = 0; b <= kMask; ++b) sum += std::exchange(hist[b], sum);
+    for (int64_t i = 0; i < m; ++i) to[hist[(from[i] >> shift) & kMask]++] = from[i];  // stable
+    std::swap(from, to);
+  }
+  if (from != keys) std::copy(from, from + m, keys);
+}
+
+// Touched rows ahead of the one being updated whose table (and moment) rows are prefetched:
+// rows far apart in a large table each cost a DRAM round trip, and these overlap them.
+constexpr int64_t kPrefetchRows = 8;
+// Rows ahead that the gathers prefetch (each row is read once, so more can be in flight).
+constexpr int64_t kPrefetchGather = 16;
+
+JSLIDE_INLINE void PrefetchRow(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1);
+}
+
+JSLIDE_INLINE void PrefetchRowForRead(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0);
+}
+
+// GroupByRow, then where each distinct row's run of keys starts (s.starts, one past the end
+// last), so rows ahead can be prefetched.
+void GroupDistinctRows(const int32_t* ids, int64_t count, int64_t row_begin, int64_t row_end,
+                       RowScratch& s) {
+  GroupByRow(ids, count, row_begin, row_end, s);
+  s.starts.clear();
+  const size_t n = s.keys.size();
+  for (size_t i = 0; i < n; ++i)
+    if (i == 0 || (s.keys[i] >> 32) != (s.keys[i - 1] >> 32))
+      s.starts.push_back(static_cast<uint32_t>(i));
+  s.starts.push_back(static_cast<uint32_t>(n));
+}
+
+// visit(row, first key, end key) for every distinct row of s (GroupDistinctRows), in
+// increasing order, after prefetch(row) for the row `ahead` rows later.
+template <typename Visit, typename RowPrefetch>
+JSLIDE_INLINE void ForEachDistinctRow(const RowScratch& s, int64_t row_begin, int64_t ahead,
+                                      Visit&& visit, RowPrefetch&& prefetch) {
+  const int64_t rows = static_cast<int64_t>(s.starts.size()) - 1;
+  auto row_of = [&](int64_t j) __attribute__((always_inline)) {
+    return row_begin + static_cast<int64_t>(s.keys[s.starts[j]] >> 32);
+  };
+  for (int64_t j = 0; j < rows; ++j) {
+    if (j + ahead < rows) prefetch(row_of(j + ahead));
+    visit(row_of(j), s.starts[j], s.starts[j + 1]);
+  }
+}
+
+JSLIDE_INLINE uint32_t Position(uint64_t key) { return static_cast<uint32_t>(key & 0xffffffffu); }
+
+// Calls update(row, summed_gradient) once for every distinct id in [row_begin, row_end), in
+// increasing row order, after prefetch(row) for the row kPrefetchRows ahead.
+template <typename RowUpdate, typename RowPrefetch>
+JSLIDE_INLINE void ForEachSummedRow(const int32_t* ids, const float* coef, const float* vecs,
+                                    int64_t r, int64_t a, int64_t d, int64_t row_begin,
+                                    int64_t row_end, RowScratch& s, RowUpdate&& update,
+                                    RowPrefetch&& prefetch) {
+  GroupDistinctRows(ids, r * a, row_begin, row_end, s);
   s.grad.resize(static_cast<size_t>(d));
   float* g = s.grad.data();
-  const size_t n = s.keys.size();
-  for (size_t i = 0; i < n;) {
-    const int64_t row = static_cast<int64_t>(s.keys[i] >> 32);
-    std::fill(g, g + d, 0.0f);
-    for (; i < n && static_cast<int64_t>(s.keys[i] >> 32) == row; ++i) {
-      const int64_t p = static_cast<int64_t>(s.keys[i] & 0xffffffffu);
-      Axpy(coef[p], vecs + (p / a) * d, g, d);
-    }
-    update(row, g);
-  }
+  const uint32_t width = static_cast<uint32_t>(a);
+  ForEachDistinctRow(
+      s, row_begin, kPrefetchRows,
+      [&](int64_t row, uint32_t first, uint32_t last) __attribute__((always_inline)) {
+        std::fill(g, g + d, 0.0f);
+        for (uint32_t i = first; i < last; ++i) {
+          const uint32_t p = Position(s.keys[i]);
+          Axpy(coef[p], vecs + static_cast<int64_t>(p / width) * d, g, d);
+        }
+        update(row, g);
+      },
+      prefetch);
+}
+
+template <typename RowUpdate>
+JSLIDE_INLINE void ForEachSummedRow(const int32_t* ids, const float* coef, const float* vecs,
+                                    int64_t r, int64_t a, int64_t d, int64_t row_begin,
+                                    int64_t row_end, RowScratch& s, RowUpdate&& update) {
+  ForEachSummedRow(ids, coef, vecs, r, a, d, row_begin, row_end, s, update,
+                   [](int64_t) __attribute__((always_inline)) {});
 }
 
 }  // namespace
 
-JSLIDE_CLONES
-void GatherDotRows(const float* x, const float* w, const float* b, const int32_t* ids,
-                   int64_t a, int64_t d, float* y, int64_t begin, int64_t end) {
+template <typename W>
+JSLIDE_CLONES void GatherDotRows(const float* x, const W* w, const float* b, const int32_t* ids,
+                                 int64_t a, int64_t d, float* y, int64_t begin, int64_t end) {
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(W));
   for (int64_t r = begin; r < end; ++r) {
     const float* xr = x + r * d;
     const int32_t* id = ids + r * a;
@@ -98,15 +220,22 @@ void GatherDotRows(const float* x, const float* w, const float* b, const int32_t
         continue;
       }
       // Prefetch a later row: the gathered rows are scattered over a large table.
-      if (j + 4 < a && id[j + 4] >= 0) __builtin_prefetch(w + int64_t{id[j + 4]} * d);
-      yr[j] = Dot(xr, w + n * d, d) + (b ? b[n] : 0.0f);
+      if (j + kPrefetchGather < a && id[j + kPrefetchGather] >= 0)
+        PrefetchRowForRead(w + int64_t{id[j + kPrefetchGather]} * d, row_bytes);
+      yr[j] = DotRow(xr, w + n * d, d) + (b ? b[n] : 0.0f);
     }
   }
 }
+template void GatherDotRows<float>(const float*, const float*, const float*, const int32_t*,
+                                   int64_t, int64_t, float*, int64_t, int64_t);
+template void GatherDotRows<Bf16>(const float*, const Bf16*, const float*, const int32_t*,
+                                  int64_t, int64_t, float*, int64_t, int64_t);
 
-JSLIDE_CLONES
-void GatherWeightedSumRows(const int32_t* ids, const float* coef, int64_t a, const float* w,
-                           int64_t d, float* out, int64_t begin, int64_t end) {
+template <typename W>
+JSLIDE_CLONES void GatherWeightedSumRows(const int32_t* ids, const float* coef, int64_t a,
+                                         const W* w, int64_t d, float* out, int64_t begin,
+                                         int64_t end) {
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(W));
   for (int64_t r = begin; r < end; ++r) {
     const int32_t* id = ids + r * a;
     const float* c = coef + r * a;
@@ -114,11 +243,16 @@ void GatherWeightedSumRows(const int32_t* ids, const float* coef, int64_t a, con
     std::fill(o, o + d, 0.0f);
     for (int64_t j = 0; j < a; ++j) {
       if (id[j] < 0) continue;
-      if (j + 4 < a && id[j + 4] >= 0) __builtin_prefetch(w + int64_t{id[j + 4]} * d);
-      Axpy(c[j], w + int64_t{id[j]} * d, o, d);
+      if (j + kPrefetchGather < a && id[j + kPrefetchGather] >= 0)
+        PrefetchRowForRead(w + int64_t{id[j + kPrefetchGather]} * d, row_bytes);
+      AxpyRow(c[j], w + int64_t{id[j]} * d, o, d);
     }
   }
 }
+template void GatherWeightedSumRows<float>(const int32_t*, const float*, int64_t, const float*,
+                                           int64_t, float*, int64_t, int64_t);
+template void GatherWeightedSumRows<Bf16>(const int32_t*, const float*, int64_t, const Bf16*,
+                                          int64_t, float*, int64_t, int64_t);
 
 JSLIDE_CLONES
 void ScatterOuterRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
@@ -166,68 +300,118 @@ const AdamCatchUp& CatchUpCache::Get(const AdamHyper& h, int64_t s, int64_t k) {
 
 namespace {
 
-JSLIDE_CLONES
-void CatchUpRow(float* __restrict w, float* __restrict m, float* __restrict v, int64_t d,
-                const AdamCatchUp& c, float eps) {
+// The zero-gradient steps of AdamCatchUpFactors on one row; `key` seeds the rounding bits.
+template <typename W, typename S>
+JSLIDE_INLINE void CatchUpRow(W* __restrict w, S* __restrict m, S* __restrict v, int64_t d,
+                              const AdamCatchUp& c, float eps, uint32_t key) {
 #pragma omp simd
   for (int64_t k = 0; k < d; ++k) {
-    w[k] -= c.scale * m[k] / (std::sqrt(v[k]) + eps);
-    m[k] *= c.decay1;
-    v[k] *= c.decay2;
+    const uint32_t bits = ElementBits(key, k);
+    const float mk = Widen(m[k]), vk = Widen(v[k]);
+    StoreRounded(w + k, Widen(w[k]) - c.scale * mk / (std::sqrt(vk) + eps), bits);
+    StoreRounded(m + k, mk * c.decay1, bits >> 16);
+    StoreRounded(v + k, vk * c.decay2, bits * 0x2c1b3c6du >> 16);
   }
+}
+
+// Seeds of the rounding bits of a step: distinct for the catch-up and the update.
+JSLIDE_INLINE uint32_t StepSeed(int64_t step, uint32_t salt) {
+  return Mix32(static_cast<uint32_t>(step) * 0x27d4eb2fu + salt);
 }
 
 }  // namespace
 
-JSLIDE_CLONES
-void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                    int64_t a, int64_t d, float* w, float* m, float* v, int32_t* last,
-                    const AdamHyper& h, int64_t row_begin, int64_t row_end,
-                    RowScratch& scratch) {
+template <typename W, typename S>
+JSLIDE_CLONES void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs,
+                                  int64_t r, int64_t a, int64_t d, W* w, S* m, S* v,
+                                  int32_t* last, const AdamHyper& h, int64_t row_begin,
+                                  int64_t row_end, RowScratch& scratch) {
   const float lr = h.lr, b1 = h.b1, b2 = h.b2, eps = h.eps;
   const float inv_bc1 = 1.0f / h.bias_correction1, inv_bc2 = 1.0f / h.bias_correction2;
-  ForEachSummedRow(ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
-                   [&](int64_t row, const float* __restrict g) {
-                     float* __restrict wr = w + row * d;
-                     float* __restrict mr = m + row * d;
-                     float* __restrict vr = v + row * d;
-                     if (last != nullptr) {
-                       const int64_t s = last[row];
-                       // s == 0: never updated, so m = v = 0 and dense Adam left it alone.
-                       if (s > 0 && h.step - 1 > s)
-                         CatchUpRow(wr, mr, vr, d, scratch.catch_up.Get(h, s, h.step - 1 - s),
-                                    eps);
-                       last[row] = static_cast<int32_t>(h.step);
-                     }
+  const uint32_t update_seed = StepSeed(h.step, 0x1u), catch_up_seed = StepSeed(h.step, 0x2u);
+  scratch.catch_up.Clear();
+  const int64_t w_bytes = d * static_cast<int64_t>(sizeof(W));
+  const int64_t s_bytes = d * static_cast<int64_t>(sizeof(S));
+  ForEachSummedRow(
+      ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
+      [&](int64_t row, const float* __restrict g) __attribute__((always_inline)) {
+        W* __restrict wr = w + row * d;
+        S* __restrict mr = m + row * d;
+        S* __restrict vr = v + row * d;
+        if (last != nullptr) {
+          const int64_t s = last[row];
+          // s == 0: never updated, so m = v = 0 and dense Adam left it alone.
+          if (s > 0 && h.step - 1 > s)
+            CatchUpRow(wr, mr, vr, d, scratch.catch_up.Get(h, s, h.step - 1 - s), eps,
+                       RowKey(catch_up_seed, row));
+          last[row] = static_cast<int32_t>(h.step);
+        }
+        const uint32_t key = RowKey(update_seed, row);
 #pragma omp simd
-                     for (int64_t k = 0; k < d; ++k) {
-                       const float mk = b1 * mr[k] + (1.0f - b1) * g[k];
-                       const float vk = b2 * vr[k] + (1.0f - b2) * g[k] * g[k];
-                       mr[k] = mk;
-                       vr[k] = vk;
-                       wr[k] -= lr * (mk * inv_bc1) / (std::sqrt(vk * inv_bc2) + eps);
-                     }
-                   });
+        for (int64_t k = 0; k < d; ++k) {
+          const uint32_t bits = ElementBits(key, k);
+          const float mk = b1 * Widen(mr[k]) + (1.0f - b1) * g[k];
+          const float vk = b2 * Widen(vr[k]) + (1.0f - b2) * g[k] * g[k];
+          StoreRounded(mr + k, mk, bits >> 16);
+          StoreRounded(vr + k, vk, bits * 0x2c1b3c6du >> 16);
+          StoreRounded(wr + k, Widen(wr[k]) - lr * (mk * inv_bc1) / (std::sqrt(vk * inv_bc2) + eps),
+                       bits);
+        }
+      },
+      [&](int64_t row) __attribute__((always_inline)) {
+        PrefetchRow(w + row * d, w_bytes);
+        PrefetchRow(m + row * d, s_bytes);
+        PrefetchRow(v + row * d, s_bytes);
+      });
 }
 
-void AdamCatchUpRows(float* w, float* m, float* v, int32_t* last, int64_t d,
-                     const AdamHyper& h, int64_t row_begin, int64_t row_end) {
+template <typename W, typename S>
+JSLIDE_CLONES void AdamCatchUpRows(W* w, S* m, S* v, int32_t* last, int64_t d,
+                                   const AdamHyper& h, int64_t row_begin, int64_t row_end) {
   CatchUpCache cache;
+  const uint32_t seed = StepSeed(h.step, 0x3u);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t s = last[row];
     if (s > 0 && h.step > s)
-      CatchUpRow(w + row * d, m + row * d, v + row * d, d, cache.Get(h, s, h.step - s), h.eps);
+      CatchUpRow(w + row * d, m + row * d, v + row * d, d, cache.Get(h, s, h.step - s), h.eps,
+                 RowKey(seed, row));
     last[row] = static_cast<int32_t>(h.step);
   }
 }
 
-JSLIDE_CLONES
-void SparseSgdRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                   int64_t a, int64_t d, float* w, float lr, int64_t row_begin,
-                   int64_t row_end, RowScratch& scratch) {
-  ForEachSummedRow(ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
-                   [&](int64_t row, const float* g) { Axpy(-lr, g, w + row * d, d); });
+#define JSLIDE_ADAM_INSTANCES(W, S)                                                          \
+  template void SparseAdamRows<W, S>(const int32_t*, const float*, const float*, int64_t,    \
+                                     int64_t, int64_t, W*, S*, S*, int32_t*,                 \
+                                     const AdamHyper&, int64_t, int64_t, RowScratch&);       \
+  template void AdamCatchUpRows<W, S>(W*, S*, S*, int32_t*, int64_t, const AdamHyper&,       \
+                                      int64_t, int64_t);
+JSLIDE_ADAM_INSTANCES(float, float)
+JSLIDE_ADAM_INSTANCES(float, Bf16)
+JSLIDE_ADAM_INSTANCES(Bf16, float)
+JSLIDE_ADAM_INSTANCES(Bf16, Bf16)
+#undef JSLIDE_ADAM_INSTANCES
+
+template <typename W>
+JSLIDE_CLONES void SparseSgdRows(const int32_t* ids, const float* coef, const float* vecs,
+                                 int64_t r, int64_t a, int64_t d, W* w, float lr, uint32_t seed,
+                                 int64_t row_begin, int64_t row_end, RowScratch& scratch) {
+  const int64_t w_bytes = d * static_cast<int64_t>(sizeof(W));
+  ForEachSummedRow(
+      ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
+      [&](int64_t row, const float* __restrict g) __attribute__((always_inline)) {
+        W* __restrict wr = w + row * d;
+        const uint32_t key = RowKey(seed, row);
+#pragma omp simd
+        for (int64_t k = 0; k < d; ++k)
+          StoreRounded(wr + k, Widen(wr[k]) - lr * g[k], ElementBits(key, k));
+      },
+      [&](int64_t row) __attribute__((always_inline)) { PrefetchRow(w + row * d, w_bytes); });
 }
+template void SparseSgdRows<float>(const int32_t*, const float*, const float*, int64_t, int64_t,
+                                   int64_t, float*, float, uint32_t, int64_t, int64_t,
+                                   RowScratch&);
+template void SparseSgdRows<Bf16>(const int32_t*, const float*, const float*, int64_t, int64_t,
+                                  int64_t, Bf16*, float, uint32_t, int64_t, int64_t, RowScratch&);
 
 JSLIDE_CLONES
 double RowSparseSqNormRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
@@ -235,15 +419,15 @@ double RowSparseSqNormRows(const int32_t* ids, const float* coef, const float* v
                            RowScratch& scratch) {
   double total = 0.0;
   ForEachSummedRow(ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
-                   [&](int64_t, const float* g) { total += Dot(g, g, d); });
+                   [&](int64_t, const float* g) __attribute__((always_inline)) { total += Dot(g, g, d); });
   return total;
 }
 
 const char* KernelIsa() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(JSLIDE_NO_CLONES)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return "avx512f";
-  if (__builtin_cpu_supports("avx2")) return "avx2";
+  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
+  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3";
 #endif
   return "default";
 }

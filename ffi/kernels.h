@@ -1,21 +1,44 @@
-// The maths of jslide's kernels on plain contiguous float32/int32 arrays (row-major).
-// No XLA types here: the FFI binding layer (jslide_ffi.cc) validates, splits work into
-// ranges and calls these. An id < 0 is padding and contributes nothing.
+// The maths of jslide's kernels on plain contiguous row-major arrays. No XLA types here: the
+// FFI binding layer (jslide_ffi.cc) validates, splits work into ranges and calls these. An id
+// < 0 is padding and contributes nothing.
+//
+// Tables (and Adam's moments) hold float32 or bfloat16 elements (`Bf16`, the upper 16 bits of
+// a float32); every computation is in float32: a bfloat16 element is widened exactly, and a
+// result is written back to bfloat16 with stochastic rounding (StoreRounded), so updates far
+// below the spacing of bfloat16 numbers still move a weight in expectation instead of being
+// rounded away.
 #ifndef JSLIDE_FFI_KERNELS_H_
 #define JSLIDE_FFI_KERNELS_H_
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace jslide {
 
+struct Bf16 {
+  uint16_t bits;
+};
+
+// A table element as float32: exact for both types (bfloat16 is float32's upper half).
+__attribute__((always_inline)) inline float Widen(float x) { return x; }
+__attribute__((always_inline)) inline float Widen(Bf16 x) {
+  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
 // y[r, j] = x[r] . w[ids[r, j]] + b[ids[r, j]] (b may be null), 0 where ids[r, j] < 0.
 // x: [R, D], w: [N, D], ids and y: [R, A]; rows r in [begin, end).
-void GatherDotRows(const float* x, const float* w, const float* b, const int32_t* ids,
-                   int64_t a, int64_t d, float* y, int64_t begin, int64_t end);
+template <typename W>
+void GatherDotRows(const float* x, const W* w, const float* b, const int32_t* ids, int64_t a,
+                   int64_t d, float* y, int64_t begin, int64_t end);
 
 // out[r] = sum_j coef[r, j] * w[ids[r, j]].  ids, coef: [R, A]; w: [N, D]; out: [R, D].
-void GatherWeightedSumRows(const int32_t* ids, const float* coef, int64_t a, const float* w,
+template <typename W>
+void GatherWeightedSumRows(const int32_t* ids, const float* coef, int64_t a, const W* w,
                            int64_t d, float* out, int64_t begin, int64_t end);
 
 // The dense form of a factored row-sparse matrix, restricted to rows [row_begin, row_end):
@@ -27,7 +50,7 @@ void ScatterOuterRows(const int32_t* ids, const float* coef, const float* vecs, 
 struct AdamHyper {
   float lr, b1, b2, eps;
   float bias_correction1, bias_correction2;  // 1 - b1^t, 1 - b2^t
-  int64_t step;                              // t (1, 2, ...): used by the catch-up only
+  int64_t step;                              // t (1, 2, ...)
 };
 
 // What dense Adam does to a row during k steps in which its gradient is 0, after step s:
@@ -44,10 +67,12 @@ struct AdamCatchUp {
 AdamCatchUp AdamCatchUpFactors(const AdamHyper& h, int64_t s, int64_t k);
 
 // AdamCatchUpFactors for one call (fixed hyperparameters and step t), memoized by the last
-// step s: rows updated at the same step share them, and most rows of a call do.
+// step s: rows updated at the same step share them, and most rows of a call do. Clear it
+// before each call: the entries hold for one call's hyperparameters.
 class CatchUpCache {
  public:
   const AdamCatchUp& Get(const AdamHyper& h, int64_t s, int64_t k);
+  void Clear() { std::fill(used_, used_ + kSize, false); }
 
  private:
   static constexpr int64_t kSize = 512;
@@ -56,10 +81,13 @@ class CatchUpCache {
   bool used_[kSize] = {};
 };
 
-// Scratch space reused across the rows one worker updates (no allocation per row).
+// Scratch space reused across the rows one worker updates, and across calls (no allocation
+// per row, nor per call once the buffers have grown).
 struct RowScratch {
-  std::vector<uint64_t> keys;     // (row id << 32) | flat position in ids
+  std::vector<uint64_t> keys;     // (row id - first row << 32) | flat position in ids
+  std::vector<uint64_t> sorted;   // the radix sort's other buffer
   std::vector<int32_t> counts;    // per-row counts, for the counting sort
+  std::vector<uint32_t> starts;   // where each distinct row's keys start
   std::vector<float> grad;        // one summed gradient row
   CatchUpCache catch_up;
 };
@@ -69,19 +97,24 @@ struct RowScratch {
 // Rows that do not occur are not read or written. With `last` (the step each row was last
 // updated at, 0 for never; else null) a row first catches up on the steps since then as
 // dense Adam would have taken them (AdamCatchUpFactors), and last[row] becomes h.step.
+// W: the table's element type; S: the moments'. bfloat16 results are rounded stochastically
+// with bits drawn from (h.step, row, column).
+template <typename W, typename S>
 void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                    int64_t a, int64_t d, float* w, float* m, float* v, int32_t* last,
-                    const AdamHyper& h, int64_t row_begin, int64_t row_end,
-                    RowScratch& scratch);
+                    int64_t a, int64_t d, W* w, S* m, S* v, int32_t* last, const AdamHyper& h,
+                    int64_t row_begin, int64_t row_end, RowScratch& scratch);
 
 // Brings every row in [row_begin, row_end) up to step h.step (dense Adam's zero-gradient
 // steps since last[row]), and sets last[row] = h.step.
-void AdamCatchUpRows(float* w, float* m, float* v, int32_t* last, int64_t d,
-                     const AdamHyper& h, int64_t row_begin, int64_t row_end);
+template <typename W, typename S>
+void AdamCatchUpRows(W* w, S* m, S* v, int32_t* last, int64_t d, const AdamHyper& h,
+                     int64_t row_begin, int64_t row_end);
 
 // w[n] -= lr * (summed gradient of row n), for the rows in [row_begin, row_end) that occur.
+// A bfloat16 table is rounded stochastically with bits drawn from (seed, row, column).
+template <typename W>
 void SparseSgdRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                   int64_t a, int64_t d, float* w, float lr, int64_t row_begin,
+                   int64_t a, int64_t d, W* w, float lr, uint32_t seed, int64_t row_begin,
                    int64_t row_end, RowScratch& scratch);
 
 // Sum over the rows n in [row_begin, row_end) that occur in ids of |summed gradient of n|^2
@@ -90,7 +123,8 @@ double RowSparseSqNormRows(const int32_t* ids, const float* coef, const float* v
                            int64_t a, int64_t d, int64_t row_begin, int64_t row_end,
                            RowScratch& scratch);
 
-// Which instruction set the dispatched kernels run with ("avx512f", "avx2" or "default").
+// Which instruction set the dispatched kernels run with ("x86-64-v4": AVX-512; "x86-64-v3":
+// AVX2 and FMA; or "default").
 const char* KernelIsa();
 
 }  // namespace jslide

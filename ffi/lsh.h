@@ -6,17 +6,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "mix.h"
+
 namespace jslide {
 
-// A 32-bit mix (lowbias32): the deterministic hash shared with jslide/lsh (numpy reference).
-inline uint32_t Mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352du;
-  x ^= x >> 15;
-  x *= 0x846ca68bu;
-  x ^= x >> 16;
-  return x;
-}
 
 // SimHash with sparse projections. Bit (l, k) of a vector x is [sum_i sign[l,k,i] x[idx[l,k,i]] >= 0];
 // the code of table l is sum_k bit(l, k) << k. idx, sign: [L, K, nnz]; x: [D]; codes: [L].

@@ -25,6 +25,23 @@ def float32_array(fn: str, name: str, x, ndim: int | None = None):
   return x
 
 
+TABLE_DTYPES = (jnp.float32, jnp.bfloat16)
+
+
+def table_array(fn: str, name: str, x, ndim: int | None = None):
+  """x as a table of the kernels: float32 or bfloat16 (TypeError for other dtypes; ValueError
+  for the wrong rank)."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is None:
+    x = jnp.asarray(x)
+    dtype = x.dtype
+  if dtype not in TABLE_DTYPES:
+    raise TypeError(f"{fn}: {name} must be float32 or bfloat16, got {dtype}")
+  if ndim is not None and jnp.ndim(x) != ndim:
+    raise ValueError(f"{fn}: {name} must have rank {ndim}, got shape {jnp.shape(x)}")
+  return x
+
+
 def int32_ids(fn: str, name: str, ids, num_rows: int | None = None, ndim: int | None = None):
   """ids as int32; TypeError for non-integer dtypes. Concrete ids are range-checked here
   (each in [-1, num_rows)); traced ids are range-checked by the kernel."""

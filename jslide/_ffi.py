@@ -30,7 +30,8 @@ def num_threads() -> int:
 
 
 def kernel_isa() -> str:
-  """The instruction set the kernels dispatched to on this machine (avx512f, avx2, default)."""
+  """The instruction set the kernels dispatched to on this machine: ``x86-64-v4`` (AVX-512),
+  ``x86-64-v3`` (AVX2 and FMA) or ``default``."""
   return str(_jslide_ffi.kernel_isa())
 
 

@@ -1,6 +1,8 @@
 """Direct wrappers of jslide's XLA FFI kernels (no autodiff rules; see :mod:`jslide.ops`).
 
-Every kernel works on float32 tables of rows, ``w: f32[N, D]``, and on *factored row-sparse*
+Every kernel works on tables of rows, ``w: f32[N, D]`` or ``bf16[N, D]`` (computed in float32:
+bfloat16 elements are widened exactly, and results written back to a bfloat16 table or
+moment are rounded stochastically, see docs/design.md), and on *factored row-sparse*
 matrices: ``ids: int32[R, A]`` (-1 is padding), ``coef: f32[R, A]`` and ``vecs: f32[R, D]``,
 standing for the [N, D] matrix whose row n is the sum of ``coef[r, j] * vecs[r]`` over all
 (r, j) with ``ids[r, j] == n``. Shapes and dtypes are checked here; the kernels check ids
@@ -14,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jslide import _ffi  # noqa: F401  (registers the FFI targets)
-from jslide._checks import adam_hyperparameters, float32_array, finite_scalar, int32_ids
+from jslide._checks import (adam_hyperparameters, finite_scalar, float32_array, int32_ids,
+                            table_array)
 
 
 def _check_factored(fn, ids, coef, vecs, num_rows, d):
@@ -32,13 +35,14 @@ def gather_dot(x, w, b, ids):
   """``y[r, j] = x[r] . w[ids[r, j]] + b[ids[r, j]]``; 0 where ``ids[r, j] == -1``.
 
   Args:
-    x: f32[R, D]. w: f32[N, D]. b: f32[N], or None for no bias. ids: int32[R, A].
+    x: f32[R, D]. w: f32[N, D] or bf16[N, D]. b: f32[N], or None for no bias.
+    ids: int32[R, A].
   Returns:
     f32[R, A].
   """
   fn = "gather_dot"
   x = float32_array(fn, "x", x, ndim=2)
-  w = float32_array(fn, "w", w, ndim=2)
+  w = table_array(fn, "w", w, ndim=2)
   if x.shape[1] != w.shape[1]:
     raise ValueError(f"{fn}: x shape {x.shape} and w shape {w.shape} differ in D")
   if b is None:
@@ -58,12 +62,12 @@ def gather_weighted_sum(ids, coef, w):
   """``out[r] = sum_j coef[r, j] * w[ids[r, j]]`` (padding ids contribute nothing).
 
   Args:
-    ids: int32[R, A]. coef: f32[R, A]. w: f32[N, D].
+    ids: int32[R, A]. coef: f32[R, A]. w: f32[N, D] or bf16[N, D].
   Returns:
     f32[R, D].
   """
   fn = "gather_weighted_sum"
-  w = float32_array(fn, "w", w, ndim=2)
+  w = table_array(fn, "w", w, ndim=2)
   ids = int32_ids(fn, "ids", ids, w.shape[0], ndim=2)
   coef = float32_array(fn, "coef", coef, ndim=2)
   if coef.shape != ids.shape:
@@ -88,14 +92,39 @@ def scatter_outer(ids, coef, vecs, num_rows: int):
 
 
 def _check_table_state(fn, w, *states):
-  w = float32_array(fn, "w", w, ndim=2)
+  """w (f32 or bf16 [N] or [N, D]: a table of rows, a bias being one value a row) and states
+  of its shape (f32 or bf16, one dtype for all), checked. A 1-D table goes to the kernels as
+  it is: reshaping it to [N, 1] around an in-place call makes XLA copy the whole table every
+  step."""
+  w = table_array(fn, "w", w)
+  if w.ndim not in (1, 2):
+    raise ValueError(f"{fn}: w must be a table f32[N] or f32[N, D], got shape {w.shape}")
   out = []
   for name, s in states:
-    s = float32_array(fn, name, s, ndim=2)
+    s = table_array(fn, name, s)
     if s.shape != w.shape:
       raise ValueError(f"{fn}: {name} shape {s.shape} must equal the table shape {w.shape}")
+    if out and s.dtype != out[0].dtype:
+      raise TypeError(f"{fn}: the Adam moments must share one dtype, got {out[0].dtype} and "
+                      f"{s.dtype}")
     out.append(s)
   return w, out
+
+
+def _state_shapes(w, m):
+  """The result shapes (w, m, v) of an Adam kernel: the table's and the moments' dtypes."""
+  return (jax.ShapeDtypeStruct(w.shape, w.dtype), jax.ShapeDtypeStruct(m.shape, m.dtype),
+          jax.ShapeDtypeStruct(m.shape, m.dtype))
+
+
+def as_rows(table):
+  """A table as the table kernels take it: f32[N] or f32[N, D] as it is (a reshape around an
+  in-place call would make XLA copy the whole table), f32[N, ...] flattened to f32[N, D]."""
+  return table if jnp.ndim(table) <= 2 else jnp.reshape(table, (jnp.shape(table)[0], -1))
+
+
+def _row_length(w) -> int:
+  return w.shape[1] if w.ndim == 2 else 1
 
 
 def _adam_hyper(fn, learning_rate, bias_correction1, bias_correction2, step):
@@ -149,28 +178,27 @@ def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction
   dense ``optax.adam`` on the same (row-sparse) gradients at the cost of the touched rows.
 
   Args:
-    w, m, v: f32[N, D] table and Adam moments. ids, coef: [R, A]; vecs: f32[R, D].
-    last: int32[N] or None. step: int scalar, required with ``last``.
+    w, m, v: f32[N, D] (or f32[N], D = 1) table and Adam moments. ids, coef: [R, A];
+      vecs: f32[R, D]. last: int32[N] or None. step: int scalar, required with ``last``.
   Returns:
     (w, m, v), or (w, m, v, last) with ``last``, aliased to the inputs.
   """
   fn = "sparse_adam_rows"
   w, (m, v) = _check_table_state(fn, w, ("m", m), ("v", v))
-  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], w.shape[1])
+  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], _row_length(w))
   attrs = _adam_attrs(fn, b1, b2, eps)
-  shape = jax.ShapeDtypeStruct(w.shape, jnp.float32)
+  shapes = _state_shapes(w, m)
   if last is None:
     hyper = _adam_hyper(fn, learning_rate, bias_correction1, bias_correction2, 1)
     return jax.ffi.ffi_call(
-        "jslide_sparse_adam", (shape, shape, shape), vmap_method="sequential",
+        "jslide_sparse_adam", shapes, vmap_method="sequential",
         input_output_aliases={0: 0, 1: 1, 2: 2})(w, m, v, ids, coef, vecs, hyper, **attrs)
   if step is None:
     raise ValueError(f"{fn}: step (this update's step count, >= 1) is required with last")
   last = _check_last(fn, last, w.shape[0])
   hyper = _adam_hyper(fn, learning_rate, bias_correction1, bias_correction2, step)
   return jax.ffi.ffi_call(
-      "jslide_sparse_adam_catch_up",
-      (shape, shape, shape, jax.ShapeDtypeStruct(last.shape, jnp.int32)),
+      "jslide_sparse_adam_catch_up", (*shapes, jax.ShapeDtypeStruct(last.shape, jnp.int32)),
       vmap_method="sequential", input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},
   )(w, m, v, last, ids, coef, vecs, hyper, **attrs)
 
@@ -189,7 +217,7 @@ def adam_catch_up_rows(w, m, v, last, *, step, learning_rate, b1: float, b2: flo
   evaluating or exporting weights trained with catch-up, not every step.
 
   Args:
-    w, m, v: f32[N, D]. last: int32[N] in [0, step]. step: int scalar >= 1.
+    w, m, v: f32[N, D] or f32[N]. last: int32[N] in [0, step]. step: int scalar >= 1.
   Returns:
     (w, m, v, last), aliased to the inputs.
   """
@@ -199,22 +227,24 @@ def adam_catch_up_rows(w, m, v, last, *, step, learning_rate, b1: float, b2: flo
   step = jnp.asarray(step)
   hyper = _adam_hyper(fn, learning_rate, 1 - jnp.float32(b1) ** step, 1 - jnp.float32(b2) ** step,
                       step)
-  shape = jax.ShapeDtypeStruct(w.shape, jnp.float32)
   return jax.ffi.ffi_call(
-      "jslide_adam_catch_up", (shape, shape, shape, jax.ShapeDtypeStruct(last.shape, jnp.int32)),
+      "jslide_adam_catch_up", (*_state_shapes(w, m), jax.ShapeDtypeStruct(last.shape, jnp.int32)),
       vmap_method="sequential", input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},
   )(w, m, v, last, hyper, **_adam_attrs(fn, b1, b2, eps))
 
 
 def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate):
-  """``w[n] -= learning_rate * g[n]`` for the rows occurring in ids, in place when donated."""
+  """``w[n] -= learning_rate * g[n]`` for the rows occurring in ids, in place when donated.
+
+  w: f32[N, D] or f32[N] (D = 1); ids, coef: [R, A]; vecs: f32[R, D].
+  """
   fn = "sparse_sgd_rows"
   w, _ = _check_table_state(fn, w)
-  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], w.shape[1])
+  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], _row_length(w))
   finite_scalar(fn, "learning_rate", learning_rate)
   hyper = jnp.reshape(jnp.asarray(learning_rate, jnp.float32), (1,))
   return jax.ffi.ffi_call(
-      "jslide_sparse_sgd", jax.ShapeDtypeStruct(w.shape, jnp.float32),
+      "jslide_sparse_sgd", jax.ShapeDtypeStruct(w.shape, w.dtype),
       vmap_method="sequential", input_output_aliases={0: 0},
   )(w, ids, coef, vecs, hyper)
 
@@ -230,7 +260,7 @@ def check_unit(unit, x, *, what: str, allow_zero: bool = True):
   unit = jnp.asarray(unit)
   if unit.shape != () or not jnp.issubdtype(unit.dtype, jnp.integer):
     raise TypeError(f"{fn}: unit must be an integer scalar, got {unit.dtype}{unit.shape}")
-  x = float32_array(fn, "x", x)
+  x = table_array(fn, "x", x)
   return jax.ffi.ffi_call("jslide_check_unit", jax.ShapeDtypeStruct(x.shape, x.dtype),
                           vmap_method="sequential", input_output_aliases={1: 0})(
       unit.astype(jnp.int32), x, what=str(what), allow_zero=bool(allow_zero))
@@ -245,3 +275,17 @@ def row_sparse_sq_norm(ids, coef, vecs, num_rows: int):
   ids, coef, vecs = _check_factored(fn, ids, coef, vecs, num_rows, d)
   return jax.ffi.ffi_call("jslide_row_sparse_sq_norm", jax.ShapeDtypeStruct((), jnp.float32),
                           vmap_method="sequential")(ids, coef, vecs, num_rows=np.int64(num_rows))
+
+
+def huge_page_zeros(shape, dtype=jnp.float32):
+  """A zero array of ``shape`` and ``dtype`` in memory the kernel backs with transparent huge
+  pages (2 MiB) where it allows them (Linux, THP "always" or "madvise"); elsewhere plain
+  zeros. Sparse steps read rows scattered over tables far larger than what the TLB covers
+  with 4 KiB pages; on huge pages each row costs no page walk (a step at 1M rows: 18% less).
+  Fill it in place (donated) to keep the pages: :func:`jslide.initializers.init_table` does.
+  """
+  shape = tuple(int(s) for s in shape)
+  if any(s < 0 for s in shape):
+    raise ValueError(f"huge_page_zeros: shape must have sizes >= 0, got {shape}")
+  return jax.ffi.ffi_call("jslide_huge_page_zeros", jax.ShapeDtypeStruct(shape, dtype),
+                          vmap_method="broadcast_all")()

@@ -15,18 +15,18 @@ import jax
 import jax.numpy as jnp
 
 from jslide import kernels
-from jslide._checks import float32_array, int32_ids
+from jslide._checks import float32_array, int32_ids, table_array
 from jslide._tape import common_tape, unwrap_table
 from jslide.rowsparse import RowSparseGrad
 
 
 def _linear_args(fn: str, x, w, b):
   """(x, w, w_ref, b, b_ref) of a linear op on table rows, checked: x f32[..., d], w f32[N, d]
-  (or its TableRef), b f32[N] (or its TableRef) or None."""
+  or bf16[N, d] (or its TableRef), b f32[N] (or its TableRef) or None."""
   w_val, w_ref = unwrap_table(w)
   b_val, b_ref = unwrap_table(b)
   x = float32_array(fn, "x", x)
-  w_val = float32_array(fn, "w", w_val, ndim=2)
+  w_val = table_array(fn, "w", w_val, ndim=2)
   n, d = w_val.shape
   if x.ndim < 1 or x.shape[-1] != d:
     raise ValueError(f"{fn}: x shape {x.shape} must end in d={d} like w shape {w_val.shape}")
@@ -62,7 +62,7 @@ def _sparse_linear_bwd(grad_w, grad_b, res, g):
   x, w, b, ids = res
   n = w.shape[0]
   dx = kernels.gather_weighted_sum(ids, g, w)
-  dw = kernels.scatter_outer(ids, g, x, n) if grad_w else None
+  dw = kernels.scatter_outer(ids, g, x, n).astype(w.dtype) if grad_w else None
   db = None
   if b is not None and grad_b:
     db = kernels.scatter_outer(ids, g, jnp.ones((x.shape[0], 1), x.dtype), n).reshape(n)
@@ -80,7 +80,7 @@ def sparse_linear(x, w, b, ids):
 
   Args:
     x: f32[..., d], the inputs.
-    w: f32[N, d], one row per output neuron.
+    w: f32[N, d] or bf16[N, d] (read in float32), one row per output neuron.
     b: f32[N] bias, or None.
     ids: int[..., A], active neurons per example, in [-1, N); leading dims as x's.
   Returns:
@@ -130,7 +130,7 @@ def _embedding_bag_fwd(ids, vals, w, grad_w):
 def _embedding_bag_bwd(grad_w, res, g):
   ids, vals, w = res
   dvals = kernels.gather_dot(g, w, None, ids)
-  dw = kernels.scatter_outer(ids, vals, g, w.shape[0]) if grad_w else None
+  dw = kernels.scatter_outer(ids, vals, g, w.shape[0]).astype(w.dtype) if grad_w else None
   return None, dvals, dw
 
 
@@ -145,13 +145,13 @@ def embedding_bag(feat_ids, feat_vals, w):
   Args:
     feat_ids: int[..., F], feature ids in [-1, N_in); -1 is padding.
     feat_vals: f32[..., F], the feature values.
-    w: f32[N_in, d].
+    w: f32[N_in, d] or bf16[N_in, d] (read in float32).
   Returns:
     f32[..., d].
   """
   fn = "embedding_bag"
   w_val, w_ref = unwrap_table(w)
-  w_val = float32_array(fn, "w", w_val, ndim=2)
+  w_val = table_array(fn, "w", w_val, ndim=2)
   n, d = w_val.shape
   feat_ids = int32_ids(fn, "feat_ids", feat_ids, n)
   feat_vals = float32_array(fn, "feat_vals", feat_vals)
@@ -199,7 +199,7 @@ def shared_linear(x, w, b, ids):
   safe = jnp.where(valid, ids, 0)
   # A table marked row-sparse is read without a gradient path; its gradient comes from the tap.
   rows = jnp.take(jax.lax.stop_gradient(w_val) if w_ref is not None else w_val, safe, axis=0)
-  y = x @ rows.T
+  y = x @ rows.astype(jnp.float32).T
   if b_val is not None:
     y = y + jnp.take(jax.lax.stop_gradient(b_val) if b_ref is not None else b_val, safe)
   y = jnp.where(valid, y, 0.0)

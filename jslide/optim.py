@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import optax
 from jax.tree_util import GetAttrKey
 
-from jslide import _checks, kernels
+from jslide import _checks, initializers, kernels
 from jslide import tree as jtree
 from jslide.rowsparse import RowSparseGrad, is_row_sparse, refuse_float_leaves
 from jslide.tables import TableSpec, table_mask
@@ -136,7 +136,8 @@ class SparseAdamState(NamedTuple):
 
 
 def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-                eps: float = 1e-8, *, catch_up: bool = False) -> optax.GradientTransformation:
+                eps: float = 1e-8, *, catch_up: bool = False,
+                moment_dtype=None) -> optax.GradientTransformation:
   """Adam for row-sparse gradients, lazy or (``catch_up=True``) equal to dense Adam.
 
   Dense leaves: exactly ``optax.adam(learning_rate, b1, b2, eps)``.
@@ -166,14 +167,22 @@ def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
     learning_rate: a float or an Optax schedule (evaluated at the step count 0, 1, ...).
     b1, b2, eps: as in ``optax.adam``.
     catch_up: keep rows in step with dense Adam (an int32 per table row of extra state).
+    moment_dtype: dtype of both moments of every leaf. Default: the parameter's dtype, at
+      least float32, so a bfloat16 table keeps float32 moments (bfloat16 moments halve the
+      optimizer's memory traffic; the kernels round them stochastically, see docs/design.md).
   """
 
   learning_rate = _checks.learning_rate("sparse_adam", learning_rate)
   _checks.adam_hyperparameters("sparse_adam", b1, b2, eps)
   schedule = learning_rate if callable(learning_rate) else None
 
+  if moment_dtype is not None and jnp.dtype(moment_dtype) not in _checks.TABLE_DTYPES:
+    raise TypeError(f"sparse_adam: moment_dtype must be float32 or bfloat16, got {moment_dtype}")
+
   def init(params):
-    zeros = lambda p: jnp.zeros_like(p)
+    # Moments of a large table on huge pages, like the table (initializers.zeros).
+    zeros = lambda p: initializers.zeros(jnp.shape(p), moment_dtype or
+                                         jnp.promote_types(jnp.result_type(p), jnp.float32))
     extra = None
     if catch_up:
       last = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p)[:1], jnp.int32), params)
@@ -202,11 +211,9 @@ def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
     for g, m, v, l, p in zip(grads, mus, nus, lasts, ps):
       if is_row_sparse(g):
         ids, coef, vecs = g.factors()
-        d = vecs.shape[1]
-        rows = (p.reshape(p.shape[0], d), m.reshape(p.shape[0], d), v.reshape(p.shape[0], d))
         out = kernels.sparse_adam_rows(
-            *rows, ids, coef, vecs, learning_rate=lr, bias_correction1=bc1,
-            bias_correction2=bc2, b1=b1, b2=b2, eps=eps, last=l,
+            *map(kernels.as_rows, (p, m, v)), ids, coef, vecs, learning_rate=lr,
+            bias_correction1=bc1, bias_correction2=bc2, b1=b1, b2=b2, eps=eps, last=l,
             step=count if catch_up else None)
         new_u.append(TableUpdate(out[0].reshape(p.shape)))
         new_m.append(out[1].reshape(p.shape))
@@ -215,8 +222,8 @@ def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
       else:
         u, m2, v2 = dense.pop(0)
         new_u.append(-lr * u)
-        new_m.append(m2)
-        new_v.append(v2)
+        new_m.append(m2.astype(m.dtype))  # the state keeps its dtypes from step to step
+        new_v.append(v2.astype(v.dtype))
         # A dense gradient updates every row.
         new_l.append(jnp.full_like(l, count) if catch_up else None)
     extra = None
@@ -256,10 +263,9 @@ def _catch_up_one(params, state: SparseAdamState):
     if _is_masked(m) or jnp.ndim(p) == 0:
       out_p.append(p), out_m.append(m), out_v.append(v), out_l.append(l)
       continue
-    rows = [x.reshape(p.shape[0], -1) for x in (p, m, v)]
     w2, m2, v2, l2 = kernels.adam_catch_up_rows(
-        *rows, l, step=jnp.maximum(state.count, 1), learning_rate=lr, b1=c.b1, b2=c.b2,
-        eps=c.eps)
+        *map(kernels.as_rows, (p, m, v)), l, step=jnp.maximum(state.count, 1),
+        learning_rate=lr, b1=c.b1, b2=c.b2, eps=c.eps)
     out_p.append(w2.reshape(p.shape)), out_m.append(m2.reshape(p.shape))
     out_v.append(v2.reshape(p.shape)), out_l.append(l2)
   # A step count of 0 means nothing was ever updated: every `last` is 0 and stays so.

@@ -1,11 +1,21 @@
 """Plain ``jax.numpy`` implementations of every kernel's maths, for tests and for checking.
 
 They materialise [R, A, D] gathers and dense [N, D] matrices, so they are for small shapes.
+They compute in float32; a bfloat16 table is read widened (exactly). What the kernels write
+to bfloat16 is the float32 result rounded stochastically (:func:`stochastic_round_bf16`)
+with the bits of :func:`rounding_bits`, written here in numpy.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
+
+from jslide.lsh.reference import mix32
+
+# Salts of the rounding seeds (ffi/kernels.cc, StepSeed): a step's catch-up of the rows it
+# touches, its update, and the catch-up of every row.
+CATCH_UP_SALT, UPDATE_SALT, CATCH_UP_ALL_SALT = 2, 1, 3
 
 
 def _valid(ids):
@@ -82,3 +92,50 @@ def sparse_adam_catch_up_rows(w, m, v, last, ids, coef, vecs, *, step, learning_
 
 def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate):
   return w - learning_rate * scatter_outer(ids, coef, vecs, w.shape[0])
+
+
+# ------------------------------------------------------------------ bfloat16 rounding
+
+
+def step_seed(step: int, salt: int) -> np.uint32:
+  """The rounding seed of an Adam step (StepSeed in ffi/kernels.cc)."""
+  with np.errstate(over="ignore"):
+    return mix32(np.uint32(step % 2**32) * np.uint32(0x27D4EB2F) + np.uint32(salt))
+
+
+def rounding_bits(seed, rows, d: int):
+  """uint32[len(rows), d]: the random bits of element (row, k) (RowKey, ElementBits)."""
+  rows = np.asarray(rows, np.int64)
+  with np.errstate(over="ignore"):
+    key = mix32(np.uint32(seed) + (rows & 0xFFFFFFFF).astype(np.uint32) * np.uint32(0x85EBCA6B)
+                + (rows >> 32).astype(np.uint32) * np.uint32(0xC2B2AE35))
+    k = np.arange(d, dtype=np.uint32) * np.uint32(0x9E3779B9)
+    return mix32(key[:, None] ^ k[None, :])
+
+
+def stochastic_round_bf16(x, random):
+  """float32 x rounded to bfloat16 with the low 16 bits of ``random`` (uint32, x's shape):
+  away from zero with probability equal to the dropped fraction (StoreRounded). Inf and NaN
+  pass unchanged. Returns the bfloat16 values as float32."""
+  u = np.asarray(x, np.float32).view(np.uint32)
+  finite = (u & np.uint32(0x7F800000)) != np.uint32(0x7F800000)
+  dither = np.where(finite, np.asarray(random, np.uint32) & np.uint32(0xFFFF), np.uint32(0))
+  with np.errstate(over="ignore"):
+    return (((u + dither) >> np.uint32(16)) << np.uint32(16)).astype(np.uint32).view(np.float32)
+
+
+def adam_rounding_bits(seed, rows, d: int):
+  """The bits the Adam kernels round (w, m, v) of these rows with: ElementBits for w, its
+  upper half for m, the upper half of a multiple for v."""
+  bits = rounding_bits(seed, rows, d)
+  with np.errstate(over="ignore"):
+    return bits, bits >> np.uint32(16), (bits * np.uint32(0x2C1B3C6D)) >> np.uint32(16)
+
+
+def sgd_rounding_seed(coef) -> np.uint32:
+  """The rounding seed of an SGD step on a bfloat16 table, from its coefficients
+  (GradientSeed in ffi/jslide_ffi.cc)."""
+  bits = np.asarray(coef, np.float32).reshape(-1).view(np.uint32)
+  with np.errstate(over="ignore"):
+    mixed = mix32(bits + np.arange(bits.size, dtype=np.uint32) * np.uint32(0x9E3779B9))
+  return np.uint32(0x5BD1E995) ^ np.bitwise_xor.reduce(mixed, initial=np.uint32(0))

@@ -50,7 +50,8 @@ def refuse_float_leaves(owner: str, misuse: str, **leaves) -> None:
 
 @jax.tree_util.register_pytree_with_keys_class
 class RowSparseGrad:
-  """The gradient of a table ``f32[num_rows, *row_shape]`` that only some rows receive.
+  """The gradient of a table ``f32[num_rows, *row_shape]`` (or bf16) that only some rows
+  receive; its factors are float32 either way.
 
   Every table gradient that jslide's ops produce is a sum of outer products: row n of the
   gradient is ``sum(coef[r, j] * vecs[r] for (r, j) with ids[r, j] == n)``. For
@@ -170,13 +171,14 @@ class RowSparseGrad:
       raise ValueError(f"RowSparseGrad of shape {self.shape} added to an array of shape "
                        f"{jnp.shape(param)}")
     ids, coef, vecs = self.factors()
-    table = jnp.reshape(param, (self.num_rows, vecs.shape[1]))
-    return jnp.reshape(kernels.sparse_sgd_rows(table, ids, coef, vecs, learning_rate=-1.0),
-                       self.shape)
+    return jnp.reshape(kernels.sparse_sgd_rows(kernels.as_rows(param), ids, coef, vecs,
+                                               learning_rate=-1.0), self.shape)
 
   @classmethod
   def zeros(cls, shape: Sequence[int], dtype=jnp.float32) -> "RowSparseGrad":
-    """A gradient with no rows (for a table the function did not use)."""
+    """A gradient with no rows (for a table the function did not use). Its factors are at
+    least float32, as the kernels compute (a bfloat16 table's gradient is float32)."""
+    dtype = jnp.promote_types(dtype, jnp.float32)
     return cls(ids=jnp.full((0, 1), -1, jnp.int32), coef=jnp.zeros((0, 1), dtype),
                vecs=jnp.zeros((0, *shape[1:]), dtype), num_rows=int(shape[0]))
 

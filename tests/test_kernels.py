@@ -114,6 +114,35 @@ def test_sparse_adam_rows_matches_lazy_adam_reference(rng, lr):
     np.testing.assert_array_equal(np.asarray(got[1])[untouched], np.asarray(m)[untouched])
 
 
+def test_one_dimensional_tables_update_as_tables_of_one_column(rng):
+  """A bias f32[N] goes to the Adam, catch-up and SGD kernels as it is (no reshape, which
+  would copy it around the in-place call) and is updated as the table f32[N, 1]."""
+  r, a, n = 4, 6, 11
+  w, m, v = normal(rng, n), normal(rng, n, scale=0.1), jnp.abs(normal(rng, n))
+  ids, coef, ones = random_ids(rng, n, (r, a)), normal(rng, r, a), jnp.ones((r, 1))
+  hyper = dict(learning_rate=0.1, bias_correction1=1 - 0.9**4, bias_correction2=1 - 0.999**4,
+               b1=0.9, b2=0.999, eps=1e-8)
+  last = jnp.asarray(rng.integers(0, 4, size=n), jnp.int32)
+  col = lambda x: x.reshape(n, 1)
+  for kw in (dict(), dict(last=last, step=4)):
+    flat = kernels.sparse_adam_rows(w, m, v, ids, coef, ones, **hyper, **kw)
+    table = kernels.sparse_adam_rows(col(w), col(m), col(v), ids, coef, ones, **hyper, **kw)
+    for f, t in zip(flat, table):
+      assert f.shape == (n,)
+      np.testing.assert_array_equal(np.asarray(f), np.asarray(t).reshape(-1))
+  caught = kernels.adam_catch_up_rows(w, m, v, last, step=5, learning_rate=0.1, b1=0.9,
+                                      b2=0.999, eps=1e-8)
+  want = kernels.adam_catch_up_rows(col(w), col(m), col(v), last, step=5, learning_rate=0.1,
+                                    b1=0.9, b2=0.999, eps=1e-8)
+  for f, t in zip(caught, want):
+    np.testing.assert_array_equal(np.asarray(f), np.asarray(t).reshape(f.shape))
+  np.testing.assert_array_equal(
+      np.asarray(kernels.sparse_sgd_rows(w, ids, coef, ones, learning_rate=0.5)),
+      np.asarray(kernels.sparse_sgd_rows(col(w), ids, coef, ones, learning_rate=0.5))[:, 0])
+  with pytest.raises(ValueError, match=r"w must be a table f32\[N\] or f32\[N, D\]"):
+    kernels.sparse_sgd_rows(jnp.zeros((2, 2, 2)), ids, coef, ones, learning_rate=0.5)
+
+
 def _adam_state(rng, n, d, step):
   """Moments and last-update steps as training leaves them: never-updated rows (last 0) have
   zero moments; some rows idle for over 64 steps (the catch-up's tail)."""
@@ -192,11 +221,24 @@ def test_catch_up_state_errors(rng):
   with pytest.raises(ValueError, match=r"last shape \(4,\) must be \(5,\)"):
     kernels.adam_catch_up_rows(w, m, v, jnp.zeros(4, jnp.int32), step=3, learning_rate=0.1,
                                b1=0.9, b2=0.999, eps=1e-8)
-  # A `last` ahead of the step is a corrupt state: refused by the kernel.
+  # A `last` ahead of the step (or negative) at a touched row is a corrupt state: refused by
+  # the kernel before it indexes anything with it.
   f = jax.jit(lambda w, m, v, last: kernels.sparse_adam_rows(
       w, m, v, ids, coef, vecs, last=last, step=3, **hyper))
-  with pytest.raises(jax.errors.JaxRuntimeError, match=r"last\[2\] = 3 must lie in \[0, 2\]"):
-    jax.block_until_ready(f(w, m, v, jnp.array([0, 1, 3, 0, 0], jnp.int32)))
+  with pytest.raises(jax.errors.JaxRuntimeError, match=r"last\[1\] = 3 must lie in \[0, 2\]"):
+    jax.block_until_ready(f(w, m, v, jnp.array([0, 3, 0, 0, 0], jnp.int32)))
+  with pytest.raises(jax.errors.JaxRuntimeError, match=r"last\[0\] = -7 must lie in \[0, 2\]"):
+    jax.block_until_ready(f(w, m, v, jnp.array([-7, 1, 0, 0, 0], jnp.int32)))
+  # A step reads only the touched rows' entries (no O(N) pass): an untouched corrupt entry
+  # leaves the step as it would be, and the catch-up of every row, which reads it, refuses it.
+  corrupt = jnp.array([0, 1, 2**30, 0, 0], jnp.int32)
+  got = f(w, m, v, corrupt)
+  want = f(w, m, v, jnp.array([0, 1, 0, 0, 0], jnp.int32))
+  for g_, w_ in zip(got[:3], want[:3]):
+    np.testing.assert_array_equal(np.asarray(g_), np.asarray(w_))
+  with pytest.raises(jax.errors.JaxRuntimeError, match=r"last\[2\] = 1073741824 must lie"):
+    jax.block_until_ready(jax.jit(lambda: kernels.adam_catch_up_rows(
+        w, m, v, corrupt, step=3, learning_rate=0.1, b1=0.9, b2=0.999, eps=1e-8))())
   with pytest.raises(jax.errors.JaxRuntimeError, match="step t >= 1"):
     jax.block_until_ready(jax.jit(lambda: kernels.sparse_adam_rows(
         w, m, v, ids, coef, vecs, last=jnp.zeros(n, jnp.int32), step=0, **hyper))())

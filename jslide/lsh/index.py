@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jslide import _ffi  # noqa: F401
-from jslide._checks import float32_array
+from jslide._checks import float32_array, table_array
 from jslide.lsh.cluster import ClusterHash
 from jslide.lsh.dwta import DWTA
 from jslide.lsh.mips import MIPSHash
@@ -73,14 +73,15 @@ def _csr(codes, num_buckets: int):
 
 
 def build(hasher: HashFamily, w, b=None) -> LSHIndex:
-  """Hashes every row of w: f32[N, d] and buckets them by counting sort, tables in parallel.
+  """Hashes every row of w: f32[N, d] (or bf16) and buckets them by counting sort, tables in parallel.
 
   ``b`` (f32[N], the layer's bias) is read by hash families that score ``x . w_n + b_n``
   (:class:`MIPSHash`, :class:`ClusterHash`: rows are hashed by ``hash_keys(w, b)``); the
   others hash the rows as vectors and ignore it. A learned family (one with ``refit``,
   :class:`ClusterHash`) is first refitted to the rows; the index holds the refitted family.
   """
-  w = float32_array("lsh.build", "w", w, ndim=2)
+  # A bfloat16 table is hashed in float32 (the keys of the learned families are float32 anyway).
+  w = table_array("lsh.build", "w", w, ndim=2).astype(jnp.float32)
   if w.shape[1] != hasher.dim:
     raise ValueError(f"lsh.build: w has d={w.shape[1]} but the hash family was built for "
                      f"dim={hasher.dim}")
@@ -98,6 +99,6 @@ def build(hasher: HashFamily, w, b=None) -> LSHIndex:
 def rebuild(index: LSHIndex, w, b=None) -> LSHIndex:
   """A new index over the current rows of w (and bias b) with the same hash functions
   (jit-friendly)."""
-  w = float32_array("lsh.rebuild", "w", w, ndim=2)
+  w = table_array("lsh.rebuild", "w", w, ndim=2)
   index.check_table(w, "lsh.rebuild")
   return build(index.hasher, w, b)

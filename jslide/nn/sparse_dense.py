@@ -88,7 +88,10 @@ class SparseDense(nnx.Module):
   ``rngs``), with one difference of layout: ``kernel`` is ``Table[out_features,
   in_features]``, one row per output neuron (``nnx.Linear`` keeps ``[in, out]``), because a
   neuron's weights are what the kernels gather and the index hashes; ``bias`` is
-  ``Table[out_features]``. ``param_dtype`` must be float32 for now.
+  ``Table[out_features]``. ``param_dtype`` (float32 or bfloat16) is the kernel's dtype: a
+  bfloat16 table halves the memory traffic of every gather and update (the kernels compute in
+  float32 and round updates stochastically, docs/design.md); the bias, 1/in_features of the
+  table, stays float32.
   """
 
   def __init__(self, in_features: int, out_features: int, *, budget: int,
@@ -118,7 +121,7 @@ class SparseDense(nnx.Module):
     check_param_dtype("SparseDense", param_dtype)
     self.kernel = Table(init_table(kernel_init, rngs.params(), (out_features, in_features),
                                    param_dtype))
-    self.bias = Table(init_table(bias_init, rngs.params(), (out_features,), param_dtype))
+    self.bias = Table(init_table(bias_init, rngs.params(), (out_features,), jnp.float32))
     hasher = make_hasher(hash_family, rngs.params(), in_features, num_hashes, num_tables, bin_size,
                          num_rows=out_features, budget=budget)
     self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value(),

@@ -62,10 +62,13 @@ class SparseFFN(nnx.Module):
     self.features, self.hidden, self.active = features, hidden, active
     self.strategy, self.fill_group = strategy, fill_group
     # LeCun normal (nnx.Linear's default) for both projections, fan-in features / hidden.
-    self.up = Table(normal_table(rngs.params(), hidden, features, features ** -0.5))
-    self.up_bias = Table(jnp.zeros((hidden,), param_dtype))
-    self.down = Table(normal_table(rngs.params(), hidden, features, hidden ** -0.5))
-    self.down_bias = nnx.Param(jnp.zeros((features,), param_dtype))
+    # The projections in param_dtype (float32 or bfloat16), the biases float32.
+    self.up = Table(normal_table(rngs.params(), hidden, features, features ** -0.5,
+                                 param_dtype))
+    self.up_bias = Table(jnp.zeros((hidden,), jnp.float32))
+    self.down = Table(normal_table(rngs.params(), hidden, features, hidden ** -0.5,
+                                   param_dtype))
+    self.down_bias = nnx.Param(jnp.zeros((features,), jnp.float32))
     hasher = make_hasher(hash_family, rngs.params(), features, num_hashes, num_tables,
                          num_rows=hidden, budget=active)
     self.index = Index(jax.jit(lsh.build)(hasher, self.up.get_value(),

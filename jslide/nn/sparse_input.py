@@ -14,9 +14,9 @@ class SparseInput(nnx.Module):
   """``h = sum_k feat_vals[k] * kernel[feat_ids[k]] + bias``: f32[B, features].
 
   Parameters follow ``nnx.Embed`` / ``nnx.Linear`` (``kernel_init``, ``bias_init``,
-  ``param_dtype``, ``rngs``). The table ``kernel: Table[num_features, features]`` receives a
-  row-sparse gradient under :func:`jslide.value_and_grad`; the bias is an ordinary
-  ``nnx.Param``.
+  ``param_dtype``, ``rngs``). The table ``kernel: Table[num_features, features]`` (float32 or
+  bfloat16, ``param_dtype``) receives a row-sparse gradient under
+  :func:`jslide.value_and_grad`; the bias is an ordinary float32 ``nnx.Param``.
   """
 
   def __init__(self, num_features: int, features: int, *,
@@ -29,7 +29,7 @@ class SparseInput(nnx.Module):
     self.num_features, self.features = num_features, features
     self.kernel = Table(init_table(kernel_init, rngs.params(), (num_features, features),
                                    param_dtype))
-    self.bias = nnx.Param(bias_init(rngs.params(), (features,), param_dtype))
+    self.bias = nnx.Param(bias_init(rngs.params(), (features,), jnp.float32))
 
   def __call__(self, feat_ids, feat_vals):
     """feat_ids int[..., F] (-1 padding), feat_vals f32[..., F] -> f32[..., features]."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jslide._checks import positive_int
@@ -14,24 +15,27 @@ from jslide.nn.sparse_input import SparseInput
 
 class SparseMLP(nnx.Module):
   """``SparseInput(num_features, hidden[0])``, ReLU, further ``nnx.Linear`` + ReLU layers,
-  then ``SparseDense(hidden[-1], num_labels)`` with an LSH index over its rows."""
+  then ``SparseDense(hidden[-1], num_labels)`` with an LSH index over its rows.
+
+  ``param_dtype`` (float32 or bfloat16) is the dtype of the two tables (the input and output
+  kernels); biases and the hidden ``nnx.Linear`` layers stay float32."""
 
   def __init__(self, num_features: int, num_labels: int, *, hidden: Sequence[int] = (128,),
                budget: int, hash_family: str = "dwta", num_hashes: int = 6,
                num_tables: int = 50, bin_size: int = 8, strategy: str | None = None,
                fill_group: int | None = 1, batch_negatives: int = 0,
-               max_retrieved: int | None = None, rngs: nnx.Rngs):
+               max_retrieved: int | None = None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if not hidden:
       raise ValueError("SparseMLP: hidden must name at least one layer width")
     for width in hidden:
       positive_int("SparseMLP", "each hidden width", width)
-    self.input = SparseInput(num_features, hidden[0], rngs=rngs)
+    self.input = SparseInput(num_features, hidden[0], param_dtype=param_dtype, rngs=rngs)
     self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(hidden, hidden[1:])])
     self.output = SparseDense(hidden[-1], num_labels, budget=budget, hash_family=hash_family,
                               num_hashes=num_hashes, num_tables=num_tables, bin_size=bin_size,
                               strategy=strategy, fill_group=fill_group,
                               batch_negatives=batch_negatives, max_retrieved=max_retrieved,
-                              rngs=rngs)
+                              param_dtype=param_dtype, rngs=rngs)
 
   def encode(self, feat_ids, feat_vals):
     """The last hidden layer's activations, f32[B, hidden[-1]]."""

@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
                       "(default: budget/4)")
   t.add_argument("--batch-negatives", type=int, default=d.batch_negatives,
                  help="of the budget, slots for other labels of the batch (default: budget/4)")
+  t.add_argument("--param-dtype", choices=["float32", "bfloat16"], default=d.param_dtype,
+                 help="dtype of the input and output tables (bfloat16: half the memory "
+                      "traffic; updates rounded stochastically)")
+  t.add_argument("--moment-dtype", choices=["float32", "bfloat16"], default=d.moment_dtype,
+                 help="dtype of the tables' Adam moments (default float32)")
   t.add_argument("--epochs", type=int, default=tc.epochs)
   t.add_argument("--valid-fraction", type=float, default=0.1,
                  help="training examples held out to select the best epoch (0: none)")
@@ -131,7 +136,8 @@ def main(argv=None) -> int:
           train.num_features, train.num_labels, hidden=tuple(args.hidden), budget=args.budget,
           hash_family=args.hash_family, num_hashes=args.num_hashes, num_tables=args.num_tables,
           bin_size=args.bin_size, strategy=args.strategy, fill_group=args.fill_group,
-          batch_negatives=args.batch_negatives, max_retrieved=args.max_retrieved)
+          batch_negatives=args.batch_negatives, max_retrieved=args.max_retrieved,
+          param_dtype=args.param_dtype, moment_dtype=args.moment_dtype)
       cfg = TrainConfig(
           epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss,
           dense=args.dense, sampled=args.sampled, catch_up=args.catch_up,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax.numpy as jnp
 from flax import nnx
 
 import jslide
@@ -27,6 +28,14 @@ class ModelConfig:
   fill_group: int | None = 1
   batch_negatives: int | None = None  # None: budget // 4
   max_retrieved: int | None = None  # ids from the index at most; None: budget // 4
+  param_dtype: str = "float32"  # the tables (input and output kernels): or "bfloat16"
+  moment_dtype: str | None = None  # the tables' Adam moments; None: float32
+
+  def __post_init__(self):
+    for name in ("param_dtype", "moment_dtype"):
+      value = getattr(self, name)
+      if value not in ("float32", "bfloat16") and not (name == "moment_dtype" and value is None):
+        raise ValueError(f"ModelConfig: {name} must be 'float32' or 'bfloat16', got {value!r}")
 
   def index_shape(self) -> tuple[int, int]:
     """(K, L) with the per-family defaults filled in. k-means buckets work best small (about
@@ -44,7 +53,7 @@ class ModelConfig:
         bin_size=self.bin_size, strategy=self.strategy, fill_group=self.fill_group,
         batch_negatives=quarter if self.batch_negatives is None else self.batch_negatives,
         max_retrieved=quarter if self.max_retrieved is None else self.max_retrieved,
-        rngs=nnx.Rngs(seed))
+        param_dtype=jnp.dtype(self.param_dtype), rngs=nnx.Rngs(seed))
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -52,7 +61,8 @@ class ModelConfig:
   @classmethod
   def from_json(cls, d: dict) -> "ModelConfig":
     # Checkpoints from before a field existed get the value that build used then.
-    old = {"fill_group": 1, "batch_negatives": 0, "max_retrieved": d.get("budget", 0)}
+    old = {"fill_group": 1, "batch_negatives": 0, "max_retrieved": d.get("budget", 0),
+           "param_dtype": "float32", "moment_dtype": None}
     return cls(**{**old, **d, "hidden": tuple(d["hidden"])})
 
 

@@ -28,14 +28,16 @@ def _batch_dict(b: D.Batch) -> dict:
   return {"feat_ids": b.feat_ids, "feat_vals": b.feat_vals, "labels": b.labels, "mask": b.mask}
 
 
-def _make_step(model, cfg: TrainConfig):
+def _make_step(model, cfg: TrainConfig, moment_dtype: str | None = None):
   if cfg.dense:
     return jslide.nn.make_dense_train_step(model, tx=optax.adam(cfg.learning_rate))
   if cfg.sampled:
     return jslide.nn.make_sampled_train_step(model, num_sampled=cfg.sampled,
                                              tx=optax.adam(cfg.learning_rate))
+  moments = None if moment_dtype is None else jax.numpy.dtype(moment_dtype)
   return jslide.nn.make_train_step(
-      model, table_tx=jslide.optim.sparse_adam(cfg.learning_rate, catch_up=cfg.catch_up),
+      model, table_tx=jslide.optim.sparse_adam(cfg.learning_rate, catch_up=cfg.catch_up,
+                                               moment_dtype=moments),
       dense_tx=optax.adam(cfg.learning_rate), loss=cfg.loss,
       schedule=jslide.lsh.RebuildSchedule(cfg.rebuild_initial, cfg.rebuild_growth,
                                           cfg.rebuild_max))
@@ -129,7 +131,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   if train_data.num_features != model_cfg.num_features or train_data.num_labels != model_cfg.num_labels:
     raise ValueError("train: the data's dimensions differ from the model's")
   model = model_cfg.build(cfg.seed)
-  graphdef, state, step = _make_step(model, cfg)
+  graphdef, state, step = _make_step(model, cfg, model_cfg.moment_dtype)
   epoch, start_batch = 0, 0
   record = {"model": model_cfg.to_json(), "train": dataclasses.asdict(cfg), "epochs": []}
   mgr = checkpoint.writable_manager(checkpoint_dir) if checkpoint_dir else None
@@ -243,7 +245,7 @@ def load_model(checkpoint_dir: str):
   model_cfg = ModelConfig.from_json(meta["model"])
   cfg = TrainConfig(dense=bool(meta["dense"]), sampled=int(meta.get("sampled", 0)),
                     catch_up=bool(meta.get("catch_up", False)))
-  graphdef, state, _ = _make_step(model_cfg.build(0), cfg)
+  graphdef, state, _ = _make_step(model_cfg.build(0), cfg, model_cfg.moment_dtype)
   state, meta = checkpoint.restore(checkpoint_dir, state, model_cfg, cfg.dense, cfg.catch_up,
                                    cfg.sampled)
   # A mid-epoch checkpoint may hold rows that catch-up Adam has not brought up to date yet.
