@@ -69,20 +69,55 @@ ffi::Error CheckFactored(const std::string& k, const S32& ids, const F32& coef,
   return CheckIds(k, "ids", ids, n);
 }
 
+// The same for a factored matrix over a table of n rows of d elements (window == 0) or over a
+// 1-D table of n elements read in overlapping windows of `window` elements (ids: window
+// starts, in [-1, n - window + 1); vecs: [R, window]).
+ffi::Error CheckWindowedFactored(const std::string& k, const S32& ids, const F32& coef,
+                                 const F32& vecs, int64_t n, int64_t d, int64_t window) {
+  if (window == 0) return CheckFactored(k, ids, coef, vecs, n, d);
+  if (window < 0 || window > n)
+    return Invalid(k, "window must be in [1, " + std::to_string(n) + "] (the table's length), got " +
+                          std::to_string(window));
+  if (d != 1) return Invalid(k, "a table read in windows must be 1-D");
+  return CheckFactored(k, ids, coef, vecs, n - window + 1, window);
+}
+
+// (rows, row length, stride) of a gathered table: [N, D] (window 0) or a 1-D array read in
+// windows of `window` elements (rows: the window starts).
+ffi::Error GatherTable(const std::string& k, const Any& w, int64_t window, int64_t* rows,
+                       int64_t* d, int64_t* stride) {
+  JSLIDE_RETURN_IF_ERROR(CheckTableType(k, "w", w));
+  if (window == 0) {
+    JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
+    *rows = w.dimensions()[0];
+    *d = *stride = w.dimensions()[1];
+    return ffi::Error::Success();
+  }
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 1));
+  const int64_t n = w.dimensions()[0];
+  if (window < 0 || window > n)
+    return Invalid(k, "window must be in [1, " + std::to_string(n) + "] (w's length), got " +
+                          std::to_string(window));
+  *rows = n - window + 1;
+  *d = window;
+  *stride = 1;
+  return ffi::Error::Success();
+}
+
 // ---------------------------------------------------------------------------------------------
 
-ffi::Error GatherDotImpl(ffi::ThreadPool pool, F32 x, Any w, F32 b, S32 ids, F32Out y) {
+ffi::Error GatherDotImpl(ffi::ThreadPool pool, F32 x, Any w, F32 b, S32 ids, int64_t window,
+                         F32Out y) {
   const std::string k = "jslide_gather_dot";
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "x", x, 2));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
-  JSLIDE_RETURN_IF_ERROR(CheckTableType(k, "w", w));
+  int64_t n = 0, wd = 0, stride = 0;
+  JSLIDE_RETURN_IF_ERROR(GatherTable(k, w, window, &n, &wd, &stride));
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "b", b, 1));
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "ids", ids, 2));
-  const int64_t r = x.dimensions()[0], d = x.dimensions()[1];
-  const int64_t n = w.dimensions()[0], a = ids.dimensions()[1];
-  if (w.dimensions()[1] != d)
-    return Invalid(k, "w shape " + Dims(w.dimensions()) + " does not match x shape " +
-                          Dims(x.dimensions()));
+  const int64_t r = x.dimensions()[0], d = x.dimensions()[1], a = ids.dimensions()[1];
+  if (wd != d)
+    return Invalid(k, "w's rows have " + std::to_string(wd) + " elements but x shape " +
+                          Dims(x.dimensions()) + " has " + std::to_string(d));
   if (ids.dimensions()[0] != r)
     return Invalid(k, "ids shape " + Dims(ids.dimensions()) + " must have " +
                           std::to_string(r) + " rows like x");
@@ -96,21 +131,21 @@ ffi::Error GatherDotImpl(ffi::ThreadPool pool, F32 x, Any w, F32 b, S32 ids, F32
   const float* bias = n_bias ? b.typed_data() : nullptr;
   WithElement(w.element_type(), [&](auto e) {
     ParallelFor(pool, r, kMinRowsPerTask, [&](int64_t begin, int64_t end) {
-      GatherDotRows(x.typed_data(), Data(w, e), bias, ids.typed_data(), a, d, y->typed_data(),
-                    begin, end);
+      GatherDotRows(x.typed_data(), Data(w, e), bias, ids.typed_data(), a, d, stride,
+                    y->typed_data(), begin, end);
     });
   });
   return ffi::Error::Success();
 }
 
-ffi::Error GatherWeightedSumImpl(ffi::ThreadPool pool, S32 ids, F32 coef, Any w, F32Out out) {
+ffi::Error GatherWeightedSumImpl(ffi::ThreadPool pool, S32 ids, F32 coef, Any w, int64_t window,
+                                 F32Out out) {
   const std::string k = "jslide_gather_weighted_sum";
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "ids", ids, 2));
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "coef", coef, 2));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
-  JSLIDE_RETURN_IF_ERROR(CheckTableType(k, "w", w));
+  int64_t n = 0, d = 0, stride = 0;
+  JSLIDE_RETURN_IF_ERROR(GatherTable(k, w, window, &n, &d, &stride));
   const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
-  const int64_t n = w.dimensions()[0], d = w.dimensions()[1];
   if (coef.dimensions()[0] != r || coef.dimensions()[1] != a)
     return Invalid(k, "coef shape " + Dims(coef.dimensions()) + " must equal ids shape " +
                           Dims(ids.dimensions()));
@@ -119,24 +154,26 @@ ffi::Error GatherWeightedSumImpl(ffi::ThreadPool pool, S32 ids, F32 coef, Any w,
   JSLIDE_RETURN_IF_ERROR(CheckIds(k, "ids", ids, n));
   WithElement(w.element_type(), [&](auto e) {
     ParallelFor(pool, r, kMinRowsPerTask, [&](int64_t begin, int64_t end) {
-      GatherWeightedSumRows(ids.typed_data(), coef.typed_data(), a, Data(w, e), d,
+      GatherWeightedSumRows(ids.typed_data(), coef.typed_data(), a, Data(w, e), d, stride,
                             out->typed_data(), begin, end);
     });
   });
   return ffi::Error::Success();
 }
 
-ffi::Error ScatterOuterImpl(ffi::ThreadPool pool, S32 ids, F32 coef, F32 vecs, F32Out dense) {
+ffi::Error ScatterOuterImpl(ffi::ThreadPool pool, S32 ids, F32 coef, F32 vecs, int64_t window,
+                            F32Out dense) {
   const std::string k = "jslide_scatter_outer";
-  if (dense->dimensions().size() != 2)
+  int64_t n = 0, d = 0;
+  JSLIDE_RETURN_IF_ERROR(TableDims(k, "result", *dense, &n, &d));
+  if (window == 0 && dense->dimensions().size() != 2)
     return Invalid(k, "result must have rank 2, got " + Dims(dense->dimensions()));
-  const int64_t n = dense->dimensions()[0], d = dense->dimensions()[1];
-  JSLIDE_RETURN_IF_ERROR(CheckFactored(k, ids, coef, vecs, n, d));
+  JSLIDE_RETURN_IF_ERROR(CheckWindowedFactored(k, ids, coef, vecs, n, d, window));
   const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
   // Each worker owns a range of output rows, so no two write the same row.
   ParallelFor(pool, n, 1024, [&](int64_t begin, int64_t end) {
-    ScatterOuterRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, d,
-                     dense->typed_data(), begin, end);
+    ScatterOuterRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a,
+                     vecs.dimensions()[1], window, dense->typed_data(), begin, end);
   });
   return ffi::Error::Success();
 }
@@ -170,20 +207,25 @@ ffi::Error CheckAdamState(const std::string& k, const Any& w, const Any& m, cons
   return ffi::Error::Success();
 }
 
-// Every last[i] read, for i in the (already range-checked) ids, lies in [0, max_last]: a
-// corrupt state must not index the catch-up factors out of bounds. Only the touched rows are
-// read, so a step costs nothing per table row.
-ffi::Error CheckLastOfRows(const std::string& k, const S32& last, const S32& ids,
+// Every last[i] read, for i in the (already range-checked) ids (and the `window` - 1 elements
+// after each, for windows), lies in [0, max_last]: a corrupt state must not index the
+// catch-up factors out of bounds. Only the touched rows are read, so a step costs nothing per
+// table row.
+ffi::Error CheckLastOfRows(const std::string& k, const S32& last, const S32& ids, int64_t window,
                            int64_t max_last) {
   const int32_t* l = last.typed_data();
   const int32_t* id = ids.typed_data();
+  const int64_t span = std::max<int64_t>(window, 1);
   for (int64_t p = 0, count = ids.element_count(); p < count; ++p) {
     if (id[p] < 0) continue;
-    const int32_t s = l[id[p]];
-    if (s < 0 || s > max_last)
-      return Invalid(k, "last[" + std::to_string(id[p]) + "] = " + std::to_string(s) +
-                            " must lie in [0, " + std::to_string(max_last) +
-                            "] (the steps already taken)");
+    for (int64_t j = 0; j < span; ++j) {
+      const int64_t row = id[p] + j;
+      const int32_t s = l[row];
+      if (s < 0 || s > max_last)
+        return Invalid(k, "last[" + std::to_string(row) + "] = " + std::to_string(s) +
+                              " must lie in [0, " + std::to_string(max_last) +
+                              "] (the steps already taken)");
+    }
   }
   return ffi::Error::Success();
 }
@@ -222,14 +264,15 @@ ffi::Error ReadAdamHyper(const std::string& k, const F32& hyper, float b1, float
 // Lazy Adam (last == nullptr) or Adam with catch-up (last: [N] steps of last update).
 ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, Any w, Any m, Any v,
                       const S32* last, S32 ids, F32 coef, F32 vecs, F32 hyper, float b1,
-                      float b2, float eps, AnyOut w_out, AnyOut m_out, AnyOut v_out,
-                      S32Out* last_out) {
+                      float b2, float eps, int64_t window, AnyOut w_out, AnyOut m_out,
+                      AnyOut v_out, S32Out* last_out) {
   AdamHyper h;
   JSLIDE_RETURN_IF_ERROR(ReadAdamHyper(k, hyper, b1, b2, eps, &h));
-  int64_t n, d;
+  int64_t n = 0, d = 0;
   JSLIDE_RETURN_IF_ERROR(CheckAdamState(k, w, m, v, last, &n, &d));
-  JSLIDE_RETURN_IF_ERROR(CheckFactored(k, ids, coef, vecs, n, d));
-  if (last != nullptr) JSLIDE_RETURN_IF_ERROR(CheckLastOfRows(k, *last, ids, h.step - 1));
+  JSLIDE_RETURN_IF_ERROR(CheckWindowedFactored(k, ids, coef, vecs, n, d, window));
+  if (last != nullptr)
+    JSLIDE_RETURN_IF_ERROR(CheckLastOfRows(k, *last, ids, window, h.step - 1));
   JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "coef", coef));
   JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "vecs", vecs));
   StartFrom(w, w_out);
@@ -241,10 +284,11 @@ ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, Any w, Any m,
     last_rows = (*last_out)->typed_data();
   }
   const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
+  const int64_t vd = vecs.dimensions()[1];
   WithElement(w.element_type(), [&](auto we) {
     WithElement(m.element_type(), [&](auto se) {
       ForRowRanges(pool, n, r * a, [&](int64_t begin, int64_t end, RowScratch& scratch) {
-        SparseAdamRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, d,
+        SparseAdamRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, vd, window,
                        Data(w_out, we), Data(m_out, se), Data(v_out, se), last_rows, h, begin,
                        end, scratch);
       });
@@ -254,17 +298,18 @@ ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, Any w, Any m,
 }
 
 ffi::Error SparseAdamImpl(ffi::ThreadPool pool, Any w, Any m, Any v, S32 ids, F32 coef,
-                          F32 vecs, F32 hyper, float b1, float b2, float eps, AnyOut w_out,
-                          AnyOut m_out, AnyOut v_out) {
+                          F32 vecs, F32 hyper, float b1, float b2, float eps, int64_t window,
+                          AnyOut w_out, AnyOut m_out, AnyOut v_out) {
   return SparseAdam("jslide_sparse_adam", pool, w, m, v, nullptr, ids, coef, vecs, hyper, b1,
-                    b2, eps, w_out, m_out, v_out, nullptr);
+                    b2, eps, window, w_out, m_out, v_out, nullptr);
 }
 
 ffi::Error SparseAdamCatchUpImpl(ffi::ThreadPool pool, Any w, Any m, Any v, S32 last, S32 ids,
                                  F32 coef, F32 vecs, F32 hyper, float b1, float b2, float eps,
-                                 AnyOut w_out, AnyOut m_out, AnyOut v_out, S32Out last_out) {
+                                 int64_t window, AnyOut w_out, AnyOut m_out, AnyOut v_out,
+                                 S32Out last_out) {
   return SparseAdam("jslide_sparse_adam_catch_up", pool, w, m, v, &last, ids, coef, vecs, hyper,
-                    b1, b2, eps, w_out, m_out, v_out, &last_out);
+                    b1, b2, eps, window, w_out, m_out, v_out, &last_out);
 }
 
 // Every row brought up to step t (dense Adam's zero-gradient steps since its last update).
@@ -274,7 +319,7 @@ ffi::Error AdamCatchUpImpl(ffi::ThreadPool pool, Any w, Any m, Any v, S32 last, 
   const std::string k = "jslide_adam_catch_up";
   AdamHyper h;
   JSLIDE_RETURN_IF_ERROR(ReadAdamHyper(k, hyper, b1, b2, eps, &h));
-  int64_t n, d;
+  int64_t n = 0, d = 0;
   JSLIDE_RETURN_IF_ERROR(CheckAdamState(k, w, m, v, &last, &n, &d));
   JSLIDE_RETURN_IF_ERROR(CheckLastOfAllRows(k, last, h.step));
   StartFrom(w, w_out);
@@ -303,13 +348,13 @@ uint32_t GradientSeed(const F32& coef) {
 }
 
 ffi::Error SparseSgdImpl(ffi::ThreadPool pool, Any w, S32 ids, F32 coef, F32 vecs, F32 hyper,
-                         AnyOut w_out) {
+                         int64_t window, AnyOut w_out) {
   const std::string k = "jslide_sparse_sgd";
-  int64_t n, d;
+  int64_t n = 0, d = 0;
   JSLIDE_RETURN_IF_ERROR(TableDims(k, "w", w, &n, &d));
   JSLIDE_RETURN_IF_ERROR(CheckTableType(k, "w", w));
   if (hyper.element_count() != 1) return Invalid(k, "hyper must hold [learning_rate]");
-  JSLIDE_RETURN_IF_ERROR(CheckFactored(k, ids, coef, vecs, n, d));
+  JSLIDE_RETURN_IF_ERROR(CheckWindowedFactored(k, ids, coef, vecs, n, d, window));
   JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "coef", coef));
   JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "vecs", vecs));
   JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "hyper", hyper));
@@ -317,9 +362,10 @@ ffi::Error SparseSgdImpl(ffi::ThreadPool pool, Any w, S32 ids, F32 coef, F32 vec
   const float lr = hyper.typed_data()[0];
   const uint32_t seed = w.element_type() == ffi::DataType::BF16 ? GradientSeed(coef) : 0u;
   const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
+  const int64_t vd = vecs.dimensions()[1];
   WithElement(w.element_type(), [&](auto e) {
     ForRowRanges(pool, n, r * a, [&](int64_t begin, int64_t end, RowScratch& scratch) {
-      SparseSgdRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, d,
+      SparseSgdRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, vd, window,
                     Data(w_out, e), lr, seed, begin, end, scratch);
     });
   });
@@ -371,23 +417,53 @@ ffi::Error HugePageZerosImpl(ffi::ThreadPool pool, AnyOut out) {
 
 // |dense form of (ids, coef, vecs)|^2, summed in double per worker, over row ranges.
 ffi::Error RowSparseSqNormImpl(ffi::ThreadPool pool, S32 ids, F32 coef, F32 vecs,
-                               int64_t num_rows, F32Out out) {
+                               int64_t num_rows, int64_t window, F32Out out) {
   const std::string k = "jslide_row_sparse_sq_norm";
   if (num_rows < 0) return Invalid(k, "num_rows must be >= 0");
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "vecs", vecs, 2));
   const int64_t d = vecs.dimensions()[1];
-  JSLIDE_RETURN_IF_ERROR(CheckFactored(k, ids, coef, vecs, num_rows, d));
+  JSLIDE_RETURN_IF_ERROR(
+      CheckWindowedFactored(k, ids, coef, vecs, num_rows, window ? 1 : d, window));
   if (out->element_count() != 1) return Invalid(k, "result must be a scalar");
   const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
   const int64_t workers = NumWorkers(pool, r * a, 256);
   std::vector<double> partial(static_cast<size_t>(workers), 0.0);
   ParallelChunks(pool, num_rows, workers, [&](int64_t c, int64_t begin, int64_t end) {
     partial[c] = RowSparseSqNormRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r,
-                                     a, d, begin, end, ThreadScratch());
+                                     a, d, window, begin, end, ThreadScratch());
   });
   double total = 0.0;
   for (double p : partial) total += p;
   out->typed_data()[0] = static_cast<float>(total);
+  return ffi::Error::Success();
+}
+
+// ROBE's window starts of table rows (RobeSlots), ids checked against the table's rows.
+ffi::Error RobeSlotsImpl(ffi::ThreadPool pool, S32 ids, int64_t offset, int64_t num_rows,
+                         int64_t memory, int64_t block, int64_t blocks, int64_t seed,
+                         S32Out slots) {
+  const std::string k = "jslide_robe_slots";
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "ids", ids, 2));
+  if (block < 1 || memory < block)
+    return Invalid(k, "block must be in [1, memory=" + std::to_string(memory) + "], got " +
+                          std::to_string(block));
+  if (memory - block + 1 > int64_t{0x7fffffff})
+    return Invalid(k, "memory must leave at most 2^31 - 1 window starts");
+  if (blocks < 1) return Invalid(k, "blocks must be >= 1");
+  if (offset < 0 || num_rows < 0 || offset + num_rows > static_cast<int64_t>(kRobePrime))
+    return Invalid(k, "the tables' rows (offset " + std::to_string(offset) + " + " +
+                          std::to_string(num_rows) + ") must stay below " +
+                          std::to_string(kRobePrime) + ", the hash's prime");
+  if (seed < 0 || seed > int64_t{0xffffffff}) return Invalid(k, "seed must be a uint32");
+  const int64_t r = ids.dimensions()[0], kk = ids.dimensions()[1];
+  if (slots->dimensions().size() != 3 || slots->dimensions()[0] != r ||
+      slots->dimensions()[1] != blocks || slots->dimensions()[2] != kk)
+    return Invalid(k, "result must be [R, blocks, K]");
+  JSLIDE_RETURN_IF_ERROR(CheckIds(k, "ids", ids, num_rows));
+  const RobeHash h = MakeRobeHash(static_cast<uint32_t>(seed), memory, block);
+  ParallelFor(pool, r, 64, [&](int64_t begin, int64_t end) {
+    RobeSlots(ids.typed_data(), kk, blocks, offset, h, slots->typed_data(), begin, end);
+  });
   return ffi::Error::Success();
 }
 
@@ -405,6 +481,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideGatherDot, jslide::GatherDotImpl,
                                   .Arg<jslide::Any>()  // w
                                   .Arg<jslide::F32>()  // b
                                   .Arg<jslide::S32>()  // ids
+                                  .Attr<int64_t>("window")
                                   .Ret<jslide::F32>()  // y
 );
 
@@ -414,6 +491,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideGatherWeightedSum, jslide::GatherWeightedSum
                                   .Arg<jslide::S32>()  // ids
                                   .Arg<jslide::F32>()  // coef
                                   .Arg<jslide::Any>()  // w
+                                  .Attr<int64_t>("window")
                                   .Ret<jslide::F32>()  // out
 );
 
@@ -423,6 +501,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideScatterOuter, jslide::ScatterOuterImpl,
                                   .Arg<jslide::S32>()  // ids
                                   .Arg<jslide::F32>()  // coef
                                   .Arg<jslide::F32>()  // vecs
+                                  .Attr<int64_t>("window")
                                   .Ret<jslide::F32>()  // dense
 );
 
@@ -439,6 +518,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseAdam, jslide::SparseAdamImpl,
                                   .Attr<float>("b1")
                                   .Attr<float>("b2")
                                   .Attr<float>("eps")
+                                  .Attr<int64_t>("window")
                                   .Ret<jslide::Any>()  // w
                                   .Ret<jslide::Any>()  // m
                                   .Ret<jslide::Any>()  // v
@@ -458,6 +538,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseAdamCatchUp, jslide::SparseAdamCatchUp
                                   .Attr<float>("b1")
                                   .Attr<float>("b2")
                                   .Attr<float>("eps")
+                                  .Attr<int64_t>("window")
                                   .Ret<jslide::Any>()  // w
                                   .Ret<jslide::Any>()  // m
                                   .Ret<jslide::Any>()  // v
@@ -489,6 +570,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseSgd, jslide::SparseSgdImpl,
                                   .Arg<jslide::F32>()  // coef
                                   .Arg<jslide::F32>()  // vecs
                                   .Arg<jslide::F32>()  // hyper
+                                  .Attr<int64_t>("window")
                                   .Ret<jslide::Any>()  // w
 );
 
@@ -499,6 +581,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideCheckUnit, jslide::CheckUnitImpl,
                                   .Attr<std::string_view>("what")
                                   .Attr<bool>("allow_zero")
                                   .Ret<jslide::Any>()  // x, aliased
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideRobeSlots, jslide::RobeSlotsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::S32>()  // ids
+                                  .Attr<int64_t>("offset")
+                                  .Attr<int64_t>("num_rows")
+                                  .Attr<int64_t>("memory")
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("blocks")
+                                  .Attr<int64_t>("seed")
+                                  .Ret<jslide::S32>()  // slots
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideHugePageZeros, jslide::HugePageZerosImpl,
@@ -514,6 +609,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideRowSparseSqNorm, jslide::RowSparseSqNormImpl
                                   .Arg<jslide::F32>()  // coef
                                   .Arg<jslide::F32>()  // vecs
                                   .Attr<int64_t>("num_rows")
+                                  .Attr<int64_t>("window")
                                   .Ret<jslide::F32>()  // squared norm
 );
 
@@ -540,6 +636,7 @@ NB_MODULE(_jslide_ffi, m) {
         {"jslide_check_unit", JslideCheckUnit},
         {"jslide_row_sparse_sq_norm", JslideRowSparseSqNorm},
         {"jslide_huge_page_zeros", JslideHugePageZeros},
+        {"jslide_robe_slots", JslideRobeSlots},
     };
     nb::dict d;
     for (const auto& [name, handler] : kernels) d[name] = EncapsulateFfiHandler(handler);

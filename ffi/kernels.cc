@@ -203,11 +203,72 @@ JSLIDE_INLINE void ForEachSummedRow(const int32_t* ids, const float* coef, const
                    [](int64_t) __attribute__((always_inline)) {});
 }
 
+// The same for windows: ids are the first elements of `window` consecutive elements of a 1-D
+// table, which may overlap (ROBE's blocks). Calls update(first, count, g) once for every run
+// of consecutive elements in [elem_begin, elem_end) that some window covers, in increasing
+// order, g holding the count elements' summed gradient; windows that straddle the range's
+// ends contribute only their part inside it (another worker owns the rest).
+template <typename RunUpdate, typename Prefetch>
+JSLIDE_INLINE void ForEachSummedWindowRun(const int32_t* ids, const float* coef,
+                                          const float* vecs, int64_t r, int64_t a,
+                                          int64_t window, int64_t elem_begin, int64_t elem_end,
+                                          RowScratch& s, RunUpdate&& update,
+                                          Prefetch&& prefetch) {
+  const int64_t first_start = std::max<int64_t>(0, elem_begin - window + 1);
+  GroupDistinctRows(ids, r * a, first_start, elem_end, s);
+  std::vector<float>& acc = s.grad;
+  const uint32_t width = static_cast<uint32_t>(a);
+  int64_t run_lo = 0, run_hi = 0;  // the current run [run_lo, run_hi); empty when equal
+  auto flush = [&]() __attribute__((always_inline)) {
+    const int64_t lo = std::max(run_lo, elem_begin), hi = std::min(run_hi, elem_end);
+    if (hi > lo) update(lo, hi - lo, acc.data() + (lo - run_lo));
+  };
+  ForEachDistinctRow(
+      s, first_start, kPrefetchRows,
+      [&](int64_t start, uint32_t first, uint32_t last) __attribute__((always_inline)) {
+        if (start >= run_hi) {  // no overlap with the run so far: a new run
+          flush();
+          run_lo = run_hi = start;
+          acc.clear();
+        }
+        if (start + window > run_hi) {
+          run_hi = start + window;
+          acc.resize(static_cast<size_t>(run_hi - run_lo));  // zeros appended
+        }
+        float* g = acc.data() + (start - run_lo);
+        for (uint32_t i = first; i < last; ++i) {
+          const uint32_t p = Position(s.keys[i]);
+          Axpy(coef[p], vecs + static_cast<int64_t>(p / width) * window, g, window);
+        }
+      },
+      prefetch);
+  flush();
+}
+
+// update(first, count, g) over the rows (window == 0: rows of d elements, count 1) or the
+// runs of windowed elements (window > 0: rows of one element) that the ids touch.
+template <typename RunUpdate, typename Prefetch>
+JSLIDE_INLINE void ForEachSummedRun(const int32_t* ids, const float* coef, const float* vecs,
+                                    int64_t r, int64_t a, int64_t d, int64_t window,
+                                    int64_t row_begin, int64_t row_end, RowScratch& s,
+                                    RunUpdate&& update, Prefetch&& prefetch) {
+  if (window > 0) {
+    ForEachSummedWindowRun(ids, coef, vecs, r, a, window, row_begin, row_end, s, update,
+                           prefetch);
+    return;
+  }
+  ForEachSummedRow(
+      ids, coef, vecs, r, a, d, row_begin, row_end, s,
+      [&](int64_t row, const float* g) __attribute__((always_inline)) { update(row, 1, g); },
+      prefetch);
+}
+
 }  // namespace
 
 template <typename W>
 JSLIDE_CLONES void GatherDotRows(const float* x, const W* w, const float* b, const int32_t* ids,
-                                 int64_t a, int64_t d, float* y, int64_t begin, int64_t end) {
+                                 int64_t a, int64_t d, int64_t stride, float* y, int64_t begin,
+                                 int64_t end) {
   const int64_t row_bytes = d * static_cast<int64_t>(sizeof(W));
   for (int64_t r = begin; r < end; ++r) {
     const float* xr = x + r * d;
@@ -221,20 +282,20 @@ JSLIDE_CLONES void GatherDotRows(const float* x, const W* w, const float* b, con
       }
       // Prefetch a later row: the gathered rows are scattered over a large table.
       if (j + kPrefetchGather < a && id[j + kPrefetchGather] >= 0)
-        PrefetchRowForRead(w + int64_t{id[j + kPrefetchGather]} * d, row_bytes);
-      yr[j] = DotRow(xr, w + n * d, d) + (b ? b[n] : 0.0f);
+        PrefetchRowForRead(w + int64_t{id[j + kPrefetchGather]} * stride, row_bytes);
+      yr[j] = DotRow(xr, w + n * stride, d) + (b ? b[n] : 0.0f);
     }
   }
 }
 template void GatherDotRows<float>(const float*, const float*, const float*, const int32_t*,
-                                   int64_t, int64_t, float*, int64_t, int64_t);
+                                   int64_t, int64_t, int64_t, float*, int64_t, int64_t);
 template void GatherDotRows<Bf16>(const float*, const Bf16*, const float*, const int32_t*,
-                                  int64_t, int64_t, float*, int64_t, int64_t);
+                                  int64_t, int64_t, int64_t, float*, int64_t, int64_t);
 
 template <typename W>
 JSLIDE_CLONES void GatherWeightedSumRows(const int32_t* ids, const float* coef, int64_t a,
-                                         const W* w, int64_t d, float* out, int64_t begin,
-                                         int64_t end) {
+                                         const W* w, int64_t d, int64_t stride, float* out,
+                                         int64_t begin, int64_t end) {
   const int64_t row_bytes = d * static_cast<int64_t>(sizeof(W));
   for (int64_t r = begin; r < end; ++r) {
     const int32_t* id = ids + r * a;
@@ -244,21 +305,32 @@ JSLIDE_CLONES void GatherWeightedSumRows(const int32_t* ids, const float* coef, 
     for (int64_t j = 0; j < a; ++j) {
       if (id[j] < 0) continue;
       if (j + kPrefetchGather < a && id[j + kPrefetchGather] >= 0)
-        PrefetchRowForRead(w + int64_t{id[j + kPrefetchGather]} * d, row_bytes);
-      AxpyRow(c[j], w + int64_t{id[j]} * d, o, d);
+        PrefetchRowForRead(w + int64_t{id[j + kPrefetchGather]} * stride, row_bytes);
+      AxpyRow(c[j], w + int64_t{id[j]} * stride, o, d);
     }
   }
 }
 template void GatherWeightedSumRows<float>(const int32_t*, const float*, int64_t, const float*,
-                                           int64_t, float*, int64_t, int64_t);
+                                           int64_t, int64_t, float*, int64_t, int64_t);
 template void GatherWeightedSumRows<Bf16>(const int32_t*, const float*, int64_t, const Bf16*,
-                                          int64_t, float*, int64_t, int64_t);
+                                          int64_t, int64_t, float*, int64_t, int64_t);
 
 JSLIDE_CLONES
 void ScatterOuterRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                      int64_t a, int64_t d, float* dense, int64_t row_begin, int64_t row_end) {
-  std::memset(dense + row_begin * d, 0, sizeof(float) * (row_end - row_begin) * d);
+                      int64_t a, int64_t d, int64_t window, float* dense, int64_t row_begin,
+                      int64_t row_end) {
   const int64_t count = r * a;
+  if (window > 0) {  // elements [row_begin, row_end) of a 1-D table; windows of d = window
+    std::memset(dense + row_begin, 0, sizeof(float) * (row_end - row_begin));
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t o = ids[p];
+      if (o < 0 || o >= row_end || o + window <= row_begin) continue;
+      const int64_t lo = std::max(o, row_begin), hi = std::min(o + window, row_end);
+      Axpy(coef[p], vecs + (p / a) * window + (lo - o), dense + lo, hi - lo);
+    }
+    return;
+  }
+  std::memset(dense + row_begin * d, 0, sizeof(float) * (row_end - row_begin) * d);
   for (int64_t p = 0; p < count; ++p) {
     const int64_t n = ids[p];
     if (n >= row_begin && n < row_end) Axpy(coef[p], vecs + (p / a) * d, dense + n * d, d);
@@ -323,45 +395,58 @@ JSLIDE_INLINE uint32_t StepSeed(int64_t step, uint32_t salt) {
 
 template <typename W, typename S>
 JSLIDE_CLONES void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs,
-                                  int64_t r, int64_t a, int64_t d, W* w, S* m, S* v,
-                                  int32_t* last, const AdamHyper& h, int64_t row_begin,
+                                  int64_t r, int64_t a, int64_t d, int64_t window, W* w, S* m,
+                                  S* v, int32_t* last, const AdamHyper& h, int64_t row_begin,
                                   int64_t row_end, RowScratch& scratch) {
   const float lr = h.lr, b1 = h.b1, b2 = h.b2, eps = h.eps;
   const float inv_bc1 = 1.0f / h.bias_correction1, inv_bc2 = 1.0f / h.bias_correction2;
   const uint32_t update_seed = StepSeed(h.step, 0x1u), catch_up_seed = StepSeed(h.step, 0x2u);
   scratch.catch_up.Clear();
-  const int64_t w_bytes = d * static_cast<int64_t>(sizeof(W));
-  const int64_t s_bytes = d * static_cast<int64_t>(sizeof(S));
-  ForEachSummedRow(
-      ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
-      [&](int64_t row, const float* __restrict g) __attribute__((always_inline)) {
-        W* __restrict wr = w + row * d;
-        S* __restrict mr = m + row * d;
-        S* __restrict vr = v + row * d;
+  const int64_t row_len = window > 0 ? 1 : d;  // windows update a 1-D table element by element
+  const int64_t w_bytes = row_len * static_cast<int64_t>(sizeof(W));
+  const int64_t s_bytes = row_len * static_cast<int64_t>(sizeof(S));
+  // One element: moments, then the weight, with its 32 rounding bits.
+  auto adam = [&](W* __restrict wk, S* __restrict mk_, S* __restrict vk_, float g,
+                  uint32_t bits) __attribute__((always_inline)) {
+    const float mk = b1 * Widen(*mk_) + (1.0f - b1) * g;
+    const float vk = b2 * Widen(*vk_) + (1.0f - b2) * g * g;
+    StoreRounded(mk_, mk, bits >> 16);
+    StoreRounded(vk_, vk, bits * 0x2c1b3c6du >> 16);
+    StoreRounded(wk, Widen(*wk) - lr * (mk * inv_bc1) / (std::sqrt(vk * inv_bc2) + eps), bits);
+  };
+  ForEachSummedRun(
+      ids, coef, vecs, r, a, d, window, row_begin, row_end, scratch,
+      [&](int64_t first, int64_t count, const float* __restrict g)
+          __attribute__((always_inline)) {
+        W* __restrict wr = w + first * row_len;
+        S* __restrict mr = m + first * row_len;
+        S* __restrict vr = v + first * row_len;
         if (last != nullptr) {
-          const int64_t s = last[row];
-          // s == 0: never updated, so m = v = 0 and dense Adam left it alone.
-          if (s > 0 && h.step - 1 > s)
-            CatchUpRow(wr, mr, vr, d, scratch.catch_up.Get(h, s, h.step - 1 - s), eps,
-                       RowKey(catch_up_seed, row));
-          last[row] = static_cast<int32_t>(h.step);
+          for (int64_t i = 0; i < count; ++i) {
+            const int64_t row = first + i, s = last[row];
+            // s == 0: never updated, so m = v = 0 and dense Adam left it alone.
+            if (s > 0 && h.step - 1 > s)
+              CatchUpRow(wr + i * row_len, mr + i * row_len, vr + i * row_len, row_len,
+                         scratch.catch_up.Get(h, s, h.step - 1 - s), eps,
+                         RowKey(catch_up_seed, row));
+            last[row] = static_cast<int32_t>(h.step);
+          }
         }
-        const uint32_t key = RowKey(update_seed, row);
+        if (row_len == 1) {  // a run of one-element rows, each with its own rounding key
 #pragma omp simd
-        for (int64_t k = 0; k < d; ++k) {
-          const uint32_t bits = ElementBits(key, k);
-          const float mk = b1 * Widen(mr[k]) + (1.0f - b1) * g[k];
-          const float vk = b2 * Widen(vr[k]) + (1.0f - b2) * g[k] * g[k];
-          StoreRounded(mr + k, mk, bits >> 16);
-          StoreRounded(vr + k, vk, bits * 0x2c1b3c6du >> 16);
-          StoreRounded(wr + k, Widen(wr[k]) - lr * (mk * inv_bc1) / (std::sqrt(vk * inv_bc2) + eps),
-                       bits);
+          for (int64_t i = 0; i < count; ++i)
+            adam(wr + i, mr + i, vr + i, g[i], ElementBits(RowKey(update_seed, first + i), 0));
+        } else {  // one row
+          const uint32_t key = RowKey(update_seed, first);
+#pragma omp simd
+          for (int64_t k = 0; k < row_len; ++k)
+            adam(wr + k, mr + k, vr + k, g[k], ElementBits(key, k));
         }
       },
       [&](int64_t row) __attribute__((always_inline)) {
-        PrefetchRow(w + row * d, w_bytes);
-        PrefetchRow(m + row * d, s_bytes);
-        PrefetchRow(v + row * d, s_bytes);
+        PrefetchRow(w + row * row_len, w_bytes);
+        PrefetchRow(m + row * row_len, s_bytes);
+        PrefetchRow(v + row * row_len, s_bytes);
       });
 }
 
@@ -381,7 +466,7 @@ JSLIDE_CLONES void AdamCatchUpRows(W* w, S* m, S* v, int32_t* last, int64_t d,
 
 #define JSLIDE_ADAM_INSTANCES(W, S)                                                          \
   template void SparseAdamRows<W, S>(const int32_t*, const float*, const float*, int64_t,    \
-                                     int64_t, int64_t, W*, S*, S*, int32_t*,                 \
+                                     int64_t, int64_t, int64_t, W*, S*, S*, int32_t*,        \
                                      const AdamHyper&, int64_t, int64_t, RowScratch&);       \
   template void AdamCatchUpRows<W, S>(W*, S*, S*, int32_t*, int64_t, const AdamHyper&,       \
                                       int64_t, int64_t);
@@ -393,34 +478,68 @@ JSLIDE_ADAM_INSTANCES(Bf16, Bf16)
 
 template <typename W>
 JSLIDE_CLONES void SparseSgdRows(const int32_t* ids, const float* coef, const float* vecs,
-                                 int64_t r, int64_t a, int64_t d, W* w, float lr, uint32_t seed,
-                                 int64_t row_begin, int64_t row_end, RowScratch& scratch) {
-  const int64_t w_bytes = d * static_cast<int64_t>(sizeof(W));
-  ForEachSummedRow(
-      ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
-      [&](int64_t row, const float* __restrict g) __attribute__((always_inline)) {
-        W* __restrict wr = w + row * d;
-        const uint32_t key = RowKey(seed, row);
+                                 int64_t r, int64_t a, int64_t d, int64_t window, W* w, float lr,
+                                 uint32_t seed, int64_t row_begin, int64_t row_end,
+                                 RowScratch& scratch) {
+  const int64_t row_len = window > 0 ? 1 : d;
+  const int64_t w_bytes = row_len * static_cast<int64_t>(sizeof(W));
+  ForEachSummedRun(
+      ids, coef, vecs, r, a, d, window, row_begin, row_end, scratch,
+      [&](int64_t first, int64_t count, const float* __restrict g)
+          __attribute__((always_inline)) {
+        W* __restrict wr = w + first * row_len;
+        if (row_len == 1) {
 #pragma omp simd
-        for (int64_t k = 0; k < d; ++k)
-          StoreRounded(wr + k, Widen(wr[k]) - lr * g[k], ElementBits(key, k));
+          for (int64_t i = 0; i < count; ++i)
+            StoreRounded(wr + i, Widen(wr[i]) - lr * g[i],
+                         ElementBits(RowKey(seed, first + i), 0));
+        } else {
+          const uint32_t key = RowKey(seed, first);
+#pragma omp simd
+          for (int64_t k = 0; k < row_len; ++k)
+            StoreRounded(wr + k, Widen(wr[k]) - lr * g[k], ElementBits(key, k));
+        }
       },
-      [&](int64_t row) __attribute__((always_inline)) { PrefetchRow(w + row * d, w_bytes); });
+      [&](int64_t row) __attribute__((always_inline)) {
+        PrefetchRow(w + row * row_len, w_bytes);
+      });
 }
 template void SparseSgdRows<float>(const int32_t*, const float*, const float*, int64_t, int64_t,
-                                   int64_t, float*, float, uint32_t, int64_t, int64_t,
+                                   int64_t, int64_t, float*, float, uint32_t, int64_t, int64_t,
                                    RowScratch&);
 template void SparseSgdRows<Bf16>(const int32_t*, const float*, const float*, int64_t, int64_t,
-                                  int64_t, Bf16*, float, uint32_t, int64_t, int64_t, RowScratch&);
+                                  int64_t, int64_t, Bf16*, float, uint32_t, int64_t, int64_t,
+                                  RowScratch&);
 
 JSLIDE_CLONES
 double RowSparseSqNormRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                           int64_t a, int64_t d, int64_t row_begin, int64_t row_end,
-                           RowScratch& scratch) {
+                           int64_t a, int64_t d, int64_t window, int64_t row_begin,
+                           int64_t row_end, RowScratch& scratch) {
+  const int64_t row_len = window > 0 ? 1 : d;
   double total = 0.0;
-  ForEachSummedRow(ids, coef, vecs, r, a, d, row_begin, row_end, scratch,
-                   [&](int64_t, const float* g) __attribute__((always_inline)) { total += Dot(g, g, d); });
+  ForEachSummedRun(
+      ids, coef, vecs, r, a, d, window, row_begin, row_end, scratch,
+      [&](int64_t, int64_t count, const float* g) __attribute__((always_inline)) {
+        total += Dot(g, g, count * row_len);
+      },
+      [](int64_t) __attribute__((always_inline)) {});
   return total;
+}
+
+RobeHash MakeRobeHash(uint32_t seed, int64_t memory, int64_t block) {
+  return {1 + Mix32(seed + 0x9e3779b9u) % (kRobePrime - 1), Mix32(seed + 0x3c6ef372u) % kRobePrime,
+          Mix32(seed + 0xdaa66d2bu) % kRobePrime, static_cast<uint64_t>(memory - block + 1)};
+}
+
+void RobeSlots(const int32_t* ids, int64_t k, int64_t blocks, int64_t offset, const RobeHash& h,
+               int32_t* slots, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r)
+    for (int64_t c = 0; c < blocks; ++c)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t id = ids[r * k + j];
+        slots[(r * blocks + c) * k + j] =
+            id < 0 ? -1 : static_cast<int32_t>(RobeSlot(h, offset + id, c));
+      }
 }
 
 const char* KernelIsa() {

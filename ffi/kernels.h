@@ -30,22 +30,33 @@ __attribute__((always_inline)) inline float Widen(Bf16 x) {
   return f;
 }
 
+// Where the rows of a table lie: row n is the d elements from n * stride. A table [N, D] has
+// stride D. A 1-D array read in windows (ROBE's blocks) has stride 1: row n is the window of
+// d elements from element n, and windows overlap.
+//
 // y[r, j] = x[r] . w[ids[r, j]] + b[ids[r, j]] (b may be null), 0 where ids[r, j] < 0.
-// x: [R, D], w: [N, D], ids and y: [R, A]; rows r in [begin, end).
+// x: [R, D], w: rows of D, ids and y: [R, A]; rows r in [begin, end).
 template <typename W>
 void GatherDotRows(const float* x, const W* w, const float* b, const int32_t* ids, int64_t a,
-                   int64_t d, float* y, int64_t begin, int64_t end);
+                   int64_t d, int64_t stride, float* y, int64_t begin, int64_t end);
 
-// out[r] = sum_j coef[r, j] * w[ids[r, j]].  ids, coef: [R, A]; w: [N, D]; out: [R, D].
+// out[r] = sum_j coef[r, j] * w[ids[r, j]].  ids, coef: [R, A]; w: rows of D; out: [R, D].
 template <typename W>
 void GatherWeightedSumRows(const int32_t* ids, const float* coef, int64_t a, const W* w,
-                           int64_t d, float* out, int64_t begin, int64_t end);
+                           int64_t d, int64_t stride, float* out, int64_t begin, int64_t end);
+
+// The row-sparse kernels below take a factored matrix: ids, coef [R, A] and vecs [R, D]; row
+// n of the matrix it stands for is the sum of coef[r, j] * vecs[r] over ids[r, j] == n. With
+// `window` = 0 the table is [N, D] and the kernels work on the rows in [row_begin, row_end).
+// With `window` = D > 0 the table is a 1-D array of N elements, ids[r, j] is the first
+// element of a window of D (windows may overlap and are summed element by element), and the
+// kernels work on the elements in [row_begin, row_end), each element a row of one value.
 
 // The dense form of a factored row-sparse matrix, restricted to rows [row_begin, row_end):
-// dense[n] = sum over (r, j) with ids[r, j] == n of coef[r, j] * vecs[r]. Zeroes those rows first.
-// ids, coef: [R, A]; vecs: [R, D]; dense: [N, D].
+// zeroes those rows, then adds every contribution to them. dense: [N, D] (or [N] windowed).
 void ScatterOuterRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                      int64_t a, int64_t d, float* dense, int64_t row_begin, int64_t row_end);
+                      int64_t a, int64_t d, int64_t window, float* dense, int64_t row_begin,
+                      int64_t row_end);
 
 struct AdamHyper {
   float lr, b1, b2, eps;
@@ -92,7 +103,8 @@ struct RowScratch {
   CatchUpCache catch_up;
 };
 
-// Lazy Adam on the rows in [row_begin, row_end) that occur in ids: each such row's gradient
+// Lazy Adam on the rows in [row_begin, row_end) that occur in ids (window > 0: the elements
+// some window covers, each with its own `last`): each such row's gradient
 // is summed over its occurrences, then its moments and weights are updated in place.
 // Rows that do not occur are not read or written. With `last` (the step each row was last
 // updated at, 0 for never; else null) a row first catches up on the steps since then as
@@ -101,8 +113,8 @@ struct RowScratch {
 // with bits drawn from (h.step, row, column).
 template <typename W, typename S>
 void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                    int64_t a, int64_t d, W* w, S* m, S* v, int32_t* last, const AdamHyper& h,
-                    int64_t row_begin, int64_t row_end, RowScratch& scratch);
+                    int64_t a, int64_t d, int64_t window, W* w, S* m, S* v, int32_t* last,
+                    const AdamHyper& h, int64_t row_begin, int64_t row_end, RowScratch& scratch);
 
 // Brings every row in [row_begin, row_end) up to step h.step (dense Adam's zero-gradient
 // steps since last[row]), and sets last[row] = h.step.
@@ -114,14 +126,37 @@ void AdamCatchUpRows(W* w, S* m, S* v, int32_t* last, int64_t d, const AdamHyper
 // A bfloat16 table is rounded stochastically with bits drawn from (seed, row, column).
 template <typename W>
 void SparseSgdRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                   int64_t a, int64_t d, W* w, float lr, uint32_t seed, int64_t row_begin,
-                   int64_t row_end, RowScratch& scratch);
+                   int64_t a, int64_t d, int64_t window, W* w, float lr, uint32_t seed,
+                   int64_t row_begin, int64_t row_end, RowScratch& scratch);
 
 // Sum over the rows n in [row_begin, row_end) that occur in ids of |summed gradient of n|^2
 // (the squared norm of the dense matrix the factored one stands for, restricted to them).
 double RowSparseSqNormRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
-                           int64_t a, int64_t d, int64_t row_begin, int64_t row_end,
-                           RowScratch& scratch);
+                           int64_t a, int64_t d, int64_t window, int64_t row_begin,
+                           int64_t row_end, RowScratch& scratch);
+
+// ROBE (Desai, Chou and Shrivastava, MLSys 2022): every embedding lives in one shared 1-D
+// array of `memory` elements. Block c of the embedding of global row g (its elements
+// c * block .. (c + 1) * block - 1) is the window of `block` elements starting at
+//   ((a * g + b * c + c0) mod P) mod (memory - block + 1),   P = 2038074743 (the authors'),
+// so a window never wraps. a, b, c0 come from a 32-bit seed (MakeRobeHash): stable across
+// versions and processes, so a checkpoint reads the same slots everywhere.
+constexpr uint64_t kRobePrime = 2038074743u;
+struct RobeHash {
+  uint64_t a, b, c0;
+  uint64_t span;  // memory - block + 1
+};
+RobeHash MakeRobeHash(uint32_t seed, int64_t memory, int64_t block);
+inline int64_t RobeSlot(const RobeHash& h, int64_t g, int64_t block_index) {
+  return static_cast<int64_t>(
+      ((h.a * static_cast<uint64_t>(g) + h.b * static_cast<uint64_t>(block_index) + h.c0) %
+       kRobePrime) % h.span);
+}
+
+// slots[r, c, k] = RobeSlot(h, offset + ids[r, k], c) for c < blocks (-1 where ids[r, k] < 0).
+// ids: [R, K] table rows; slots: [R, blocks, K]; rows r in [begin, end).
+void RobeSlots(const int32_t* ids, int64_t k, int64_t blocks, int64_t offset, const RobeHash& h,
+               int32_t* slots, int64_t begin, int64_t end);
 
 // Which instruction set the dispatched kernels run with ("x86-64-v4": AVX-512; "x86-64-v3":
 // AVX2 and FMA; or "default").

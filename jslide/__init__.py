@@ -3,7 +3,8 @@
 Public API (each name means one thing):
 
 - ops: :func:`sparse_linear`, :func:`embedding_bag` (differentiable, XLA FFI kernels),
-  :func:`shared_linear` (one gathered set of rows for a whole batch);
+  :func:`shared_linear` (one gathered set of rows for a whole batch),
+  :func:`robe_embedding_bag` (embeddings read from one shared ROBE array);
 - differentiation: :func:`value_and_grad`, :func:`grad` (row-sparse table gradients),
   :class:`RowSparseGrad`, :func:`is_row_sparse`, :class:`TableRef`;
 - modules: :mod:`jslide.kernels` (raw FFI kernels), :mod:`jslide.optim` (Optax optimizers for
@@ -23,7 +24,7 @@ from jslide import (datasets, initializers, kernels, losses, lsh, metrics, nn, o
 from jslide._autodiff import grad, value_and_grad
 from jslide._ffi import kernel_isa, num_threads, set_num_threads
 from jslide._tape import TableRef
-from jslide.ops import embedding_bag, shared_linear, sparse_linear
+from jslide.ops import embedding_bag, robe_embedding_bag, shared_linear, sparse_linear
 from jslide.rowsparse import RowSparseGrad, is_row_sparse
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "RowSparseGrad", "TableRef", "datasets", "embedding_bag", "grad", "initializers",
     "is_row_sparse", "kernel_isa", "kernels", "losses", "lsh", "metrics", "nn", "num_threads",
-    "optim", "set_num_threads", "shared_linear", "sparse_linear", "tables", "tree",
+    "optim", "robe_embedding_bag", "set_num_threads", "shared_linear", "sparse_linear",
+    "tables", "tree",
     "value_and_grad",
 ]

@@ -112,7 +112,8 @@ def _after_every_gradient(grads):
   def depend(g):
     if not is_row_sparse(g):
       return g
-    return RowSparseGrad(g.ids, g.coef, g.vecs + zero.astype(g.vecs.dtype), g.num_rows, g.unit)
+    return RowSparseGrad(g.ids, g.coef, g.vecs + zero.astype(g.vecs.dtype), g.num_rows, g.unit,
+                         g.window)
 
   return jax.tree.map(depend, grads, is_leaf=is_row_sparse)
 

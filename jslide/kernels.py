@@ -7,6 +7,11 @@ matrices: ``ids: int32[R, A]`` (-1 is padding), ``coef: f32[R, A]`` and ``vecs: 
 standing for the [N, D] matrix whose row n is the sum of ``coef[r, j] * vecs[r]`` over all
 (r, j) with ``ids[r, j] == n``. Shapes and dtypes are checked here; the kernels check ids
 against N again (their values are only known at run time) and report bad ones as errors.
+
+``window=Z`` (ROBE's memory, :func:`jslide.robe_embedding_bag`): the table is a 1-D array of N
+elements and row n is the window of Z elements from element n (windows overlap); ids are
+window starts in ``[-1, N - Z + 1)``, ``vecs: f32[R, Z]``, and a factored matrix adds
+``coef[r, j] * vecs[r]`` to elements ``ids[r, j] .. ids[r, j] + Z - 1``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,20 @@ from jslide._checks import (adam_hyperparameters, finite_scalar, float32_array, 
                             table_array)
 
 
-def _check_factored(fn, ids, coef, vecs, num_rows, d):
+def _window(fn, window, length) -> int:
+  """window as an int in [0, length]: 0 (rows of a table) or a window of a 1-D table."""
+  if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 0:
+    raise ValueError(f"{fn}: window must be an int >= 0, got {window!r}")
+  if window > length:
+    raise ValueError(f"{fn}: window={window} is longer than the table ({length} elements)")
+  return int(window)
+
+
+def _check_factored(fn, ids, coef, vecs, num_rows, d, window=0):
+  """ids, coef, vecs checked against a table of num_rows rows of d elements, or (window > 0)
+  against a 1-D table of num_rows elements read in windows of ``window`` (d = window)."""
+  if window:
+    num_rows = num_rows - window + 1  # the window starts
   ids = int32_ids(fn, "ids", ids, num_rows, ndim=2)
   coef = float32_array(fn, "coef", coef, ndim=2)
   vecs = float32_array(fn, "vecs", vecs, ndim=2)
@@ -31,64 +49,80 @@ def _check_factored(fn, ids, coef, vecs, num_rows, d):
   return ids, coef, vecs
 
 
-def gather_dot(x, w, b, ids):
+def _gathered_table(fn, w, window):
+  """w checked as a gathered table: [N, D] (window 0) or 1-D (window Z); (rows, D)."""
+  if not window:
+    w = table_array(fn, "w", w, ndim=2)
+    return w, w.shape[0], w.shape[1]
+  w = table_array(fn, "w", w, ndim=1)
+  window = _window(fn, window, w.shape[0])
+  if window == 0:
+    raise ValueError(f"{fn}: window must be >= 1 for a 1-D table")
+  return w, w.shape[0] - window + 1, window
+
+
+def gather_dot(x, w, b, ids, *, window: int = 0):
   """``y[r, j] = x[r] . w[ids[r, j]] + b[ids[r, j]]``; 0 where ``ids[r, j] == -1``.
 
   Args:
-    x: f32[R, D]. w: f32[N, D] or bf16[N, D]. b: f32[N], or None for no bias.
-    ids: int32[R, A].
+    x: f32[R, D]. w: f32[N, D] or bf16[N, D] (or, with ``window=D``, a 1-D table whose row n
+      is ``w[n:n + D]``). b: f32[rows of w], or None for no bias. ids: int32[R, A].
   Returns:
     f32[R, A].
   """
   fn = "gather_dot"
   x = float32_array(fn, "x", x, ndim=2)
-  w = table_array(fn, "w", w, ndim=2)
-  if x.shape[1] != w.shape[1]:
-    raise ValueError(f"{fn}: x shape {x.shape} and w shape {w.shape} differ in D")
+  w, rows, d = _gathered_table(fn, w, window)
+  if x.shape[1] != d:
+    raise ValueError(f"{fn}: x shape {x.shape} and w's rows (of {d}) differ in D")
   if b is None:
     b = jnp.zeros((0,), jnp.float32)
   else:
     b = float32_array(fn, "b", b, ndim=1)
-    if b.shape[0] != w.shape[0]:
-      raise ValueError(f"{fn}: b shape {b.shape} must be ({w.shape[0]},) like w's rows")
-  ids = int32_ids(fn, "ids", ids, w.shape[0], ndim=2)
+    if b.shape[0] != rows:
+      raise ValueError(f"{fn}: b shape {b.shape} must be ({rows},) like w's rows")
+  ids = int32_ids(fn, "ids", ids, rows, ndim=2)
   if ids.shape[0] != x.shape[0]:
     raise ValueError(f"{fn}: ids shape {ids.shape} must have {x.shape[0]} rows like x")
   out = jax.ShapeDtypeStruct(ids.shape, jnp.float32)
-  return jax.ffi.ffi_call("jslide_gather_dot", out, vmap_method="sequential")(x, w, b, ids)
+  return jax.ffi.ffi_call("jslide_gather_dot", out, vmap_method="sequential")(
+      x, w, b, ids, window=np.int64(window))
 
 
-def gather_weighted_sum(ids, coef, w):
+def gather_weighted_sum(ids, coef, w, *, window: int = 0):
   """``out[r] = sum_j coef[r, j] * w[ids[r, j]]`` (padding ids contribute nothing).
 
   Args:
-    ids: int32[R, A]. coef: f32[R, A]. w: f32[N, D] or bf16[N, D].
+    ids: int32[R, A]. coef: f32[R, A]. w: f32[N, D] or bf16[N, D] (or, with ``window=D``, a
+      1-D table whose row n is ``w[n:n + D]``).
   Returns:
     f32[R, D].
   """
   fn = "gather_weighted_sum"
-  w = table_array(fn, "w", w, ndim=2)
-  ids = int32_ids(fn, "ids", ids, w.shape[0], ndim=2)
+  w, rows, d = _gathered_table(fn, w, window)
+  ids = int32_ids(fn, "ids", ids, rows, ndim=2)
   coef = float32_array(fn, "coef", coef, ndim=2)
   if coef.shape != ids.shape:
     raise ValueError(f"{fn}: coef shape {coef.shape} must equal ids shape {ids.shape}")
-  out = jax.ShapeDtypeStruct((ids.shape[0], w.shape[1]), jnp.float32)
+  out = jax.ShapeDtypeStruct((ids.shape[0], d), jnp.float32)
   return jax.ffi.ffi_call("jslide_gather_weighted_sum", out, vmap_method="sequential")(
-      ids, coef, w)
+      ids, coef, w, window=np.int64(window))
 
 
-def scatter_outer(ids, coef, vecs, num_rows: int):
-  """The dense f32[num_rows, D] form of the factored row-sparse matrix (ids, coef, vecs).
+def scatter_outer(ids, coef, vecs, num_rows: int, *, window: int = 0):
+  """The dense f32[num_rows, D] form of the factored row-sparse matrix (ids, coef, vecs)
+  (with ``window``: the f32[num_rows] array its windows add up to).
 
   This is the dense gradient of a table (what plain ``jax.grad`` returns); it costs
   O(num_rows * D) and exists for the dense path and for checking.
   """
   fn = "scatter_outer"
   d = jnp.shape(vecs)[1] if jnp.ndim(vecs) == 2 else -1
-  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, num_rows, d)
-  out = jax.ShapeDtypeStruct((num_rows, vecs.shape[1]), jnp.float32)
-  return jax.ffi.ffi_call("jslide_scatter_outer", out, vmap_method="sequential")(
-      ids, coef, vecs)
+  window = _window(fn, window, num_rows)
+  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, num_rows, d, window)
+  shape = (num_rows,) if window else (num_rows, vecs.shape[1])
+  return jax.ffi.ffi_call("jslide_scatter_outer", jax.ShapeDtypeStruct(shape, jnp.float32),
+                          vmap_method="sequential")(ids, coef, vecs, window=np.int64(window))
 
 
 def _check_table_state(fn, w, *states):
@@ -121,6 +155,13 @@ def as_rows(table):
   """A table as the table kernels take it: f32[N] or f32[N, D] as it is (a reshape around an
   in-place call would make XLA copy the whole table), f32[N, ...] flattened to f32[N, D]."""
   return table if jnp.ndim(table) <= 2 else jnp.reshape(table, (jnp.shape(table)[0], -1))
+
+
+def _table_window(fn, w, window) -> int:
+  window = _window(fn, window, w.shape[0])
+  if window and w.ndim != 1:
+    raise ValueError(f"{fn}: a table read in windows must be 1-D, got shape {w.shape}")
+  return window
 
 
 def _row_length(w) -> int:
@@ -161,7 +202,7 @@ def _check_last(fn, last, num_rows):
 
 def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction1,
                      bias_correction2, b1: float, b2: float, eps: float, last=None,
-                     step=None):
+                     step=None, window: int = 0):
   """Adam on the rows of ``w`` that occur in ``ids``, in place when w, m, v (, last) are donated.
 
   For every row n occurring in ids, with g the summed gradient of that row:
@@ -177,6 +218,10 @@ def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction
   and ``last[n]`` becomes t. Together with a final :func:`adam_catch_up_rows` this equals
   dense ``optax.adam`` on the same (row-sparse) gradients at the cost of the touched rows.
 
+  With ``window=Z`` the table is 1-D and ids are window starts (see the module docstring):
+  every element that a window covers is a row of its own (its own ``last``), its gradient
+  the sum of the windows over it.
+
   Args:
     w, m, v: f32[N, D] (or f32[N], D = 1) table and Adam moments. ids, coef: [R, A];
       vecs: f32[R, D]. last: int32[N] or None. step: int scalar, required with ``last``.
@@ -185,8 +230,10 @@ def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction
   """
   fn = "sparse_adam_rows"
   w, (m, v) = _check_table_state(fn, w, ("m", m), ("v", v))
-  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], _row_length(w))
-  attrs = _adam_attrs(fn, b1, b2, eps)
+  window = _table_window(fn, w, window)
+  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0],
+                                    window or _row_length(w), window)
+  attrs = dict(_adam_attrs(fn, b1, b2, eps), window=np.int64(window))
   shapes = _state_shapes(w, m)
   if last is None:
     hyper = _adam_hyper(fn, learning_rate, bias_correction1, bias_correction2, 1)
@@ -233,20 +280,23 @@ def adam_catch_up_rows(w, m, v, last, *, step, learning_rate, b1: float, b2: flo
   )(w, m, v, last, hyper, **_adam_attrs(fn, b1, b2, eps))
 
 
-def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate):
+def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate, window: int = 0):
   """``w[n] -= learning_rate * g[n]`` for the rows occurring in ids, in place when donated.
 
-  w: f32[N, D] or f32[N] (D = 1); ids, coef: [R, A]; vecs: f32[R, D].
+  w: f32[N, D] or f32[N] (D = 1); ids, coef: [R, A]; vecs: f32[R, D]. ``window``: as in
+  :func:`sparse_adam_rows`.
   """
   fn = "sparse_sgd_rows"
   w, _ = _check_table_state(fn, w)
-  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0], _row_length(w))
+  window = _table_window(fn, w, window)
+  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0],
+                                    window or _row_length(w), window)
   finite_scalar(fn, "learning_rate", learning_rate)
   hyper = jnp.reshape(jnp.asarray(learning_rate, jnp.float32), (1,))
   return jax.ffi.ffi_call(
       "jslide_sparse_sgd", jax.ShapeDtypeStruct(w.shape, w.dtype),
       vmap_method="sequential", input_output_aliases={0: 0},
-  )(w, ids, coef, vecs, hyper)
+  )(w, ids, coef, vecs, hyper, window=np.int64(window))
 
 
 def check_unit(unit, x, *, what: str, allow_zero: bool = True):
@@ -266,15 +316,56 @@ def check_unit(unit, x, *, what: str, allow_zero: bool = True):
       unit.astype(jnp.int32), x, what=str(what), allow_zero=bool(allow_zero))
 
 
-def row_sparse_sq_norm(ids, coef, vecs, num_rows: int):
+def row_sparse_sq_norm(ids, coef, vecs, num_rows: int, *, window: int = 0):
   """f32[]: the squared Frobenius norm of the dense f32[num_rows, D] matrix that the
-  factored (ids, coef, vecs) stands for (duplicate ids summed first), at the cost of the
-  rows that occur: O(R*A*D) work, O(D) memory per thread."""
+  factored (ids, coef, vecs) stands for (duplicate ids summed first; with ``window``, the
+  f32[num_rows] array its windows add up to), at the cost of the rows that occur: O(R*A*D)
+  work, O(D) memory per thread."""
   fn = "row_sparse_sq_norm"
   d = jnp.shape(vecs)[1] if jnp.ndim(vecs) == 2 else -1
-  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, num_rows, d)
+  window = _window(fn, window, num_rows)
+  ids, coef, vecs = _check_factored(fn, ids, coef, vecs, num_rows, d, window)
   return jax.ffi.ffi_call("jslide_row_sparse_sq_norm", jax.ShapeDtypeStruct((), jnp.float32),
-                          vmap_method="sequential")(ids, coef, vecs, num_rows=np.int64(num_rows))
+                          vmap_method="sequential")(ids, coef, vecs, num_rows=np.int64(num_rows),
+                                                    window=np.int64(window))
+
+
+# ROBE's hash (ffi/kernels.h): the prime, and the largest number of rows all the tables that
+# share one array may hold together.
+ROBE_PRIME = 2038074743
+
+
+def robe_slots(ids, *, offset: int, num_rows: int, memory: int, block: int, blocks: int,
+               seed: int):
+  """int32[R, blocks, K]: where block c of the embedding of row ``ids[r, k]`` of a table
+  starts in a ROBE array of ``memory`` elements: ``((a * g + b * c + c0) mod P) mod (memory -
+  block + 1)`` for the global row ``g = offset + ids[r, k]`` (the table's first row in the
+  array's row numbering plus its own row), P = 2038074743, and (a, b, c0) drawn from the
+  32-bit ``seed`` (``jslide.reference.robe_hash``); -1 where ``ids[r, k]`` is -1. Ids out of
+  ``[-1, num_rows)`` are an error.
+
+  Args:
+    ids: int32[R, K].
+  """
+  fn = "robe_slots"
+  for name, value in (("offset", offset), ("num_rows", num_rows), ("memory", memory),
+                      ("block", block), ("blocks", blocks), ("seed", seed)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+      raise ValueError(f"{fn}: {name} must be an int >= 0, got {value!r}")
+  if not 1 <= block <= memory:
+    raise ValueError(f"{fn}: block={block} must be in [1, memory={memory}]")
+  if blocks < 1:
+    raise ValueError(f"{fn}: blocks must be >= 1, got {blocks}")
+  if offset + num_rows > ROBE_PRIME:
+    raise ValueError(f"{fn}: the tables sharing one array hold {offset + num_rows} rows; the "
+                     f"hash takes at most {ROBE_PRIME}")
+  if seed >= 2**32:
+    raise ValueError(f"{fn}: seed must be a uint32, got {seed}")
+  ids = int32_ids(fn, "ids", ids, num_rows, ndim=2)
+  out = jax.ShapeDtypeStruct((ids.shape[0], blocks, ids.shape[1]), jnp.int32)
+  return jax.ffi.ffi_call("jslide_robe_slots", out, vmap_method="sequential")(
+      ids, offset=np.int64(offset), num_rows=np.int64(num_rows), memory=np.int64(memory),
+      block=np.int64(block), blocks=np.int64(blocks), seed=np.int64(seed))
 
 
 def huge_page_zeros(shape, dtype=jnp.float32):

@@ -218,3 +218,89 @@ def _shared_linear_table_grads(w_slot, b_slot, n, saved, g):
     out.append((b_slot, RowSparseGrad(ids, jnp.sum(g, axis=0)[:, None],
                                       jnp.ones((ids.shape[0],), g.dtype), n)))
   return out
+
+
+# ------------------------------------------------------------------ robe_embedding_bag
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _robe_windows(slots, coef, memory, block: int, grad_memory: bool):
+  return kernels.gather_weighted_sum(slots, coef, memory, window=block)
+
+
+def _robe_windows_fwd(slots, coef, memory, block, grad_memory):
+  return kernels.gather_weighted_sum(slots, coef, memory, window=block), (slots, coef, memory)
+
+
+def _robe_windows_bwd(block, grad_memory, res, g):
+  slots, coef, memory = res
+  dcoef = kernels.gather_dot(g, memory, None, slots, window=block)
+  dmem = None
+  if grad_memory:
+    dmem = kernels.scatter_outer(slots, coef, g, memory.shape[0],
+                                 window=block).astype(memory.dtype)
+  return None, dcoef, dmem
+
+
+_robe_windows.defvjp(_robe_windows_fwd, _robe_windows_bwd)
+
+
+def robe_embedding_bag(ids, weights, memory, *, num_rows: int, features: int, block: int,
+                       seed: int = 0, offset: int = 0):
+  """Embedding bags of a table stored in a ROBE array (Desai et al., MLSys 2022).
+
+  Row r of the table (``num_rows`` rows, ``features`` wide) is not stored: its block c, the
+  elements ``c * block .. (c + 1) * block - 1``, is the window of ``block`` elements of the
+  shared 1-D ``memory`` that starts at ``((a * (offset + r) + b * c + c0) mod P) mod
+  (len(memory) - block + 1)`` (P = 2038074743; a, b, c0 from ``seed``, see
+  :func:`jslide.kernels.robe_slots`). Several tables share one array with their own
+  ``offset`` (the rows of the tables before them). ``h[...] = sum_k weights[..., k] *
+  row(ids[..., k])``, as :func:`embedding_bag`.
+
+  Under :func:`jslide.value_and_grad` the gradient of ``memory`` is a windowed
+  :class:`jslide.RowSparseGrad` (the windows the batch read, overlaps summed element by
+  element), which ``jslide.optim.sparse_adam`` / ``sparse_sgd`` apply in place to the elements
+  it touches; plain ``jax.grad`` gives the dense gradient.
+
+  Args:
+    ids: int[..., K] rows in [-1, num_rows); -1 is padding.
+    weights: f32[..., K].
+    memory: f32[M] or bf16[M], M >= block.
+    num_rows, features, block (dividing features), seed (uint32), offset: static ints.
+  Returns:
+    f32[..., features].
+  """
+  fn = "robe_embedding_bag"
+  m_val, m_ref = unwrap_table(memory)
+  m_val = table_array(fn, "memory", m_val, ndim=1)
+  for name, value in (("num_rows", num_rows), ("features", features), ("block", block)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+  if features % block:
+    raise ValueError(f"{fn}: block={block} must divide features={features}")
+  if block > m_val.shape[0]:
+    raise ValueError(f"{fn}: block={block} is longer than the memory ({m_val.shape[0]} "
+                     "elements)")
+  ids = int32_ids(fn, "ids", ids, num_rows)
+  weights = float32_array(fn, "weights", weights)
+  if weights.shape != ids.shape or ids.ndim < 1:
+    raise ValueError(f"{fn}: weights shape {weights.shape} must equal ids shape {ids.shape}")
+  lead, k = ids.shape[:-1], ids.shape[-1]
+  rows = math.prod(lead)
+  if rows == 0 or k == 0:
+    return jnp.zeros((*lead, features), jnp.float32)
+  blocks = features // block
+  ids2 = ids.reshape(rows, k)
+  slots = kernels.robe_slots(ids2, offset=offset, num_rows=num_rows, memory=m_val.shape[0],
+                             block=block, blocks=blocks, seed=seed).reshape(rows * blocks, k)
+  coef = jnp.broadcast_to(weights.reshape(rows, 1, k), (rows, blocks, k)).reshape(-1, k)
+  h = _robe_windows(slots, coef, m_val, block, m_ref is None)
+  if m_ref is not None:
+    h = m_ref.tape.tap(h, partial(_robe_table_grads, m_ref.slot, m_val.shape[0], block),
+                       dict(slots=slots, coef=coef))
+  return h.reshape(*lead, features)
+
+
+def _robe_table_grads(m_slot, size, block, saved, g):
+  """The windowed row-sparse gradient of the memory (coef: the weights, vecs: g's blocks)."""
+  return [(m_slot, RowSparseGrad(saved["slots"], saved["coef"], g, size, window=block))]

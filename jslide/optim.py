@@ -214,7 +214,7 @@ def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
         out = kernels.sparse_adam_rows(
             *map(kernels.as_rows, (p, m, v)), ids, coef, vecs, learning_rate=lr,
             bias_correction1=bc1, bias_correction2=bc2, b1=b1, b2=b2, eps=eps, last=l,
-            step=count if catch_up else None)
+            step=count if catch_up else None, window=g.window)
         new_u.append(TableUpdate(out[0].reshape(p.shape)))
         new_m.append(out[1].reshape(p.shape))
         new_v.append(out[2].reshape(p.shape))

@@ -35,11 +35,20 @@ def gather_weighted_sum(ids, coef, w):
   return jnp.einsum("ra,rad->rd", jnp.where(valid, coef, 0.0), w[safe])
 
 
-def scatter_outer(ids, coef, vecs, num_rows):
+def scatter_outer(ids, coef, vecs, num_rows, window=0):
   valid, safe = _valid(ids)
   contrib = jnp.where(valid, coef, 0.0)[:, :, None] * vecs[:, None, :]
+  if window:  # a 1-D table: window j of id n adds to element n + j
+    elems = safe[:, :, None] + jnp.arange(window)
+    return jnp.zeros((num_rows,), vecs.dtype).at[elems.reshape(-1)].add(contrib.reshape(-1))
   return jnp.zeros((num_rows, vecs.shape[1]), vecs.dtype).at[safe.reshape(-1)].add(
       contrib.reshape(-1, vecs.shape[1]))
+
+
+def windows(w, ids, window):
+  """[..., window]: the windows ``w[ids + j]`` of a 1-D table (0 where ids is -1)."""
+  valid, safe = _valid(ids)
+  return jnp.where(valid[..., None], w[safe[..., None] + jnp.arange(window)], 0.0)
 
 
 def sparse_linear(x, w, b, ids):
@@ -50,17 +59,23 @@ def embedding_bag(feat_ids, feat_vals, w):
   return gather_weighted_sum(feat_ids, feat_vals, w)
 
 
-def touched_rows(ids, num_rows):
-  """bool[num_rows]: which rows occur in ids (padding excluded)."""
+def touched_rows(ids, num_rows, window=0):
+  """bool[num_rows]: which rows occur in ids (padding excluded); with a window, which
+  elements a window covers."""
   valid, safe = _valid(ids)
+  if window:
+    valid = jnp.broadcast_to(valid[..., None], (*ids.shape, window))
+    safe = safe[..., None] + jnp.arange(window)
   return jnp.zeros((num_rows,), bool).at[safe.reshape(-1)].max(valid.reshape(-1))
 
 
 def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction1,
-                     bias_correction2, b1, b2, eps):
-  """Lazy Adam: the dense Adam step applied only to rows that occur in ids."""
-  g = scatter_outer(ids, coef, vecs, w.shape[0])
-  hit = touched_rows(ids, w.shape[0])[:, None]
+                     bias_correction2, b1, b2, eps, window=0):
+  """Lazy Adam: the dense Adam step applied only to rows that occur in ids (with a window:
+  the elements a window covers)."""
+  g = scatter_outer(ids, coef, vecs, w.shape[0], window)
+  hit = touched_rows(ids, w.shape[0], window)
+  hit = hit if w.ndim == 1 else hit[:, None]
   m_new = b1 * m + (1 - b1) * g
   v_new = b2 * v + (1 - b2) * g * g
   step = learning_rate * (m_new / bias_correction1) / (jnp.sqrt(v_new / bias_correction2) + eps)
@@ -90,8 +105,8 @@ def sparse_adam_catch_up_rows(w, m, v, last, ids, coef, vecs, *, step, learning_
   return w, m, v, jnp.where(hit, step, last)
 
 
-def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate):
-  return w - learning_rate * scatter_outer(ids, coef, vecs, w.shape[0])
+def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate, window=0):
+  return w - learning_rate * scatter_outer(ids, coef, vecs, w.shape[0], window)
 
 
 # ------------------------------------------------------------------ bfloat16 rounding
@@ -139,3 +154,40 @@ def sgd_rounding_seed(coef) -> np.uint32:
   with np.errstate(over="ignore"):
     mixed = mix32(bits + np.arange(bits.size, dtype=np.uint32) * np.uint32(0x9E3779B9))
   return np.uint32(0x5BD1E995) ^ np.bitwise_xor.reduce(mixed, initial=np.uint32(0))
+
+
+# ------------------------------------------------------------------ ROBE
+
+
+ROBE_PRIME = 2038074743
+
+
+def robe_hash(seed: int, memory: int, block: int) -> tuple[int, int, int, int]:
+  """(a, b, c0, span) of ROBE's slot hash for a 32-bit seed (MakeRobeHash in ffi/kernels.cc)."""
+  with np.errstate(over="ignore"):
+    mixed = [int(mix32(np.uint32(seed) + np.uint32(c))) for c in
+             (0x9E3779B9, 0x3C6EF372, 0xDAA66D2B)]
+  return (1 + mixed[0] % (ROBE_PRIME - 1), mixed[1] % ROBE_PRIME, mixed[2] % ROBE_PRIME,
+          memory - block + 1)
+
+
+def robe_slots(ids, *, offset, memory, block, blocks, seed):
+  """int[R, blocks, K]: ``((a * (offset + id) + b * c + c0) mod P) mod (memory - block + 1)``
+  (-1 for padding ids), in Python integers (exact)."""
+  a, b, c0, span = robe_hash(seed, memory, block)
+  ids = np.asarray(ids, np.int64)
+  g = (offset + ids)[:, None, :].astype(object)
+  c = np.arange(blocks, dtype=np.int64)[None, :, None].astype(object)
+  slots = ((a * g + b * c + c0) % ROBE_PRIME) % span
+  return np.where(ids[:, None, :] < 0, -1, slots).astype(np.int64)
+
+
+def robe_embedding_bag(ids, weights, memory, *, offset, features, block, seed):
+  """``sum_k weights[r, k] * e(ids[r, k])`` with ``e(i)[j] = memory[slot(offset + i, j // block)
+  + j % block]``: f32[R, features] for ids, weights [R, K]."""
+  blocks = features // block
+  slots = jnp.asarray(robe_slots(ids, offset=offset, memory=memory.shape[0], block=block,
+                                 blocks=blocks, seed=seed), jnp.int32)  # [R, C, K]
+  rows = windows(memory.astype(jnp.float32), slots, block)  # [R, C, K, Z]
+  w = jnp.where(jnp.asarray(ids) >= 0, weights, 0.0)[:, None, :, None]
+  return jnp.sum(w * rows, axis=2).reshape(len(ids), features)

@@ -60,20 +60,30 @@ class RowSparseGrad:
   the gradient of the output. Storing (ids, coef, vecs) costs O(R*A + R*D) instead of the
   O(R*A*D) of gathered per-row gradients or the O(N*D) of a dense one.
 
+  With ``window=Z`` (the gradient of a ROBE array, :func:`jslide.robe_embedding_bag`) the
+  table is 1-D, ``f32[num_rows]``, ``vecs`` is ``f32[R, Z]`` and ``ids`` are window starts:
+  ``coef[r, j] * vecs[r]`` is added to elements ``ids[r, j] .. ids[r, j] + Z - 1``, and windows
+  that overlap add up element by element.
+
   Attributes:
-    ids: int32[R, A], table rows; -1 is padding. Duplicates are summed.
+    ids: int32[R, A], table rows (window starts); -1 is padding. Duplicates are summed.
     coef: f32[R, A].
-    vecs: f32[R, *row_shape].
+    vecs: f32[R, *row_shape] (f32[R, window] with a window).
     unit: int32[], 1 (0 for the zero gradient ``optax.tree.zeros_like`` makes); anything
       else means leafwise arithmetic touched the ids, and consumers refuse it.
-    num_rows: N, the table's number of rows (static).
+    num_rows: N, the table's number of rows (elements, with a window) (static).
+    window: 0, or the window length Z (static).
   """
 
-  __slots__ = ("ids", "coef", "vecs", "unit", "num_rows")
+  __slots__ = ("ids", "coef", "vecs", "unit", "num_rows", "window")
 
-  def __init__(self, ids, coef, vecs, num_rows: int, unit=None):
+  def __init__(self, ids, coef, vecs, num_rows: int, unit=None, window: int = 0):
     num_rows = positive_int("RowSparseGrad", "num_rows", num_rows)
-    ids = int32_ids("RowSparseGrad", "ids", ids, num_rows=num_rows, ndim=2)
+    if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= num_rows:
+      raise ValueError(f"RowSparseGrad: window must be an int in [0, num_rows={num_rows}], got "
+                       f"{window!r}")
+    ids = int32_ids("RowSparseGrad", "ids", ids,
+                    num_rows=num_rows - window + 1 if window else num_rows, ndim=2)
     coef, vecs = jnp.asarray(coef), jnp.asarray(vecs)
     for name, x in (("coef", coef), ("vecs", vecs)):
       if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -83,24 +93,29 @@ class RowSparseGrad:
     if vecs.ndim < 1 or vecs.shape[0] != ids.shape[0]:
       raise ValueError(f"RowSparseGrad: vecs shape {vecs.shape} must start with ids' "
                        f"{ids.shape[0]} rows")
+    if window and vecs.shape != (ids.shape[0], window):
+      raise ValueError(f"RowSparseGrad: with window={window}, vecs shape {vecs.shape} must be "
+                       f"({ids.shape[0]}, {window})")
     self.ids = ids
     self.coef = coef
     self.vecs = vecs
     self.unit = jnp.ones([], jnp.int32) if unit is None else unit
     self.num_rows = int(num_rows)
+    self.window = window
 
   # ------------------------------------------------------------------ pytree protocol
 
   def tree_flatten_with_keys(self):
     children = tuple((GetAttrKey(k), getattr(self, k)) for k in ("ids", "coef", "vecs", "unit"))
-    return children, self.num_rows
+    return children, (self.num_rows, self.window)
 
   @classmethod
-  def tree_unflatten(cls, num_rows, children):
+  def tree_unflatten(cls, aux, children):
     ids, coef, vecs, unit = children
     refuse_float_leaves("RowSparseGrad", _MISUSE, ids=ids, unit=unit)
     obj = object.__new__(cls)
-    obj.ids, obj.coef, obj.vecs, obj.unit, obj.num_rows = ids, coef, vecs, unit, num_rows
+    obj.ids, obj.coef, obj.vecs, obj.unit = ids, coef, vecs, unit
+    obj.num_rows, obj.window = aux
     return obj
 
   def __repr__(self):
@@ -111,7 +126,7 @@ class RowSparseGrad:
 
   @property
   def row_shape(self) -> tuple[int, ...]:
-    return tuple(self.vecs.shape[1:])
+    return () if self.window else tuple(self.vecs.shape[1:])
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -125,27 +140,28 @@ class RowSparseGrad:
   def factors(self) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(ids int32[R, A], coef f32[R, A], vecs f32[R, D]) with D = prod(row_shape), the
     layout the kernels take; ``coef`` passes a run-time check of ``unit`` first."""
-    d = math.prod(self.row_shape)
+    d = self.window or math.prod(self.row_shape)
     vecs = jnp.reshape(self.vecs, (self.vecs.shape[0], d))
     return self.ids, kernels.check_unit(self.unit, self.coef, what=_MISUSE), vecs
 
   def todense(self) -> jax.Array:
     """The dense gradient, f32[num_rows, *row_shape]. Costs O(num_rows * D)."""
     ids, coef, vecs = self.factors()
-    return jnp.reshape(kernels.scatter_outer(ids, coef, vecs, self.num_rows), self.shape)
+    return jnp.reshape(kernels.scatter_outer(ids, coef, vecs, self.num_rows,
+                                             window=self.window), self.shape)
 
   def sq_norm(self) -> jax.Array:
     """f32[]: the squared Frobenius norm of the dense gradient (duplicate ids summed first),
     at the cost of the rows that occur."""
     ids, coef, vecs = self.factors()
-    return kernels.row_sparse_sq_norm(ids, coef, vecs, self.num_rows)
+    return kernels.row_sparse_sq_norm(ids, coef, vecs, self.num_rows, window=self.window)
 
   # ------------------------------------------------------------------ algebra
 
   def scale(self, factor) -> "RowSparseGrad":
     """This gradient times a scalar (only ``coef`` is scaled)."""
     return RowSparseGrad(self.ids, self.coef * jnp.asarray(factor, self.coef.dtype), self.vecs,
-                         self.num_rows, self.unit)
+                         self.num_rows, self.unit, self.window)
 
   def __mul__(self, factor):
     if isinstance(factor, RowSparseGrad):
@@ -172,7 +188,8 @@ class RowSparseGrad:
                        f"{jnp.shape(param)}")
     ids, coef, vecs = self.factors()
     return jnp.reshape(kernels.sparse_sgd_rows(kernels.as_rows(param), ids, coef, vecs,
-                                               learning_rate=-1.0), self.shape)
+                                               learning_rate=-1.0, window=self.window),
+                       self.shape)
 
   @classmethod
   def zeros(cls, shape: Sequence[int], dtype=jnp.float32) -> "RowSparseGrad":
@@ -188,12 +205,15 @@ class RowSparseGrad:
     A padded with -1). The result's size is the sum of theirs."""
     if not grads:
       raise ValueError("RowSparseGrad.concatenate: need at least one gradient")
-    shape = grads[0].shape
+    shape, window = grads[0].shape, grads[0].window
     for g in grads[1:]:
       if not isinstance(g, RowSparseGrad):
         raise TypeError(f"RowSparseGrad.concatenate: got {type(g).__name__}")
       if g.shape != shape:
         raise ValueError(f"RowSparseGrad.concatenate: shapes differ: {shape} vs {g.shape}")
+      if g.window != window:
+        raise ValueError(f"RowSparseGrad.concatenate: windows differ: {window} vs {g.window} "
+                         "(one ROBE array is read with one block size)")
     if len(grads) == 1:
       return grads[0]
     width = max(g.ids.shape[1] for g in grads)
@@ -203,7 +223,7 @@ class RowSparseGrad:
     return cls(ids=jnp.concatenate([pad(i, -1) for i, _, _ in parts]),
                coef=jnp.concatenate([pad(c, 0) for _, c, _ in parts]),
                vecs=jnp.concatenate([g.vecs for g in grads]),
-               num_rows=shape[0])
+               num_rows=shape[0], window=window)
 
 
 def is_row_sparse(x) -> bool:
