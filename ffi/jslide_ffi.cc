@@ -207,29 +207,6 @@ ffi::Error CheckAdamState(const std::string& k, const Any& w, const Any& m, cons
   return ffi::Error::Success();
 }
 
-// Every last[i] read, for i in the (already range-checked) ids (and the `window` - 1 elements
-// after each, for windows), lies in [0, max_last]: a corrupt state must not index the
-// catch-up factors out of bounds. Only the touched rows are read, so a step costs nothing per
-// table row.
-ffi::Error CheckLastOfRows(const std::string& k, const S32& last, const S32& ids, int64_t window,
-                           int64_t max_last) {
-  const int32_t* l = last.typed_data();
-  const int32_t* id = ids.typed_data();
-  const int64_t span = std::max<int64_t>(window, 1);
-  for (int64_t p = 0, count = ids.element_count(); p < count; ++p) {
-    if (id[p] < 0) continue;
-    for (int64_t j = 0; j < span; ++j) {
-      const int64_t row = id[p] + j;
-      const int32_t s = l[row];
-      if (s < 0 || s > max_last)
-        return Invalid(k, "last[" + std::to_string(row) + "] = " + std::to_string(s) +
-                              " must lie in [0, " + std::to_string(max_last) +
-                              "] (the steps already taken)");
-    }
-  }
-  return ffi::Error::Success();
-}
-
 // Every entry of last in [0, max_last] (for the catch-up of all rows, which reads them all).
 ffi::Error CheckLastOfAllRows(const std::string& k, const S32& last, int64_t max_last) {
   const int32_t* l = last.typed_data();
@@ -271,8 +248,6 @@ ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, Any w, Any m,
   int64_t n = 0, d = 0;
   JSLIDE_RETURN_IF_ERROR(CheckAdamState(k, w, m, v, last, &n, &d));
   JSLIDE_RETURN_IF_ERROR(CheckWindowedFactored(k, ids, coef, vecs, n, d, window));
-  if (last != nullptr)
-    JSLIDE_RETURN_IF_ERROR(CheckLastOfRows(k, *last, ids, window, h.step - 1));
   JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "coef", coef));
   JSLIDE_RETURN_IF_ERROR(CheckFinite(k, "vecs", vecs));
   StartFrom(w, w_out);
@@ -285,15 +260,24 @@ ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, Any w, Any m,
   }
   const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
   const int64_t vd = vecs.dimensions()[1];
+  // The kernel reads last[] only at the rows it updates (an O(N) check every step would cost
+  // more than the step) and reports an entry outside [0, t - 1] here, never using it; the
+  // outputs of a failed call are not seen (fresh buffers, or donated ones XLA invalidates).
+  LastCheck check;
+  check.max_last = h.step - 1;
   WithElement(w.element_type(), [&](auto we) {
     WithElement(m.element_type(), [&](auto se) {
       ForRowRanges(pool, n, r * a, [&](int64_t begin, int64_t end, RowScratch& scratch) {
         SparseAdamRows(ids.typed_data(), coef.typed_data(), vecs.typed_data(), r, a, vd, window,
-                       Data(w_out, we), Data(m_out, se), Data(v_out, se), last_rows, h, begin,
-                       end, scratch);
+                       Data(w_out, we), Data(m_out, se), Data(v_out, se), last_rows, &check, h,
+                       begin, end, scratch);
       });
     });
   });
+  if (check.row.load() >= 0)
+    return Invalid(k, "last[" + std::to_string(check.row.load()) + "] = " +
+                          std::to_string(check.value.load()) + " must lie in [0, " +
+                          std::to_string(check.max_last) + "] (the steps already taken)");
   return ffi::Error::Success();
 }
 

@@ -374,16 +374,24 @@ namespace {
 
 // The zero-gradient steps of AdamCatchUpFactors on one row; `key` seeds the rounding bits.
 template <typename W, typename S>
+JSLIDE_INLINE void CatchUpElement(W* __restrict w, S* __restrict m, S* __restrict v,
+                                  const AdamCatchUp& c, float eps, uint32_t bits);
+
+template <typename W, typename S>
 JSLIDE_INLINE void CatchUpRow(W* __restrict w, S* __restrict m, S* __restrict v, int64_t d,
                               const AdamCatchUp& c, float eps, uint32_t key) {
 #pragma omp simd
-  for (int64_t k = 0; k < d; ++k) {
-    const uint32_t bits = ElementBits(key, k);
-    const float mk = Widen(m[k]), vk = Widen(v[k]);
-    StoreRounded(w + k, Widen(w[k]) - c.scale * mk / (std::sqrt(vk) + eps), bits);
-    StoreRounded(m + k, mk * c.decay1, bits >> 16);
-    StoreRounded(v + k, vk * c.decay2, bits * 0x2c1b3c6du >> 16);
-  }
+  for (int64_t k = 0; k < d; ++k) CatchUpElement(w + k, m + k, v + k, c, eps, ElementBits(key, k));
+}
+
+// CatchUpRow for one element, with its 32 rounding bits.
+template <typename W, typename S>
+JSLIDE_INLINE void CatchUpElement(W* __restrict w, S* __restrict m, S* __restrict v,
+                                  const AdamCatchUp& c, float eps, uint32_t bits) {
+  const float mk = Widen(*m), vk = Widen(*v);
+  StoreRounded(w, Widen(*w) - c.scale * mk / (std::sqrt(vk) + eps), bits);
+  StoreRounded(m, mk * c.decay1, bits >> 16);
+  StoreRounded(v, vk * c.decay2, bits * 0x2c1b3c6du >> 16);
 }
 
 // Seeds of the rounding bits of a step: distinct for the catch-up and the update.
@@ -396,8 +404,8 @@ JSLIDE_INLINE uint32_t StepSeed(int64_t step, uint32_t salt) {
 template <typename W, typename S>
 JSLIDE_CLONES void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs,
                                   int64_t r, int64_t a, int64_t d, int64_t window, W* w, S* m,
-                                  S* v, int32_t* last, const AdamHyper& h, int64_t row_begin,
-                                  int64_t row_end, RowScratch& scratch) {
+                                  S* v, int32_t* last, LastCheck* check, const AdamHyper& h,
+                                  int64_t row_begin, int64_t row_end, RowScratch& scratch) {
   const float lr = h.lr, b1 = h.b1, b2 = h.b2, eps = h.eps;
   const float inv_bc1 = 1.0f / h.bias_correction1, inv_bc2 = 1.0f / h.bias_correction2;
   const uint32_t update_seed = StepSeed(h.step, 0x1u), catch_up_seed = StepSeed(h.step, 0x2u);
@@ -421,15 +429,38 @@ JSLIDE_CLONES void SparseAdamRows(const int32_t* ids, const float* coef, const f
         W* __restrict wr = w + first * row_len;
         S* __restrict mr = m + first * row_len;
         S* __restrict vr = v + first * row_len;
-        if (last != nullptr) {
+        // s == 0: never updated, so m = v = 0 and dense Adam left it alone; s outside
+        // [0, step - 1] is a corrupt state, reported and never used.
+        auto behind = [&](int64_t row) __attribute__((always_inline)) {
+          const int32_t s = last[row];
+          last[row] = static_cast<int32_t>(h.step);
+          if (s < 0 || s > check->max_last) {
+            check->Report(row, s);
+            return false;
+          }
+          return s > 0 && h.step - 1 > s;
+        };
+        if (last != nullptr && row_len > 1) {  // one row
+          const int64_t s = last[first];
+          if (behind(first))
+            CatchUpRow(wr, mr, vr, row_len, scratch.catch_up.Get(h, s, h.step - 1 - s), eps,
+                       RowKey(catch_up_seed, first));
+        } else if (last != nullptr) {  // a run of one-element rows: factors, then one pass
+          scratch.factors.resize(static_cast<size_t>(count));
+          AdamCatchUp* f = scratch.factors.data();
+          bool any = false;
           for (int64_t i = 0; i < count; ++i) {
-            const int64_t row = first + i, s = last[row];
-            // s == 0: never updated, so m = v = 0 and dense Adam left it alone.
-            if (s > 0 && h.step - 1 > s)
-              CatchUpRow(wr + i * row_len, mr + i * row_len, vr + i * row_len, row_len,
-                         scratch.catch_up.Get(h, s, h.step - 1 - s), eps,
-                         RowKey(catch_up_seed, row));
-            last[row] = static_cast<int32_t>(h.step);
+            const int64_t s = last[first + i];
+            const bool late = behind(first + i);
+            f[i] = late ? scratch.catch_up.Get(h, s, h.step - 1 - s) : AdamCatchUp{0, 1, 1};
+            any |= late;
+          }
+          // Rows not behind get (0, 1, 1): their values are stored back unchanged.
+          if (any) {
+#pragma omp simd
+            for (int64_t i = 0; i < count; ++i)
+              CatchUpElement(wr + i, mr + i, vr + i, f[i], eps,
+                             ElementBits(RowKey(catch_up_seed, first + i), 0));
           }
         }
         if (row_len == 1) {  // a run of one-element rows, each with its own rounding key
@@ -467,7 +498,8 @@ JSLIDE_CLONES void AdamCatchUpRows(W* w, S* m, S* v, int32_t* last, int64_t d,
 #define JSLIDE_ADAM_INSTANCES(W, S)                                                          \
   template void SparseAdamRows<W, S>(const int32_t*, const float*, const float*, int64_t,    \
                                      int64_t, int64_t, int64_t, W*, S*, S*, int32_t*,        \
-                                     const AdamHyper&, int64_t, int64_t, RowScratch&);       \
+                                     LastCheck*, const AdamHyper&, int64_t, int64_t,         \
+                                     RowScratch&);                                           \
   template void AdamCatchUpRows<W, S>(W*, S*, S*, int32_t*, int64_t, const AdamHyper&,       \
                                       int64_t, int64_t);
 JSLIDE_ADAM_INSTANCES(float, float)
@@ -533,13 +565,20 @@ RobeHash MakeRobeHash(uint32_t seed, int64_t memory, int64_t block) {
 
 void RobeSlots(const int32_t* ids, int64_t k, int64_t blocks, int64_t offset, const RobeHash& h,
                int32_t* slots, int64_t begin, int64_t end) {
+  // RobeSlot with (a g + c0) mod P computed once per id, and the last reduction in 32 bits
+  // (both operands are below 2^31): the same value, a fraction of the divisions.
+  const uint32_t span = static_cast<uint32_t>(h.span);
   for (int64_t r = begin; r < end; ++r)
-    for (int64_t c = 0; c < blocks; ++c)
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t id = ids[r * k + j];
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t id = ids[r * k + j];
+      const uint64_t base =
+          id < 0 ? 0 : (h.a * static_cast<uint64_t>(offset + id) + h.c0) % kRobePrime;
+      for (int64_t c = 0; c < blocks; ++c) {
+        const uint64_t x = (base + (h.b * static_cast<uint64_t>(c)) % kRobePrime) % kRobePrime;
         slots[(r * blocks + c) * k + j] =
-            id < 0 ? -1 : static_cast<int32_t>(RobeSlot(h, offset + id, c));
+            id < 0 ? -1 : static_cast<int32_t>(static_cast<uint32_t>(x) % span);
       }
+    }
 }
 
 const char* KernelIsa() {

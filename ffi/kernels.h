@@ -11,6 +11,7 @@
 #define JSLIDE_FFI_KERNELS_H_
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -99,8 +100,22 @@ struct RowScratch {
   std::vector<uint64_t> sorted;   // the radix sort's other buffer
   std::vector<int32_t> counts;    // per-row counts, for the counting sort
   std::vector<uint32_t> starts;   // where each distinct row's keys start
-  std::vector<float> grad;        // one summed gradient row
+  std::vector<float> grad;        // one summed gradient row (or run of windowed elements)
+  std::vector<AdamCatchUp> factors;  // catch-up factors of a run's elements
   CatchUpCache catch_up;
+};
+
+// The first out-of-range `last` entry the workers of a call met (row -1: none), which the
+// call reports as an error: a step reads `last` only at the rows it updates, in row order,
+// and an entry outside [0, max_last] is never used as a step count.
+struct LastCheck {
+  int64_t max_last = 0;
+  std::atomic<int64_t> row{-1};
+  std::atomic<int32_t> value{0};
+  void Report(int64_t r, int32_t v) {
+    int64_t none = -1;
+    if (row.compare_exchange_strong(none, r)) value.store(v);
+  }
 };
 
 // Lazy Adam on the rows in [row_begin, row_end) that occur in ids (window > 0: the elements
@@ -111,10 +126,12 @@ struct RowScratch {
 // dense Adam would have taken them (AdamCatchUpFactors), and last[row] becomes h.step.
 // W: the table's element type; S: the moments'. bfloat16 results are rounded stochastically
 // with bits drawn from (h.step, row, column).
+// `last` entries outside [0, h.step - 1] go to `check` (non-null with `last`).
 template <typename W, typename S>
 void SparseAdamRows(const int32_t* ids, const float* coef, const float* vecs, int64_t r,
                     int64_t a, int64_t d, int64_t window, W* w, S* m, S* v, int32_t* last,
-                    const AdamHyper& h, int64_t row_begin, int64_t row_end, RowScratch& scratch);
+                    LastCheck* check, const AdamHyper& h, int64_t row_begin, int64_t row_end,
+                    RowScratch& scratch);
 
 // Brings every row in [row_begin, row_end) up to step h.step (dense Adam's zero-gradient
 // steps since last[row]), and sets last[row] = h.step.

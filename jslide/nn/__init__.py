@@ -1,5 +1,7 @@
 """Flax NNX modules with LSH-sparse layers and row-sparse tables."""
 
+from jslide.nn.dlrm import DLRM
+from jslide.nn.embed import HashEmbed, HashedTable, TableEmbed
 from jslide.nn.robe import RobeEmbed, RobeMemory
 from jslide.nn.sampled import make_sampled_train_step
 from jslide.nn.softmax_head import SparseSoftmaxHead
@@ -13,8 +15,8 @@ from jslide.nn.training import (TrainState, catch_up_train_state, make_dense_tra
                                 split_model)
 from jslide.nn.variables import Index, Table
 
-__all__ = ["CausalSelfAttention", "DenseFFN", "Index", "RobeEmbed", "RobeMemory", "SparseDense",
-           "SparseFFN", "SparseInput",
+__all__ = ["CausalSelfAttention", "DLRM", "DenseFFN", "HashEmbed", "HashedTable", "Index",
+           "RobeEmbed", "RobeMemory", "SparseDense", "SparseFFN", "SparseInput", "TableEmbed",
            "SparseMLP", "SparseSoftmaxHead", "SparseTransformerBlock", "SparseTransformerLM",
            "Table", "TrainState",
            "catch_up_train_state", "make_dense_train_step", "make_sampled_train_step",

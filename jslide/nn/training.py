@@ -60,9 +60,13 @@ def _skip_nonfinite(tx):
 
 def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation | None = None,
                     dense_tx: optax.GradientTransformation | None = None,
-                    loss: str = "softmax", forward: Callable = default_forward,
+                    loss: str | Callable = "softmax", forward: Callable = default_forward,
                     schedule: lsh.RebuildSchedule = lsh.RebuildSchedule()):
   """Builds ``(graphdef, state, step)`` where ``step(state, batch, key) -> (state, metrics)``.
+
+  ``loss`` is ``"softmax"`` or ``"bce"`` over the active set that ``forward`` scores, or any
+  callable ``loss(model, batch, key) -> f32[B]`` (per-example losses; e.g. the binary
+  cross-entropy of a :class:`jslide.nn.DLRM`'s logits), ``forward`` then unused.
 
   The step is one ``jax.jit`` with the whole state donated: tables are updated in place by
   ``table_tx`` (default ``sparse_adam(1e-3, catch_up=True)``, see docs/design.md for why) from
@@ -76,9 +80,15 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
   A step whose gradients are not all finite is skipped (:func:`jslide.optim.apply_if_finite`):
   the state comes back unchanged and ``metrics["finite"]`` is False.
   """
-  if loss not in LOSSES:
-    raise ValueError(f"make_train_step: loss must be one of {sorted(LOSSES)}, got {loss!r}")
-  loss_per_example = LOSSES[loss]
+  if callable(loss):
+    per_example = loss
+  elif loss in LOSSES:
+    def per_example(model, batch, key, active_loss=LOSSES[loss]):
+      logits, ids = forward(model, batch, key)
+      return active_loss(logits, ids, batch["labels"])
+  else:
+    raise ValueError(f"make_train_step: loss must be one of {sorted(LOSSES)} or a callable, "
+                     f"got {loss!r}")
   graphdef, tables, params, rest = split_model(model)
   tx = _skip_nonfinite(optim.partition(table_tx or optim.sparse_adam(1e-3, catch_up=True),
                                        dense_tx or optax.adam(1e-3), TABLES_FIRST))
@@ -87,8 +97,7 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
 
   def loss_fn(trainable, rest, batch, key):
     model = nnx.merge(graphdef, *trainable, rest)
-    logits, ids = forward(model, batch, key)
-    return masked_mean(loss_per_example(logits, ids, batch["labels"]), batch["mask"])
+    return masked_mean(per_example(model, batch, key), batch["mask"])
 
   def rebuild(tables, params, rest):
     model = nnx.merge(graphdef, tables, params, rest)
