@@ -1,9 +1,11 @@
-"""Shared by the benchmark scripts: writing their JSON results."""
+"""Shared by the benchmark scripts: running a measurement in a fresh process, writing JSON."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 
 def write_json(path: str | None, rows) -> None:
@@ -14,3 +16,11 @@ def write_json(path: str | None, rows) -> None:
   with open(path, "w") as f:
     json.dump(rows, f, indent=2)
   print(f"wrote {path}")
+
+
+def run_worker(script: str, *args: str) -> dict:
+  """``python script *args`` in a fresh process (so its peak memory and its thread placement
+  are its own): the JSON object on the last line it prints."""
+  out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True,
+                       text=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])

@@ -25,11 +25,9 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 
-from _report import write_json
+from _report import run_worker, write_json
 
 N_IN, N_OUT, HIDDEN, BATCH, NNZ = 135_909, 670_091, 128, 128, 75
 
@@ -132,12 +130,9 @@ def main():
   workers = [*map(str, args.fill_groups), *(["sampled"] if args.sampled else []),
              *(["dense"] if args.dense else [])]
   for worker_arg in workers:
-    out = subprocess.run([sys.executable, __file__, "--worker", worker_arg, "--seconds",
-                          str(args.seconds), "--rebuild-initial", str(args.rebuild_initial),
-                          "--sampled", str(args.sampled),
-                          *(["--lazy-adam"] if args.lazy_adam else [])],
-                         check=True, capture_output=True, text=True)
-    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row = run_worker(__file__, "--worker", worker_arg, "--seconds", str(args.seconds),
+                     "--rebuild-initial", str(args.rebuild_initial), "--sampled",
+                     str(args.sampled), *(["--lazy-adam"] if args.lazy_adam else []))
     rows.append(row)
     share = "" if row["index_share"] is None else f"{row['index_share']:.1%}"
     print(f"{row['mode']:>22} {row['examples_per_second']:>11.0f} {row['ms_per_step']:>9.1f} "

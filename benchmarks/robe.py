@@ -24,11 +24,9 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
-from _report import write_json
+from _report import run_worker, write_json
 
 CRITEO_SIZES = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593,
                 3194, 27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105,
@@ -127,9 +125,7 @@ def main():
         f"{'peak RSS MB':>12}")
   rows = []
   for mode in args.modes:
-    out = subprocess.run([sys.executable, __file__, "--worker", mode, "--seconds",
-                          str(args.seconds)], check=True, capture_output=True, text=True)
-    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row = run_worker(__file__, "--worker", mode, "--seconds", str(args.seconds))
     rows.append(row)
     print(f"{mode:>10} {row['embedding_mb']:>13.1f} {row['ms_per_step']:>8.2f} "
           f"{row['examples_per_second']:>11.0f} {row['peak_rss_mb']:>12.0f}", flush=True)

@@ -33,10 +33,9 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
+import _report
 from _report import write_json
 
 D, B, A, POOL = 128, 128, 256, 8192
@@ -131,11 +130,9 @@ HUGE_PAGES = True  # main() sets it from --no-huge-pages
 
 
 def run_worker(mode, n, active, steps, budget_s, precision="f32") -> dict:
-  cmd = [sys.executable, __file__, "--worker", mode, "--n", str(n), "--active", active,
-         "--steps", str(steps), "--budget", str(budget_s), "--precision", precision,
-         *([] if HUGE_PAGES else ["--no-huge-pages"])]
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return _report.run_worker(__file__, "--worker", mode, "--n", str(n), "--active", active,
+                            "--steps", str(steps), "--budget", str(budget_s), "--precision",
+                            precision, *([] if HUGE_PAGES else ["--no-huge-pages"]))
 
 
 def fastest_of(repeats, *args) -> dict:
