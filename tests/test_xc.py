@@ -57,6 +57,7 @@ def test_train_resume_is_exact_and_eval_predict_work(small_files, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   record = json.load(open(tmp_path / "a.json"))
   assert len(record["epochs"]) == 2 and "P@1" in record["final"]["test"]
+  assert record["compile_seconds"] > 0  # compiled ahead, apart from the epochs' seconds
   assert record["epochs"][1]["train_loss"] < record["epochs"][0]["train_loss"]
 
   out = tmp_path / "eval.json"
