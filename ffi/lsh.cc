@@ -214,7 +214,7 @@ void TopIndices(const float* scores, int64_t c, int64_t k, int32_t* out,
   // Many wanted (the probes of a query: ~160 of 1,024): a histogram of the keys over their
   // own range finds the bins that hold the top k, their entries are gathered without
   // branches, and a stable radix sort on the score orders them (ties stay by position).
-  // Linear passes in place of comparison-based selection and sorting: 3x faster.
+  // Linear passes in place of comparison-based selection and sorting: 2.5x faster.
   uint32_t lo = 0xffffffffu, hi = 0;
   for (int64_t i = 0; i < c; ++i) {
     const uint32_t u = OrderKey(scores[i]);

@@ -50,7 +50,8 @@ def _assign(keys, centroids):
   pad = -n % _CHUNK
   blocks = jnp.pad(keys, ((0, pad), (0, 0))).reshape(-1, _CHUNK, keys.shape[1])
   c = centroids.shape[1]
-  # top_indices(., 1) is jnp.argmax (the first of equal scores), 4x faster on the CPU.
+  # top_indices(., 1) is jnp.argmax on finite scores (the first of equal ones), 4x faster on
+  # the CPU.
   best = jax.lax.map(
       lambda k: top_indices(jnp.einsum("nd,lcd->nlc", k, centroids).reshape(-1, c), 1), blocks)
   return best.reshape(-1, centroids.shape[0])[:n].astype(jnp.int32)
