@@ -150,3 +150,15 @@ def test_top_indices_ranks_nan_last_and_ties_by_position(c, seed, data):
   nan_last = np.where(np.isnan(scores), 1, 0)
   rank = np.lexsort((np.arange(c), -np.nan_to_num(scores, nan=0.0, posinf=np.inf), nan_last))
   np.testing.assert_array_equal(got, rank[:k])
+
+
+def test_top_indices_refuses_bad_input():
+  scores = jnp.zeros((2, 5), jnp.float32)
+  with pytest.raises(ValueError, match="k=6 exceeds the 5 scores"):
+    lsh.cluster.top_indices(scores, 6)
+  with pytest.raises(ValueError, match="k must be"):
+    lsh.cluster.top_indices(scores, 0)
+  with pytest.raises(TypeError, match="scores must be float32"):
+    lsh.cluster.top_indices(jnp.zeros((2, 5), jnp.int32), 1)
+  with pytest.raises(ValueError, match="scores must have rank 2"):
+    lsh.cluster.top_indices(jnp.zeros(5, jnp.float32), 1)

