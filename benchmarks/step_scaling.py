@@ -126,19 +126,16 @@ def worker(mode: str, n: int, active: str, steps: int, budget_s: float,
           "first_loss": losses[0], "last_loss": losses[-1]}
 
 
-HUGE_PAGES = True  # main() sets it from --no-huge-pages
-
-
-def run_worker(mode, n, active, steps, budget_s, precision="f32") -> dict:
+def run_worker(mode, n, active, steps, budget_s, precision="f32", huge_pages=True) -> dict:
   return _report.run_worker(__file__, "--worker", mode, "--n", str(n), "--active", active,
                             "--steps", str(steps), "--budget", str(budget_s), "--precision",
-                            precision, *([] if HUGE_PAGES else ["--no-huge-pages"]))
+                            precision, *([] if huge_pages else ["--no-huge-pages"]))
 
 
-def fastest_of(repeats, *args) -> dict:
+def fastest_of(repeats, *args, **kwargs) -> dict:
   """The run with the lowest median step time of ``repeats`` fresh processes, with every
   run's median in ``all_ms``."""
-  runs = [run_worker(*args) for _ in range(max(1, repeats))]
+  runs = [run_worker(*args, **kwargs) for _ in range(max(1, repeats))]
   best = min(runs, key=lambda r: r["ms"])
   return {**best, "all_ms": [r["ms"] for r in runs]}
 
@@ -166,8 +163,6 @@ def main():
     print(json.dumps(worker(args.worker, args.n[0], args.active, args.steps, args.budget,
                             args.precision[0], args.huge_pages)))
     return
-  global HUGE_PAGES
-  HUGE_PAGES = args.huge_pages
 
   import jslide
   rows = []
@@ -178,10 +173,12 @@ def main():
             + "".join(f" {p + ' ms':>16} {'x faster':>8}" for p in others))
   print(header)
   for n in args.n:
-    dense = run_worker("dense", n, args.active, args.steps, args.budget)
+    dense = run_worker("dense", n, args.active, args.steps, args.budget,
+                       huge_pages=args.huge_pages)
     sparse = fastest_of(args.repeats, "sparse", n, args.active, args.steps, args.budget,
-                        args.precision[0])
-    extra = {p: fastest_of(args.repeats, "sparse", n, args.active, args.steps, args.budget, p)
+                        args.precision[0], huge_pages=args.huge_pages)
+    extra = {p: fastest_of(args.repeats, "sparse", n, args.active, args.steps, args.budget, p,
+                           huge_pages=args.huge_pages)
              for p in others}
     row = {"n": n, "d": D, "batch": B, "active": A, "active_sets": args.active,
            "precision": args.precision[0],

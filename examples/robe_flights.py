@@ -24,6 +24,7 @@ order; the split stays), in a table, one JSON record and a plot of AUC against m
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -79,14 +80,10 @@ def scores(graphdef, state, data, size=8192):
   return np.concatenate(out)
 
 
-_PREDICTORS = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _predictor(graphdef):
-  if graphdef not in _PREDICTORS:
-    _PREDICTORS[graphdef] = jax.jit(lambda state, ids: jax.nn.sigmoid(
-        jslide.nn.merge(graphdef, state)(ids)))
-  return _PREDICTORS[graphdef]
+  """The jitted predictor of a model structure (one compilation per configuration)."""
+  return jax.jit(lambda state, ids: jax.nn.sigmoid(jslide.nn.merge(graphdef, state)(ids)))
 
 
 def evaluate(graphdef, state, data) -> dict:

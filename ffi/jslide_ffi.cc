@@ -69,15 +69,21 @@ ffi::Error CheckFactored(const std::string& k, const S32& ids, const F32& coef,
   return CheckIds(k, "ids", ids, n);
 }
 
+// A window of a 1-D table of n elements: in [1, n] (`length` names n in the message).
+ffi::Error CheckWindow(const std::string& k, int64_t window, int64_t n, const char* length) {
+  if (window < 0 || window > n)
+    return Invalid(k, "window must be in [1, " + std::to_string(n) + "] (" + length + "), got " +
+                          std::to_string(window));
+  return ffi::Error::Success();
+}
+
 // The same for a factored matrix over a table of n rows of d elements (window == 0) or over a
 // 1-D table of n elements read in overlapping windows of `window` elements (ids: window
 // starts, in [-1, n - window + 1); vecs: [R, window]).
 ffi::Error CheckWindowedFactored(const std::string& k, const S32& ids, const F32& coef,
                                  const F32& vecs, int64_t n, int64_t d, int64_t window) {
   if (window == 0) return CheckFactored(k, ids, coef, vecs, n, d);
-  if (window < 0 || window > n)
-    return Invalid(k, "window must be in [1, " + std::to_string(n) + "] (the table's length), got " +
-                          std::to_string(window));
+  JSLIDE_RETURN_IF_ERROR(CheckWindow(k, window, n, "the table's length"));
   if (d != 1) return Invalid(k, "a table read in windows must be 1-D");
   return CheckFactored(k, ids, coef, vecs, n - window + 1, window);
 }
@@ -95,9 +101,7 @@ ffi::Error GatherTable(const std::string& k, const Any& w, int64_t window, int64
   }
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 1));
   const int64_t n = w.dimensions()[0];
-  if (window < 0 || window > n)
-    return Invalid(k, "window must be in [1, " + std::to_string(n) + "] (w's length), got " +
-                          std::to_string(window));
+  JSLIDE_RETURN_IF_ERROR(CheckWindow(k, window, n, "w's length"));
   *rows = n - window + 1;
   *d = window;
   *stride = 1;

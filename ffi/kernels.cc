@@ -195,14 +195,6 @@ JSLIDE_INLINE void ForEachSummedRow(const int32_t* ids, const float* coef, const
       prefetch);
 }
 
-template <typename RowUpdate>
-JSLIDE_INLINE void ForEachSummedRow(const int32_t* ids, const float* coef, const float* vecs,
-                                    int64_t r, int64_t a, int64_t d, int64_t row_begin,
-                                    int64_t row_end, RowScratch& s, RowUpdate&& update) {
-  ForEachSummedRow(ids, coef, vecs, r, a, d, row_begin, row_end, s, update,
-                   [](int64_t) __attribute__((always_inline)) {});
-}
-
 // The same for windows: ids are the first elements of `window` consecutive elements of a 1-D
 // table, which may overlap (ROBE's blocks). Calls update(first, count, g) once for every run
 // of consecutive elements in [elem_begin, elem_end) that some window covers, in increasing
@@ -565,18 +557,24 @@ RobeHash MakeRobeHash(uint32_t seed, int64_t memory, int64_t block) {
 
 void RobeSlots(const int32_t* ids, int64_t k, int64_t blocks, int64_t offset, const RobeHash& h,
                int32_t* slots, int64_t begin, int64_t end) {
-  // RobeSlot with (a g + c0) mod P computed once per id, and the last reduction in 32 bits
-  // (both operands are below 2^31): the same value, a fraction of the divisions.
+  // The hash of kernels.h with (a g + c0) mod P computed once per id, and the last reduction
+  // in 32 bits (both operands are below 2^31): the same value, a fraction of the divisions.
+  // b * c mod P stepped by additions over the blocks: every term stays below P, so a sum of
+  // two needs one conditional subtraction, not a division.
   const uint32_t span = static_cast<uint32_t>(h.span);
   for (int64_t r = begin; r < end; ++r)
     for (int64_t j = 0; j < k; ++j) {
       const int64_t id = ids[r * k + j];
       const uint64_t base =
           id < 0 ? 0 : (h.a * static_cast<uint64_t>(offset + id) + h.c0) % kRobePrime;
+      uint64_t bc = 0;  // b * c mod P
       for (int64_t c = 0; c < blocks; ++c) {
-        const uint64_t x = (base + (h.b * static_cast<uint64_t>(c)) % kRobePrime) % kRobePrime;
+        uint64_t x = base + bc;
+        x -= x >= kRobePrime ? kRobePrime : 0;
         slots[(r * blocks + c) * k + j] =
             id < 0 ? -1 : static_cast<int32_t>(static_cast<uint32_t>(x) % span);
+        bc += h.b;
+        bc -= bc >= kRobePrime ? kRobePrime : 0;
       }
     }
 }

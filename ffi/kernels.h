@@ -164,13 +164,9 @@ struct RobeHash {
   uint64_t span;  // memory - block + 1
 };
 RobeHash MakeRobeHash(uint32_t seed, int64_t memory, int64_t block);
-inline int64_t RobeSlot(const RobeHash& h, int64_t g, int64_t block_index) {
-  return static_cast<int64_t>(
-      ((h.a * static_cast<uint64_t>(g) + h.b * static_cast<uint64_t>(block_index) + h.c0) %
-       kRobePrime) % h.span);
-}
 
-// slots[r, c, k] = RobeSlot(h, offset + ids[r, k], c) for c < blocks (-1 where ids[r, k] < 0).
+// slots[r, c, k] = ((a g + b c + c0) mod P) mod span for g = offset + ids[r, k] and c < blocks
+// (-1 where ids[r, k] < 0).
 // ids: [R, K] table rows; slots: [R, blocks, K]; rows r in [begin, end).
 void RobeSlots(const int32_t* ids, int64_t k, int64_t blocks, int64_t offset, const RobeHash& h,
                int32_t* slots, int64_t begin, int64_t end);

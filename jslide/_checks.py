@@ -12,17 +12,23 @@ def is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def float32_array(fn: str, name: str, x, ndim: int | None = None):
-  """x as a float32 array; TypeError for other dtypes, ValueError for the wrong rank."""
+def _array_of(fn: str, name: str, x, dtypes, expected: str, ndim: int | None):
+  """x as an array of one of ``dtypes`` (TypeError naming ``expected`` otherwise), of rank
+  ``ndim`` if given (ValueError otherwise)."""
   dtype = getattr(x, "dtype", None)
   if dtype is None:
     x = jnp.asarray(x)
     dtype = x.dtype
-  if dtype != jnp.float32:
-    raise TypeError(f"{fn}: {name} must be float32, got {dtype}")
+  if dtype not in dtypes:
+    raise TypeError(f"{fn}: {name} must be {expected}, got {dtype}")
   if ndim is not None and jnp.ndim(x) != ndim:
     raise ValueError(f"{fn}: {name} must have rank {ndim}, got shape {jnp.shape(x)}")
   return x
+
+
+def float32_array(fn: str, name: str, x, ndim: int | None = None):
+  """x as a float32 array; TypeError for other dtypes, ValueError for the wrong rank."""
+  return _array_of(fn, name, x, (jnp.float32,), "float32", ndim)
 
 
 TABLE_DTYPES = (jnp.float32, jnp.bfloat16)
@@ -31,15 +37,14 @@ TABLE_DTYPES = (jnp.float32, jnp.bfloat16)
 def table_array(fn: str, name: str, x, ndim: int | None = None):
   """x as a table of the kernels: float32 or bfloat16 (TypeError for other dtypes; ValueError
   for the wrong rank)."""
-  dtype = getattr(x, "dtype", None)
-  if dtype is None:
-    x = jnp.asarray(x)
-    dtype = x.dtype
-  if dtype not in TABLE_DTYPES:
-    raise TypeError(f"{fn}: {name} must be float32 or bfloat16, got {dtype}")
-  if ndim is not None and jnp.ndim(x) != ndim:
-    raise ValueError(f"{fn}: {name} must have rank {ndim}, got shape {jnp.shape(x)}")
-  return x
+  return _array_of(fn, name, x, TABLE_DTYPES, "float32 or bfloat16", ndim)
+
+
+def uint32_seed(fn: str, name: str, value) -> int:
+  """A hash seed: a Python int in [0, 2**32)."""
+  if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+    raise ValueError(f"{fn}: {name} must be an int in [0, 2**32), got {value!r}")
+  return value
 
 
 def int32_ids(fn: str, name: str, ids, num_rows: int | None = None, ndim: int | None = None):

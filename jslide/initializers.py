@@ -15,6 +15,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jslide._checks import TABLE_DTYPES
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -105,7 +107,7 @@ def normal_table(key, num_rows: int, dim: int, stddev: float = 0.01,
 
 def check_param_dtype(module: str, param_dtype) -> None:
   """The kernels take float32 and bfloat16 tables; other dtypes are refused."""
-  if jnp.dtype(param_dtype) not in (jnp.float32, jnp.bfloat16):
+  if jnp.dtype(param_dtype) not in TABLE_DTYPES:
     raise TypeError(f"{module}: param_dtype must be float32 or bfloat16 (the kernels' table "
                     f"dtypes), got {jnp.dtype(param_dtype)}")
 

@@ -56,8 +56,6 @@ def _gathered_table(fn, w, window):
     return w, w.shape[0], w.shape[1]
   w = table_array(fn, "w", w, ndim=1)
   window = _window(fn, window, w.shape[0])
-  if window == 0:
-    raise ValueError(f"{fn}: window must be >= 1 for a 1-D table")
   return w, w.shape[0] - window + 1, window
 
 

@@ -6,10 +6,27 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jslide import kernels
-from jslide._checks import int32_ids, positive_int
+from jslide._checks import int32_ids, positive_int, uint32_seed
 from jslide.initializers import check_param_dtype, init_table
 from jslide.nn.variables import Table
 from jslide.ops import embedding_bag
+
+
+def lookup_bags(inputs):
+  """(ids, weights) that make ``bag(ids, weights)`` the rows of int ``inputs[...]``: each a
+  bag of one row with weight 1 (how the embeddings here serve as ``nnx.Embed``)."""
+  ids = jnp.asarray(inputs)[..., None]
+  return ids, jnp.ones(ids.shape, jnp.float32)
+
+
+def claim_rows(owner: str, taken: int, num_rows: int) -> int:
+  """The first row number of a table of ``num_rows`` rows registered with a store that
+  ``taken`` rows of other tables already use (so no two tables share a hash input); the
+  slot hash takes at most ``kernels.ROBE_PRIME`` rows in all."""
+  if taken + num_rows > kernels.ROBE_PRIME:
+    raise ValueError(f"{owner}: the tables sharing it may hold at most {kernels.ROBE_PRIME} "
+                     f"rows together (the slot hash's prime); {taken + num_rows} asked")
+  return taken
 
 
 class TableEmbed(nnx.Module):
@@ -32,8 +49,7 @@ class TableEmbed(nnx.Module):
     return embedding_bag(ids, weights, self.embedding.get_value())
 
   def __call__(self, inputs):
-    ids = jnp.asarray(inputs)[..., None]
-    return self.bag(ids, jnp.ones(ids.shape, jnp.float32))
+    return self.bag(*lookup_bags(inputs))
 
 
 class HashedTable(nnx.Module):
@@ -46,8 +62,7 @@ class HashedTable(nnx.Module):
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     positive_int("HashedTable", "rows", rows)
     positive_int("HashedTable", "features", features)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-      raise ValueError(f"HashedTable: seed must be an int in [0, 2**32), got {seed!r}")
+    uint32_seed("HashedTable", "seed", seed)
     check_param_dtype("HashedTable", param_dtype)
     self.num_rows, self.features, self.seed = rows, features, seed
     self.logical_rows = 0
@@ -55,10 +70,8 @@ class HashedTable(nnx.Module):
                                       param_dtype))
 
   def register(self, num_rows: int) -> int:
-    offset = self.logical_rows
-    if offset + num_rows > kernels.ROBE_PRIME:
-      raise ValueError(f"HashedTable: the tables may hold at most {kernels.ROBE_PRIME} rows "
-                       f"together; {offset + num_rows} asked")
+    """The row offset of a new table of ``num_rows`` logical rows in this table's hashing."""
+    offset = claim_rows("HashedTable", self.logical_rows, num_rows)
     self.logical_rows = offset + num_rows
     return offset
 
@@ -94,5 +107,4 @@ class HashEmbed(nnx.Module):
     return embedding_bag(self.rows(ids), weights, self.table.embedding.get_value())
 
   def __call__(self, inputs):
-    ids = jnp.asarray(inputs)[..., None]
-    return self.bag(ids, jnp.ones(ids.shape, jnp.float32))
+    return self.bag(*lookup_bags(inputs))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from jslide._checks import positive_int
+from jslide._checks import positive_int, uint32_seed
 from jslide.initializers import check_param_dtype, init_table
-from jslide.kernels import ROBE_PRIME
+from jslide.nn.embed import claim_rows, lookup_bags
 from jslide.nn.variables import Table
 from jslide.ops import robe_embedding_bag
 
@@ -32,8 +32,7 @@ class RobeMemory(nnx.Module):
                embedding_init: nnx.Initializer = nnx.initializers.normal(0.05),
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     positive_int("RobeMemory", "size", size)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-      raise ValueError(f"RobeMemory: seed must be an int in [0, 2**32), got {seed!r}")
+    uint32_seed("RobeMemory", "seed", seed)
     check_param_dtype("RobeMemory", param_dtype)
     self.size, self.seed = size, seed
     self.rows = 0  # rows of the tables registered so far
@@ -41,10 +40,7 @@ class RobeMemory(nnx.Module):
 
   def register(self, num_rows: int) -> int:
     """The row offset of a new table of ``num_rows`` rows in this array's numbering."""
-    offset = self.rows
-    if offset + num_rows > ROBE_PRIME:
-      raise ValueError(f"RobeMemory: the tables of one array may hold at most {ROBE_PRIME} "
-                       f"rows together (the slot hash's prime); {offset + num_rows} asked")
+    offset = claim_rows("RobeMemory", self.rows, num_rows)
     self.rows = offset + num_rows
     return offset
 
@@ -91,5 +87,4 @@ class RobeEmbed(nnx.Module):
 
   def __call__(self, inputs):
     """The rows of int ``inputs[...]``: f32[..., features]."""
-    ids = jnp.asarray(inputs)[..., None]
-    return self.bag(ids, jnp.ones(ids.shape, jnp.float32))
+    return self.bag(*lookup_bags(inputs))
