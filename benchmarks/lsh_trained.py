@@ -41,6 +41,8 @@ FAMILIES = [
     ("cluster K=8 L=2 P=32", _kmeans(8, 2, 32), "ranked"),
     ("cluster K=10 L=2 P=80", _kmeans(10, 2, 80), "ranked"),
     ("cluster K=11 L=1 P=320", _kmeans(11, 1, 320), "ranked"),
+    ("cluster K=11 L=3 P=309", _kmeans(11, 3, 309), "ranked"),
+    ("cluster K=10 L=6 P=69 (the inference index's shape)", _kmeans(10, 6, 69), "ranked"),
 ]
 
 

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <limits>
 
+#include "isa.h"
+
 namespace jslide {
 namespace {
 
@@ -175,34 +177,101 @@ void IdCounter::Clear() {
 
 namespace {
 
-// Order-preserving as unsigned: higher score, higher key; NaN lowest (below -inf).
-inline uint32_t OrderKey(float score) {
+// Order-preserving as unsigned: higher score, higher key; NaN lowest (below -inf). Written
+// without branches so that a loop of it vectorizes.
+JSLIDE_INLINE uint32_t OrderKey(float score) {
   uint32_t u;
   std::memcpy(&u, &score, sizeof(u));
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  return std::isnan(score) ? 0u : u;
+  const uint32_t key = u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u);
+  return (u & 0x7fffffffu) > 0x7f800000u ? 0u : key;
 }
 
-// An entry as one integer that sorts ascending by (score descending, position ascending):
+// An entry as one integer that sorts ascending by (key descending, position ascending):
 // integer compares, no branches on NaN in a comparator.
-inline uint64_t RankKey(float score, int64_t i) {
-  return (uint64_t{~OrderKey(score)} << 32) | static_cast<uint32_t>(i);
+JSLIDE_INLINE uint64_t RankKey(uint32_t key, int64_t i) {
+  return (uint64_t{~key} << 32) | static_cast<uint32_t>(i);
 }
 
-constexpr int64_t kSmallTop = 32;
+constexpr int64_t kSmallTop = 8;  // above, the threshold path is faster (measured)
+
+// keys[i] = OrderKey(scores[i]); returns the largest key. One vectorized pass.
+JSLIDE_INLINE uint32_t RowKeys(const float* __restrict scores, int64_t c, uint32_t* __restrict keys) {
+  uint32_t hi = 0;
+#pragma omp simd reduction(max : hi)
+  for (int64_t i = 0; i < c; ++i) {
+    const uint32_t key = OrderKey(scores[i]);
+    keys[i] = key;
+    hi = hi > key ? hi : key;
+  }
+  return hi;
+}
+
+// Sorts entries[0, n) (RankKeys) ascending by their key half; the position half is already
+// ascending, and LSD radix passes are stable. Linear, unlike a comparison sort.
+JSLIDE_INLINE void SortByKey(uint64_t* entries, uint64_t* tmp, int64_t n, uint64_t*& sorted) {
+  for (int bit = 32; bit < 64; bit += 8) {
+    uint32_t count[256] = {0};
+    for (int64_t j = 0; j < n; ++j) ++count[(entries[j] >> bit) & 255];
+    if (count[(entries[0] >> bit) & 255] == n) continue;  // one digit value: nothing to move
+    uint32_t start = 0;
+    for (uint32_t& x : count) {
+      const uint32_t here = x;
+      x = start;
+      start += here;
+    }
+    for (int64_t j = 0; j < n; ++j) tmp[count[(entries[j] >> bit) & 255]++] = entries[j];
+    std::swap(entries, tmp);
+  }
+  sorted = entries;
+}
+
+// The smallest key tau with at least k keys >= tau among keys[0, c), up to the resolution
+// of a 256-bin histogram over [lo, hi]: every key >= the returned value is a candidate.
+JSLIDE_INLINE uint32_t HistogramThreshold(const uint32_t* keys, int64_t c, int64_t k) {
+  uint32_t lo = 0xffffffffu, hi = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    lo = std::min(lo, keys[i]);
+    hi = std::max(hi, keys[i]);
+  }
+  int shift = 0;
+  while ((static_cast<uint64_t>(hi - lo) >> shift) > 255) ++shift;
+  uint32_t hist[256] = {0};
+  for (int64_t i = 0; i < c; ++i) ++hist[(keys[i] - lo) >> shift];
+  uint32_t boundary = 255;
+  int64_t above = 0;
+  for (; boundary > 0 && above + hist[boundary] < k; --boundary) above += hist[boundary];
+  return lo + (boundary << shift);
+}
 
 }  // namespace
 
-void TopIndices(const float* scores, int64_t c, int64_t k, int32_t* out,
-                std::vector<uint64_t>& scratch) {
+JSLIDE_CLONES void TopIndices(const float* scores, int64_t c, int64_t k, int32_t* out,
+                              TopScratch& scratch) {
+  if (k == 1) {
+    // The first position of the largest key (the nearest centroid of every row at each
+    // k-means step): a max, then a min over the positions that hold it, both vectorized.
+    scratch.keys.resize(static_cast<size_t>(c));
+    const uint32_t* keys = scratch.keys.data();
+    const uint32_t hi = RowKeys(scores, c, scratch.keys.data());
+    const int32_t none = static_cast<int32_t>(c);
+    int32_t first = none;
+    for (int64_t i = 0; i < c; ++i)
+      first = std::min(first, keys[i] == hi ? static_cast<int32_t>(i) : none);
+    out[0] = first;
+    return;
+  }
   if (k <= kSmallTop) {
-    // Few wanted (nearest centroids, a few probes): keep the best k sorted; almost every
-    // entry is rejected by one compare with the k-th best, so this is one pass.
+    // Few wanted (a few probes): keep the best k sorted; almost every entry is rejected by
+    // one compare with the k-th best, so this is one pass.
     uint64_t best[kSmallTop];
-    for (int64_t i = 0; i < k; ++i) best[i] = RankKey(scores[i], i);
-    std::sort(best, best + k);
+    for (int64_t i = 0; i < k; ++i) {  // insertion sort of the first k
+      const uint64_t key = RankKey(OrderKey(scores[i]), i);
+      int64_t j = i;
+      for (; j > 0 && best[j - 1] > key; --j) best[j] = best[j - 1];
+      best[j] = key;
+    }
     for (int64_t i = k; i < c; ++i) {
-      const uint64_t key = RankKey(scores[i], i);
+      const uint64_t key = RankKey(OrderKey(scores[i]), i);
       if (key >= best[k - 1]) continue;
       int64_t j = k - 1;
       for (; j > 0 && best[j - 1] > key; --j) best[j] = best[j - 1];
@@ -211,46 +280,38 @@ void TopIndices(const float* scores, int64_t c, int64_t k, int32_t* out,
     for (int64_t i = 0; i < k; ++i) out[i] = static_cast<int32_t>(best[i] & 0xffffffffu);
     return;
   }
-  // Many wanted (the probes of a query: ~160 of 1,024): a histogram of the keys over their
-  // own range finds the bins that hold the top k, their entries are gathered without
-  // branches, and a stable radix sort on the score orders them (ties stay by position).
-  // Linear passes in place of comparison-based selection and sorting: 2.5x faster.
-  uint32_t lo = 0xffffffffu, hi = 0;
-  for (int64_t i = 0; i < c; ++i) {
-    const uint32_t u = OrderKey(scores[i]);
-    lo = std::min(lo, u);
-    hi = std::max(hi, u);
+  // Many wanted (the probes of a query: ~70-300 of 1,024-2,048). A threshold that about
+  // 1.5 k keys pass, read off a sorted sample of 64 keys (checked by a vectorized count;
+  // a histogram when the sample misjudges), the entries above it gathered without branches,
+  // and those radix sorted. Linear passes, no comparison sort.
+  scratch.keys.resize(static_cast<size_t>(c));
+  scratch.cand.resize(2 * static_cast<size_t>(c));
+  uint32_t* keys = scratch.keys.data();
+  RowKeys(scores, c, keys);
+  constexpr int64_t kSample = 64;
+  uint32_t tau = 0;
+  if (c >= 4 * kSample) {
+    uint32_t sample[kSample];
+    for (int64_t j = 0; j < kSample; ++j) sample[j] = keys[j * c / kSample];
+    // The sample's j-th largest stands for about j * c / kSample keys.
+    const int64_t j = std::min<int64_t>(kSample, (3 * k * kSample) / (2 * c) + 2);
+    std::nth_element(sample, sample + (kSample - j), sample + kSample);
+    tau = sample[kSample - j];
+    int64_t passing = 0;
+    for (int64_t i = 0; i < c; ++i) passing += keys[i] >= tau;
+    if (passing < k) tau = HistogramThreshold(keys, c, k);
+  } else {
+    tau = HistogramThreshold(keys, c, k);
   }
-  int shift = 0;
-  while ((static_cast<uint64_t>(hi - lo) >> shift) > 255) ++shift;
-  uint32_t hist[256] = {0};
-  for (int64_t i = 0; i < c; ++i) ++hist[(OrderKey(scores[i]) - lo) >> shift];
-  uint32_t boundary = 255;
-  int64_t above = 0;
-  for (; boundary > 0 && above + hist[boundary] < k; --boundary) above += hist[boundary];
-  scratch.resize(2 * static_cast<size_t>(c));
-  uint64_t* cand = scratch.data();
-  uint64_t* tmp = cand + c;
+  uint64_t* cand = scratch.cand.data();
   int64_t n = 0;
   for (int64_t i = 0; i < c; ++i) {
-    const uint32_t u = OrderKey(scores[i]);
-    cand[n] = (uint64_t{~u} << 32) | static_cast<uint32_t>(i);  // n <= i: in bounds
-    n += ((u - lo) >> shift) >= boundary;
+    cand[n] = RankKey(keys[i], i);  // n <= i: in bounds
+    n += keys[i] >= tau;
   }
-  for (int bit = 32; bit < 64; bit += 8) {  // LSD radix on the score half, 8 bits a pass
-    uint32_t count[256] = {0};
-    for (int64_t j = 0; j < n; ++j) ++count[(cand[j] >> bit) & 255];
-    if (count[(cand[0] >> bit) & 255] == n) continue;  // one digit value: nothing to move
-    uint32_t start = 0;
-    for (uint32_t& x : count) {
-      const uint32_t here = x;
-      x = start;
-      start += here;
-    }
-    for (int64_t j = 0; j < n; ++j) tmp[count[(cand[j] >> bit) & 255]++] = cand[j];
-    std::swap(cand, tmp);
-  }
-  for (int64_t i = 0; i < k; ++i) out[i] = static_cast<int32_t>(cand[i] & 0xffffffffu);
+  uint64_t* sorted = cand;
+  SortByKey(cand, cand + c, n, sorted);
+  for (int64_t i = 0; i < k; ++i) out[i] = static_cast<int32_t>(sorted[i] & 0xffffffffu);
 }
 
 // ------------------------------------------------------------------------------ QueryOne
@@ -260,100 +321,109 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
               int32_t* out, QueryScratch& s) {
   Rng rng{cfg.seed ^ (example * 0xd1342543de82ef95ull)};
   const int64_t budget = cfg.budget, n = cfg.num_rows;
-  // At most max_per_bucket ids are read from any one bucket (from a random start,
-  // cyclically), so a query costs O(L * max_per_bucket) whatever the bucket sizes.
-  const int64_t per_bucket = cfg.max_per_bucket;
-  const int64_t width = cfg.num_buckets + 1;
-  // Size the counter to what this query reads, so it stays in cache.
-  int64_t to_read = 0;
-  for (int64_t t = 0; t < cfg.num_probes; ++t) {
-    const int32_t* o = offsets + (t % cfg.num_tables) * width;
-    to_read += std::min<int64_t>(std::max<int64_t>(o[codes[t] + 1] - o[codes[t]], 0), per_bucket);
-  }
-  s.counter.Reserve(to_read + 1);
-  s.chosen.Reserve(budget + 1);
+  s.chosen.Reserve(n, budget);
   int64_t filled = 0;
   for (int64_t i = 0; i < num_force && filled < budget; ++i)
-    if (force[i] >= 0 && !s.chosen.Contains(force[i])) {
-      s.chosen.Add(force[i]);
-      out[filled++] = force[i];
-    }
+    if (force[i] >= 0 && s.chosen.Add(force[i])) out[filled++] = force[i];
 
-  // kRanked keeps the first ids in reading order, so it stops reading once it has enough
-  // (forced ids found in the buckets do not count towards the room).
-  const int64_t ranked_enough = filled + std::min(budget - filled, cfg.max_retrieved);
-  for (int64_t t = 0; t < cfg.num_probes; ++t) {
-    if (cfg.strategy == QueryStrategy::kRanked && s.counter.Size() >= ranked_enough) break;
+  // Reads table t's bucket codes[t] (at most max_per_bucket ids, from a random start,
+  // cyclically, so a query costs O(L * max_per_bucket) whatever the bucket sizes), calling
+  // visit(id) until it returns false. Returns false for a corrupt index: offsets outside
+  // [0, N] or a row id outside [0, N) (refused rather than returned).
+  const int64_t per_bucket = cfg.max_per_bucket;
+  const int64_t width = cfg.num_buckets + 1;
+  auto read_bucket = [&](int64_t t, auto&& visit) {
     const int64_t table = t % cfg.num_tables;
     const int32_t* o = offsets + table * width;
     const int32_t code = codes[t];
     const int64_t begin = o[code], size = o[code + 1] - o[code];
-    if (begin < 0 || size < 0 || begin + size > n) return false;  // a corrupt index
-    if (size == 0) continue;
+    if (begin < 0 || size < 0 || begin + size > n) return false;
     const int32_t* bucket = ids + table * n + begin;
-    // A row id outside [0, N) means a corrupt index: refuse rather than return it.
-    if (size <= per_bucket) {
-      for (int64_t i = 0; i < size; ++i) {
-        if (bucket[i] < 0 || bucket[i] >= n) return false;
-        s.counter.Add(bucket[i]);
-      }
-    } else {
-      const int64_t start = static_cast<int64_t>(rng.Below(size));
-      for (int64_t i = 0; i < per_bucket; ++i) {
-        const int32_t id = bucket[(start + i) % size];
-        if (id < 0 || id >= n) return false;
-        s.counter.Add(id);
-      }
+    const int64_t start = size > per_bucket ? static_cast<int64_t>(rng.Below(size)) : 0;
+    for (int64_t i = 0, m = std::min(size, per_bucket); i < m; ++i) {
+      const int32_t id = bucket[start + i < size ? start + i : start + i - size];
+      if (id < 0 || id >= n) return false;
+      if (!visit(id)) break;
     }
-  }
-
-  // Candidates not already forced (and, for kThreshold, found in enough tables).
-  s.candidates.clear();
-  s.candidate_counts.clear();
-  const int32_t min_count =
-      cfg.strategy == QueryStrategy::kThreshold ? static_cast<int32_t>(cfg.threshold) : 1;
-  s.counter.ForEach([&](int32_t id, int32_t count) {
-    if (count >= min_count && !s.chosen.Contains(id)) {
-      s.candidates.push_back(id);
-      s.candidate_counts.push_back(count);
-    }
-  });
+    return true;
+  };
   const int64_t room = std::min(budget - filled, cfg.max_retrieved);
-  const int64_t m = static_cast<int64_t>(s.candidates.size());
   auto take = [&](int32_t id) {
     s.chosen.Add(id);
     out[filled++] = id;
   };
-  // Appends a uniform random subset of `want` of the candidates in positions [lo, hi).
-  auto sample = [&](int64_t lo, int64_t hi, int64_t want) {
-    for (int64_t i = lo; i < lo + want; ++i) {
-      const int64_t j = i + static_cast<int64_t>(rng.Below(hi - i));
-      std::swap(s.candidates[i], s.candidates[j]);
-      take(s.candidates[i]);
-    }
-  };
-  if (m <= room || cfg.strategy == QueryStrategy::kRanked) {
-    // kRanked: the codes come best first, and so do the ids in the counter's insertion order.
-    for (int64_t i = 0; i < std::min(m, room); ++i) take(s.candidates[i]);
-  } else if (cfg.strategy != QueryStrategy::kTopK) {
-    sample(0, m, room);
-  } else {
-    // The ids found in the most tables: every id above the cutoff count, then a random
-    // subset of those at the cutoff. Counts are at most P * L, so this is a counting pass.
-    s.histogram.assign(cfg.num_probes + 2, 0);
-    for (int32_t c : s.candidate_counts) ++s.histogram[c];
-    int64_t cutoff = cfg.num_probes + 1, above = 0;
-    while (cutoff > 1 && above + s.histogram[cutoff - 1] <= room) above += s.histogram[--cutoff];
-    --cutoff;  // ids with count > cutoff all fit; those at == cutoff compete for the rest
-    int64_t at = 0;
-    for (int64_t i = 0; i < m; ++i) {
-      if (s.candidate_counts[i] > cutoff) {
-        take(s.candidates[i]);
-      } else if (s.candidate_counts[i] == cutoff) {
-        s.candidates[at++] = s.candidates[i];  // compact the ties to the front
+
+  if (cfg.strategy == QueryStrategy::kRanked) {
+    // The codes come best first: each new id is taken as it is read, and reading stops once
+    // the room is filled (forced ids found in the buckets are skipped, not counted).
+    const int64_t enough = filled + room;
+    constexpr int64_t kAhead = 4;  // buckets are scattered over ids: fetch a few ahead
+    for (int64_t t = 0; t < cfg.num_probes && filled < enough; ++t) {
+      if (t + kAhead < cfg.num_probes) {
+        const int64_t ahead = (t + kAhead) % cfg.num_tables;
+        const int32_t begin = offsets[ahead * width + codes[t + kAhead]];
+        if (begin >= 0 && begin < n) __builtin_prefetch(ids + ahead * n + begin);
       }
+      const bool ok = read_bucket(t, [&](int32_t id) {
+        if (s.chosen.Add(id)) out[filled++] = id;
+        return filled < enough;
+      });
+      if (!ok) return false;
     }
-    sample(0, at, std::min(room - above, at));
+  } else {
+    // Size the counter to what this query reads, so it stays in cache.
+    int64_t to_read = 0;
+    for (int64_t t = 0; t < cfg.num_probes; ++t) {
+      const int32_t* o = offsets + (t % cfg.num_tables) * width;
+      to_read += std::min<int64_t>(std::max<int64_t>(o[codes[t] + 1] - o[codes[t]], 0),
+                                   per_bucket);
+    }
+    s.counter.Reserve(to_read + 1);
+    for (int64_t t = 0; t < cfg.num_probes; ++t)
+      if (!read_bucket(t, [&](int32_t id) { s.counter.Add(id); return true; })) return false;
+
+    // Candidates not already forced (and, for kThreshold, found in enough tables).
+    s.candidates.clear();
+    s.candidate_counts.clear();
+    const int32_t min_count =
+        cfg.strategy == QueryStrategy::kThreshold ? static_cast<int32_t>(cfg.threshold) : 1;
+    s.counter.ForEach([&](int32_t id, int32_t count) {
+      if (count >= min_count && !s.chosen.Contains(id)) {
+        s.candidates.push_back(id);
+        s.candidate_counts.push_back(count);
+      }
+    });
+    const int64_t m = static_cast<int64_t>(s.candidates.size());
+    // Appends a uniform random subset of `want` of the candidates in positions [lo, hi).
+    auto sample = [&](int64_t lo, int64_t hi, int64_t want) {
+      for (int64_t i = lo; i < lo + want; ++i) {
+        const int64_t j = i + static_cast<int64_t>(rng.Below(hi - i));
+        std::swap(s.candidates[i], s.candidates[j]);
+        take(s.candidates[i]);
+      }
+    };
+    if (m <= room) {
+      for (int64_t i = 0; i < m; ++i) take(s.candidates[i]);
+    } else if (cfg.strategy != QueryStrategy::kTopK) {
+      sample(0, m, room);
+    } else {
+      // The ids found in the most tables: every id above the cutoff count, then a random
+      // subset of those at the cutoff. Counts are at most P * L, so this is a counting pass.
+      s.histogram.assign(cfg.num_probes + 2, 0);
+      for (int32_t c : s.candidate_counts) ++s.histogram[c];
+      int64_t cutoff = cfg.num_probes + 1, above = 0;
+      while (cutoff > 1 && above + s.histogram[cutoff - 1] <= room) above += s.histogram[--cutoff];
+      --cutoff;  // ids with count > cutoff all fit; those at == cutoff compete for the rest
+      int64_t at = 0;
+      for (int64_t i = 0; i < m; ++i) {
+        if (s.candidate_counts[i] > cutoff) {
+          take(s.candidates[i]);
+        } else if (s.candidate_counts[i] == cutoff) {
+          s.candidates[at++] = s.candidates[i];  // compact the ties to the front
+        }
+      }
+      sample(0, at, std::min(room - above, at));
+    }
   }
 
   // Fill with uniform random ids not yet chosen, so the softmax always has negatives. The
@@ -377,10 +447,7 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
     } else {
       while (filled < budget) {  // at least 3/4 of the draws are new, so this ends quickly
         const int32_t id = static_cast<int32_t>(rng.Below(n));
-        if (!s.chosen.Contains(id)) {
-          s.chosen.Add(id);
-          out[filled++] = id;
-        }
+        if (s.chosen.Add(id)) out[filled++] = id;
       }
     }
   }

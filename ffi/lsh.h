@@ -3,6 +3,7 @@
 #ifndef JSLIDE_FFI_LSH_H_
 #define JSLIDE_FFI_LSH_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -46,8 +47,11 @@ void BuildIndexTables(const int32_t* codes, int64_t n, int64_t l, int64_t num_bu
 
 // The positions of the k highest of scores[0, c), highest first (ties: lower position
 // first; NaN ranks below everything). scratch is reused across calls.
-void TopIndices(const float* scores, int64_t c, int64_t k, int32_t* out,
-                std::vector<uint64_t>& scratch);
+struct TopScratch {
+  std::vector<uint32_t> keys;
+  std::vector<uint64_t> cand;
+};
+void TopIndices(const float* scores, int64_t c, int64_t k, int32_t* out, TopScratch& scratch);
 
 enum class QueryStrategy : int32_t { kVanilla = 0, kTopK = 1, kThreshold = 2, kRanked = 3 };
 
@@ -89,9 +93,39 @@ class IdCounter {
   uint64_t mask_ = 0;
 };
 
+// A set of row ids in [0, N): a bitmap (N / 8 bytes, in cache for N in the millions), cleared
+// through the list of the ids added, so a query costs what it adds, not N.
+class IdBitset {
+ public:
+  void Reserve(int64_t num_rows, int64_t max_items) {
+    Clear();
+    const size_t words = static_cast<size_t>((num_rows + 63) / 64);
+    if (bits_.size() < words) bits_.assign(words, 0);
+    added_.reserve(static_cast<size_t>(max_items));
+  }
+  bool Contains(int32_t id) const { return (bits_[id >> 6] >> (id & 63)) & 1; }
+  // Adds id (in [0, N)); true if it was not there.
+  bool Add(int32_t id) {
+    uint64_t& word = bits_[id >> 6];
+    const uint64_t bit = uint64_t{1} << (id & 63);
+    if (word & bit) return false;
+    word |= bit;
+    added_.push_back(id);
+    return true;
+  }
+  void Clear() {
+    for (int32_t id : added_) bits_[id >> 6] = 0;
+    added_.clear();
+  }
+
+ private:
+  std::vector<uint64_t> bits_;
+  std::vector<int32_t> added_;
+};
+
 struct QueryScratch {
   IdCounter counter;
-  IdCounter chosen;
+  IdBitset chosen;
   std::vector<int32_t> candidates;
   std::vector<int32_t> candidate_counts;
   std::vector<int64_t> histogram;

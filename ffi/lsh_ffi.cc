@@ -121,7 +121,7 @@ ffi::Error TopIndicesImpl(ffi::ThreadPool pool, F32 scores, ffi::ResultBuffer<ff
   if (out->dimensions()[0] != r || top < 1 || top > c)
     return Invalid(k, "result must be [R, k] with 1 <= k <= C = " + std::to_string(c));
   ParallelFor(pool, r, 16, [&](int64_t begin, int64_t end) {
-    std::vector<uint64_t> scratch;
+    thread_local TopScratch scratch;  // kept by the pool's threads: nothing allocated per call
     for (int64_t i = begin; i < end; ++i)
       TopIndices(scores.typed_data() + i * c, c, top, out->typed_data() + i * top, scratch);
   });
@@ -162,7 +162,7 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 
   const int64_t f = force.dimensions()[1];
   std::atomic<bool> corrupt{false};
   ParallelFor(pool, b, 4, [&](int64_t begin, int64_t end) {
-    QueryScratch scratch;
+    thread_local QueryScratch scratch;  // kept by the pool's threads: nothing allocated per call
     for (int64_t r = begin; r < end; ++r)
       if (!QueryOne(codes.typed_data() + r * num_codes, offsets.typed_data(), ids.typed_data(),
                     force.typed_data() + r * f, f, cfg, static_cast<uint64_t>(r),

@@ -125,11 +125,12 @@ def test_recall_of_top_k_matches_a_set_count(b, a, k, seed):
 
 
 @settings(max_examples=25, deadline=None)
-@given(r=st.integers(1, 6), c=st.integers(1, 300), seed=st.integers(0, 2**31 - 1),
+@given(r=st.integers(1, 6), c=st.integers(1, 3000), seed=st.integers(0, 2**31 - 1),
        data=st.data())
 def test_top_indices_kernel_matches_lax_top_k_with_ties(r, c, seed, data):
-  # k <= 32 takes the one-pass path, larger k the selection: both are drawn.
-  k = data.draw(st.integers(1, c))
+  # k = 1 (max, then first position), k <= 8 (one pass) and larger k (a threshold: from a
+  # sample of the row when C >= 256, else a histogram) take different paths: all are drawn.
+  k = data.draw(st.one_of(st.integers(1, min(c, 10)), st.integers(1, c)))
   rng = np.random.default_rng(seed)
   if data.draw(st.booleans()):
     scores = jnp.asarray(rng.integers(0, 5, size=(r, c)), jnp.float32)  # many ties
@@ -152,6 +153,17 @@ def test_top_indices_ranks_nan_last_and_ties_by_position(c, seed, data):
   np.testing.assert_array_equal(got, rank[:k])
 
 
+def test_top_indices_when_the_sampled_threshold_misjudges():
+  """A row whose sampled positions hold its largest scores: the threshold read off the sample
+  lets fewer than k through, and the histogram fallback must still give the exact top k."""
+  c, k = 1024, 100
+  scores = np.zeros((2, c), np.float32)
+  scores[:, np.arange(64) * c // 64] = 1000.0 + np.arange(64)
+  scores[1, 5::7] = np.linspace(-1.0, 1.0, len(range(5, c, 7)))
+  got = lsh.cluster.top_indices(jnp.asarray(scores), k)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.lax.top_k(scores, k)[1]))
+
+
 def test_top_indices_refuses_bad_input():
   scores = jnp.zeros((2, 5), jnp.float32)
   with pytest.raises(ValueError, match="k=6 exceeds the 5 scores"):
@@ -162,3 +174,48 @@ def test_top_indices_refuses_bad_input():
     lsh.cluster.top_indices(jnp.zeros((2, 5), jnp.int32), 1)
   with pytest.raises(ValueError, match="scores must have rank 2"):
     lsh.cluster.top_indices(jnp.zeros(5, jnp.float32), 1)
+
+
+def test_from_rows_starts_every_table_at_keys_of_distinct_rows(rng):
+  w, b = normal(rng, 300, 8), normal(rng, 300)
+  fam = lsh.ClusterHash.from_rows(jax.random.PRNGKey(0), w, b, num_hashes=5, num_tables=3)
+  keys = np.asarray(lsh.mips_keys(w, b))
+  cent = np.asarray(fam.centroids)
+  assert cent.shape == (3, 32, 10)
+  for table in cent:  # each centroid is a row's key, 32 different rows per table
+    match = np.argmin(np.linalg.norm(table[:, None] - keys[None], axis=-1), axis=1)
+    np.testing.assert_allclose(table, keys[match], atol=1e-6)
+    assert len(set(match.tolist())) == 32
+  assert not np.allclose(cent[0], cent[1])
+  small = lsh.ClusterHash.from_rows(jax.random.PRNGKey(0), w[:10], b[:10], num_hashes=5,
+                                    num_tables=1)  # fewer rows than buckets: rows repeat
+  assert small.centroids.shape == (1, 32, 10)
+
+
+def test_inference_index_finds_the_top_rows_that_one_table_misses():
+  """More tables of independent k-means partitions hold the exact top neuron for more
+  queries than the layer's one-table training index, within 5% of the neurons."""
+  from flax import nnx
+
+  import jslide
+
+  rng = np.random.default_rng(0)
+  layer = jslide.nn.SparseDense(32, 4096, budget=204, hash_family="cluster", num_hashes=8,
+                                num_tables=1, rngs=nnx.Rngs(0))
+  w = rng.normal(size=(4096, 32)).astype(np.float32)
+  layer.kernel.set_value(jnp.asarray(w))
+  layer.rebuild_index()
+  x = jnp.asarray(w[rng.choice(4096, 256, replace=False)]  # a row's direction, and noise
+                  + rng.normal(size=(256, 32)).astype(np.float32))
+  top = jax.lax.top_k(layer.exact(x), 1)[1]
+  key = jax.random.PRNGKey(1)
+  own = lsh.recall_of_top_k(layer.retrieve(x, key=key), top)
+  index = layer.build_inference_index(jax.random.PRNGKey(2), num_tables=6)
+  assert index.num_tables == 6 and index.num_buckets == 256
+  found = lsh.recall_of_top_k(layer.retrieve(x, key=key, index=index), top)
+  assert float(found.mean()) >= 0.9 and float(found.mean()) > float(own.mean()) + 0.1
+  scores, ids = layer.topk(x, 1, key=key, index=index)  # rescored exactly
+  hit = np.asarray(found) == 1
+  np.testing.assert_array_equal(np.asarray(ids)[hit, 0], np.asarray(top)[hit, 0])
+  warm = layer.build_inference_index(key, previous=index, iters=1)  # keeps tables, probes
+  assert (warm.num_tables, warm.hasher.probes) == (6, index.hasher.probes)

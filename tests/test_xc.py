@@ -14,6 +14,7 @@ import pytest
 
 from jslide import datasets as D
 from jslide.xc import checkpoint
+from jslide.xc.config import ModelConfig
 from jslide.xc.__main__ import main
 
 
@@ -139,11 +140,36 @@ def test_sampled_baseline_and_retrieval_report(small_files, tmp_path):
   sampled = json.load(open(tmp_path / "s.json"))["final"]["test"]
   assert "P@1" in sampled and "recall@1" not in sampled
   assert main(["train", "--train", train, "--test", test, "--epochs", "1", "--hash", "cluster",
-               "--max-retrieved", "20", "--json", str(tmp_path / "c.json"), *ARCH]) == 0
+               "--max-retrieved", "20", "--candidates", "32", "--json", str(tmp_path / "c.json"),
+               *ARCH]) == 0
   report = json.load(open(tmp_path / "c.json"))["final"]["test"]
-  for name in ("recall@1", "recall@5", "index_share", "labels_scored", "lsh_P@1"):
-    assert 0 <= report[name] <= (64 if name == "labels_scored" else 1)
-  assert report["index_share"] == pytest.approx(report["labels_scored"] / 64)
+  for name in ("recall@1", "recall@5", "index_share", "labels_scored", "lsh_P@1",
+               "training_recall@1", "training_recall@5"):
+    assert 0 <= report[name] <= (32 if name == "labels_scored" else 1)
+  assert report["index_share"] == pytest.approx(report["labels_scored"] / 32)
+  epoch = json.load(open(tmp_path / "c.json"))["final"]
+  assert epoch["inference_index_seconds"] > 0
+  # Without an inference index, ranking goes through the training index (no second recall).
+  assert main(["train", "--train", train, "--test", test, "--epochs", "1", "--hash", "cluster",
+               "--max-retrieved", "20", "--inference-tables", "0", "--candidates", "32",
+               "--json", str(tmp_path / "t.json"), *ARCH]) == 0
+  own = json.load(open(tmp_path / "t.json"))["final"]["test"]
+  assert "training_recall@1" not in own
+  assert own["recall@1"] == pytest.approx(report["training_recall@1"])
+
+
+def test_inference_candidates_are_at_most_five_percent_of_the_labels():
+  """Sparse inference scores the budget, capped at 5% of the labels, unless told otherwise."""
+  assert ModelConfig(10, 20472, budget=1024).inference_candidates() == 1023
+  assert ModelConfig(10, 18160, budget=1024).inference_candidates() == 908
+  assert ModelConfig(10, 100_000, budget=1024).inference_candidates() == 1024
+  assert ModelConfig(10, 20472, budget=1024, candidates=2000).inference_candidates() == 2000
+  for bad in (0, 20473, 1.5, True):
+    with pytest.raises(ValueError, match="candidates must be an int"):
+      ModelConfig(10, 20472, candidates=bad)
+  for name, bad in (("inference_tables", -1), ("inference_tables", 2.0), ("inference_hashes", 0)):
+    with pytest.raises(ValueError, match=name):
+      ModelConfig(10, 20472, **{name: bad})
 
 
 def test_checkpoints_are_never_silently_lost_or_misread(small_files, tmp_path, capsys):

@@ -104,6 +104,22 @@ class ClusterHash:
     cent = _normalize(jax.random.normal(key, (num_tables, c, dim + 2), jnp.float32))
     return cls(cent, probes, iters, int(dim))
 
+  @classmethod
+  def from_rows(cls, key, w, b=None, *, num_hashes: int, num_tables: int, probes: int = 16,
+                iters: int = 3) -> "ClusterHash":
+    """Like :meth:`init`, with each table's centroids started at the keys of 2^num_hashes
+    random rows of w f32[N, d] (bias b), different rows per table (Forgy's start): on trained
+    rows, whose keys fill a narrow cone, this fits better buckets in 10 Lloyd steps than
+    random directions do in 25 (recall of the top label 0.924 against 0.910, six tables on
+    the trained WordNet layer, docs/lsh.md)."""
+    w = float32_array("ClusterHash.from_rows", "w", w, ndim=2)
+    family = cls.init(key, w.shape[1], num_hashes, num_tables, probes=probes, iters=iters)
+    keys = mips_keys(w, b)
+    n, c = w.shape[0], family.num_buckets
+    rows = jax.vmap(lambda k: jax.random.choice(k, n, (c,), replace=n < c))(
+        jax.random.split(jax.random.fold_in(key, 1), num_tables))
+    return dataclasses.replace(family, centroids=keys[rows])
+
   @property
   def num_tables(self) -> int:
     return self.centroids.shape[0]

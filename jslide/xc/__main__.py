@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
   tc = TrainConfig()
   t.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden))
   t.add_argument("--budget", type=int, default=d.budget, help="active output neurons per example")
+  t.add_argument("--candidates", type=int, default=d.candidates,
+                 help="labels retrieved and rescored per example at inference through the index "
+                      "(default: the budget, at most 5%% of the labels)")
+  t.add_argument("--inference-tables", type=int, default=d.inference_tables,
+                 help="k-means tables of the index built for inference (0: use the training "
+                      "index)")
+  t.add_argument("--inference-hashes", type=int, default=d.inference_hashes,
+                 help="K of the inference index, 2^K buckets a table (default: the training "
+                      "index's)")
   t.add_argument("--hash", dest="hash_family", choices=list(HASH_FAMILIES),
                  default=d.hash_family)
   t.add_argument("--num-hashes", type=int, default=d.num_hashes,
@@ -137,7 +146,9 @@ def main(argv=None) -> int:
           hash_family=args.hash_family, num_hashes=args.num_hashes, num_tables=args.num_tables,
           bin_size=args.bin_size, strategy=args.strategy, fill_group=args.fill_group,
           batch_negatives=args.batch_negatives, max_retrieved=args.max_retrieved,
-          param_dtype=args.param_dtype, moment_dtype=args.moment_dtype)
+          param_dtype=args.param_dtype, moment_dtype=args.moment_dtype,
+          candidates=args.candidates, inference_tables=args.inference_tables,
+          inference_hashes=args.inference_hashes)
       cfg = TrainConfig(
           epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss,
           dense=args.dense, sampled=args.sampled, catch_up=args.catch_up,

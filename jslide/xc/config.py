@@ -30,12 +30,38 @@ class ModelConfig:
   max_retrieved: int | None = None  # ids from the index at most; None: budget // 4
   param_dtype: str = "float32"  # the tables (input and output kernels): or "bfloat16"
   moment_dtype: str | None = None  # the tables' Adam moments; None: float32
+  # Labels retrieved and rescored per example at inference (eval and predict through the
+  # index); None: the budget, capped at 5% of the labels.
+  candidates: int | None = None
+  # Inference (eval and predict through the index) uses an index of its own, k-means with
+  # this many tables (0: the training index), 2^inference_hashes buckets each (None: as many
+  # as the training index, or about 20 rows a bucket).
+  inference_tables: int = 6
+  inference_hashes: int | None = None
 
   def __post_init__(self):
     for name in ("param_dtype", "moment_dtype"):
       value = getattr(self, name)
       if value not in ("float32", "bfloat16") and not (name == "moment_dtype" and value is None):
         raise ValueError(f"ModelConfig: {name} must be 'float32' or 'bfloat16', got {value!r}")
+    for name, lo, hi in (("inference_tables", 0, 64), ("inference_hashes", 1, 24)):
+      value = getattr(self, name)
+      if value is None and name == "inference_hashes":
+        continue
+      if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"ModelConfig: {name} must be an int in [{lo}, {hi}], got {value!r}")
+    c = self.candidates
+    if c is not None and (isinstance(c, bool) or not isinstance(c, int)
+                          or not 1 <= c <= self.num_labels):
+      raise ValueError(f"ModelConfig: candidates must be an int in [1, num_labels="
+                       f"{self.num_labels}] or None, got {c!r}")
+
+  def inference_candidates(self) -> int:
+    """Labels the index retrieves per example at inference: ``candidates``, or the budget
+    capped at 5% of the labels (so sparse inference scores at most a twentieth of them)."""
+    if self.candidates is not None:
+      return self.candidates
+    return max(1, min(self.budget, self.num_labels // 20))
 
   def index_shape(self) -> tuple[int, int]:
     """(K, L) with the per-family defaults filled in. k-means buckets work best small (about

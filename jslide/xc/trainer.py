@@ -57,8 +57,11 @@ def _rankers(graphdef, k: int, candidates: int):
   """Jitted rankers, cached so evaluating after every epoch compiles once:
 
   - ``exact(state, feat_ids, feat_vals) -> (scores, ids)``: top k of all labels;
-  - ``retrieved(state, feat_ids, feat_vals, key) -> (scores, ids, candidate ids)``: top k of
-    the ``candidates`` the index retrieves (no fill), rescored exactly.
+  - ``retrieved(state, feat_ids, feat_vals, key, index) -> (scores, ids, candidate ids)``:
+    top k of the ``candidates`` the index retrieves (no fill), rescored exactly; ``index``:
+    an inference index (``SparseDense.build_inference_index``), or None for the model's own;
+  - ``training_ids(state, feat_ids, feat_vals, key) -> ids``: the ``candidates`` the model's
+    own (training) index retrieves.
   """
 
   @jax.jit
@@ -67,14 +70,58 @@ def _rankers(graphdef, k: int, candidates: int):
     return jax.lax.top_k(model.output.exact(model.encode(feat_ids, feat_vals)), k)
 
   @jax.jit
-  def retrieved(state, feat_ids, feat_vals, key):
+  def retrieved(state, feat_ids, feat_vals, key, index):
     model = jslide.nn.merge(graphdef, state)
     h = model.encode(feat_ids, feat_vals)
-    ids = model.output.retrieve(h, key=key, candidates=candidates)
+    ids = model.output.retrieve(h, key=key, candidates=candidates, index=index)
     top, pos = jax.lax.top_k(model.output.scores(h, ids), k)
     return top, jnp.take_along_axis(ids, pos, axis=-1), ids
 
-  return exact, retrieved
+  @jax.jit
+  def training_ids(state, feat_ids, feat_vals, key):
+    model = jslide.nn.merge(graphdef, state)
+    return model.output.retrieve(model.encode(feat_ids, feat_vals), key=key,
+                                 candidates=candidates)
+
+  return exact, retrieved, training_ids
+
+
+@functools.lru_cache(maxsize=8)
+def _inference_index_builder(graphdef, num_tables: int, num_hashes: int | None,
+                             candidates: int):
+  """``build(state, key, previous, iters)``, jitted: the output layer's inference index over
+  the state's rows (``SparseDense.build_inference_index``; ``previous``: warm start)."""
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def build(state, key, previous, iters):
+    model = jslide.nn.merge(graphdef, state)
+    return model.output.build_inference_index(key, num_tables=num_tables, num_hashes=num_hashes,
+                                              candidates=candidates, iters=iters,
+                                              previous=previous)
+
+  return build
+
+
+# Lloyd steps of an inference index: built from rows (after the first epoch, or from a
+# checkpoint for eval and predict), then warm from the last epoch's centroids (the steps add
+# up over a run, as the training index's rebuilds do).
+FIRST_ITERS, WARM_ITERS = 10, 3
+
+
+def inference_index(graphdef, state, model_cfg: ModelConfig, previous=None, seed: int = 0,
+                    iters: int | None = None):
+  """The inference index of ``model_cfg`` over the state's output layer (None when
+  ``inference_tables`` is 0: inference then goes through the training index). ``previous``
+  (the index built after the last epoch) starts the centroids, ``iters`` Lloyd steps (default
+  3); without it, the keys of random rows (default 10 steps)."""
+  if not model_cfg.inference_tables:
+    return None
+  build = _inference_index_builder(graphdef, model_cfg.inference_tables,
+                                   model_cfg.inference_hashes,
+                                   model_cfg.inference_candidates())
+  if iters is None:
+    iters = FIRST_ITERS if previous is None else WARM_ITERS
+  return build(state, jax.random.PRNGKey(seed), previous, iters)
 
 
 def _timed(fn, *args):
@@ -84,18 +131,22 @@ def _timed(fn, *args):
 
 
 def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_features: int,
-                   max_labels: int, budget: int, ks=(1, 3, 5), with_lsh: bool = True) -> dict:
-  """P@k and nDCG@k over all labels (exact), and with ``with_lsh`` through the index:
+                   max_labels: int, candidates: int, ks=(1, 3, 5),
+                   with_lsh: bool = True, index=None) -> dict:
+  """P@k and nDCG@k over all labels (exact), and with ``with_lsh`` through the index
+  (``index``, an inference index, or None: the model's own):
 
-  - ``lsh_P@k``, ``lsh_nDCG@k``: the top k of the ``budget`` retrieved labels, rescored;
+  - ``lsh_P@k``, ``lsh_nDCG@k``: the top k of the ``candidates`` retrieved labels, rescored;
   - ``recall@1``, ``recall@5``: the share of the exact top 1 / top 5 that the index retrieved;
-  - ``index_share``: retrieved labels / budget (no labels forced, no random fill);
+  - ``training_recall@1``, ``training_recall@5``: the same for the training index (the
+    one each training step queries), with ``index`` given;
+  - ``index_share``: retrieved labels / candidates (no labels forced, no random fill);
   - ``labels_scored``: labels scored per example through the index; ``exact_ms`` and
     ``lsh_ms``: time per batch of exact ranking and of retrieval + rescoring (first batch,
     which compiles, excluded).
   """
   kmax = max(max(ks), 5)
-  exact, retrieved = _rankers(graphdef, kmax, budget)
+  exact, retrieved, training_ids = _rankers(graphdef, kmax, candidates)
   sums: dict[str, float] = {}
   times = {"exact_ms": [], "lsh_ms": []}
   key = jax.random.PRNGKey(0)
@@ -111,7 +162,7 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
     if not with_lsh:
       continue
     (_, lsh_top, cand), t_lsh = _timed(retrieved, state, b.feat_ids, b.feat_vals,
-                                       jax.random.fold_in(key, i))
+                                       jax.random.fold_in(key, i), index)
     if i:
       times["exact_ms"].append(1e3 * t_exact)
       times["lsh_ms"].append(1e3 * t_lsh)
@@ -120,9 +171,14 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
     found = jnp.sum(cand >= 0, axis=1)
     for name, v in (("recall@1", jslide.lsh.recall_of_top_k(cand, top[:, :1])),
                     ("recall@5", jslide.lsh.recall_of_top_k(cand, top[:, :5])),
-                    ("labels_scored", found), ("index_share", found / budget)):
+                    ("labels_scored", found), ("index_share", found / candidates)):
       add(name, jnp.sum(jnp.where(b.mask, v, 0)))
+    if index is not None:
+      own = training_ids(state, b.feat_ids, b.feat_vals, jax.random.fold_in(key, i))
+      for name, j in (("training_recall@1", 1), ("training_recall@5", 5)):
+        add(name, jnp.sum(jnp.where(b.mask, jslide.lsh.recall_of_top_k(own, top[:, :j]), 0)))
   out = {name: v / len(data) for name, v in sums.items()}
+  out["num_labels"] = data.num_labels
   out.update({name: sum(v) / len(v) for name, v in times.items() if v})
   return out
 
@@ -185,6 +241,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   record["compile_seconds"] = time.perf_counter() - t0
   log(f"training step compiled in {record['compile_seconds']:.1f} s (not in the epochs' "
       "seconds)")
+  inf_index = None  # the inference index, rebuilt from its last centroids after every epoch
   while epoch < cfg.epochs:
     bar = tqdm(total=len(train_data), initial=min(start_batch * cfg.batch_size, len(train_data)),
                unit="ex", unit_scale=True, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -231,13 +288,19 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
     seconds = time.perf_counter() - t0
     entry = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "seconds": seconds,
              "examples_per_second": seen / seconds if seconds else 0.0}
+    sparse_test = test_data is not None and not (cfg.dense or cfg.sampled)
+    if sparse_test and model_cfg.inference_tables:  # warm: from the last epoch's centroids
+      t1 = time.perf_counter()
+      inf_index = jax.block_until_ready(
+          inference_index(graphdef, state, model_cfg, inf_index, cfg.seed))
+      entry["inference_index_seconds"] = time.perf_counter() - t1
     evaluate = functools.partial(evaluate_state, graphdef, state, batch_size=1024,
                                  max_features=cfg.max_features, max_labels=cfg.max_labels,
-                                 budget=model_cfg.budget)
+                                 candidates=model_cfg.inference_candidates())
     if valid_data is not None:
       entry["valid"] = evaluate(valid_data, with_lsh=False)
     if test_data is not None:
-      entry["test"] = evaluate(test_data, with_lsh=not (cfg.dense or cfg.sampled))
+      entry["test"] = evaluate(test_data, with_lsh=sparse_test, index=inf_index)
     record["epochs"].append(entry)
     log(_format_epoch(entry))
     best = record.get("selected")
@@ -269,9 +332,12 @@ def _format_epoch(e: dict) -> str:
     if "lsh_P@1" in t:
       s += (f" | via LSH: P@1 {t['lsh_P@1']:.4f} P@5 {t['lsh_P@5']:.4f}, recall of top 1 "
             f"{t['recall@1']:.3f} top 5 {t['recall@5']:.3f}, {t['labels_scored']:.0f} labels "
-            f"scored ({t['index_share']:.0%} of the budget)")
+            f"scored per example ({t['labels_scored'] / t['num_labels']:.1%} of the labels)")
       if "lsh_ms" in t:
         s += f", {t['lsh_ms']:.1f} ms/batch vs exact {t['exact_ms']:.1f}"
+      if "training_recall@1" in t:
+        s += (f"; training index: recall of top 1 {t['training_recall@1']:.3f} top 5 "
+              f"{t['training_recall@5']:.3f}")
   return s
 
 
@@ -289,11 +355,14 @@ def load_model(checkpoint_dir: str):
 
 
 def evaluate(checkpoint_dir: str, data: D.XCData, *, max_features=64, max_labels=8) -> dict:
+  """:func:`evaluate_state` of a checkpoint (the inference index built fresh)."""
   graphdef, state, model_cfg, meta = load_model(checkpoint_dir)
   _check_dims(data, model_cfg)
+  sparse = not (meta["dense"] or meta.get("sampled", 0))
   return evaluate_state(graphdef, state, data, batch_size=1024, max_features=max_features,
-                        max_labels=max_labels, budget=model_cfg.budget,
-                        with_lsh=not (meta["dense"] or meta.get("sampled", 0)))
+                        max_labels=max_labels, candidates=model_cfg.inference_candidates(),
+                        with_lsh=sparse,
+                        index=inference_index(graphdef, state, model_cfg) if sparse else None)
 
 
 def predict(checkpoint_dir: str, data: D.XCData, out_path: str, *, k: int = 5,
@@ -303,10 +372,12 @@ def predict(checkpoint_dir: str, data: D.XCData, out_path: str, *, k: int = 5,
   _check_dims(data, model_cfg)
   if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= model_cfg.num_labels:
     raise ValueError(f"predict: k must be an int in [1, {model_cfg.num_labels}], got {k!r}")
-  if not exact and k > model_cfg.budget:
-    raise ValueError(f"predict: k={k} exceeds the {model_cfg.budget} labels retrieved through "
+  candidates = model_cfg.inference_candidates()
+  if not exact and k > candidates:
+    raise ValueError(f"predict: k={k} exceeds the {candidates} labels retrieved through "
                      "the index")
-  exact_rank, retrieved = _rankers(graphdef, k, model_cfg.budget)
+  exact_rank, retrieved, _ = _rankers(graphdef, k, candidates)
+  index = None if exact else inference_index(graphdef, state, model_cfg)
   # Written beside the target and renamed at the end: a failed run leaves no partial file.
   tmp_path = f"{out_path}.partial"
   try:
@@ -316,7 +387,8 @@ def predict(checkpoint_dir: str, data: D.XCData, out_path: str, *, k: int = 5,
         if exact:
           scores, ids = exact_rank(state, b.feat_ids, b.feat_vals)
         else:
-          scores, ids, _ = retrieved(state, b.feat_ids, b.feat_vals, jax.random.PRNGKey(i))
+          scores, ids, _ = retrieved(state, b.feat_ids, b.feat_vals, jax.random.PRNGKey(i),
+                                     index)
         for row in range(int(b.mask.sum())):
           f.write(" ".join(f"{int(l)}:{float(s):.5g}" for l, s in zip(ids[row], scores[row])
                            if l >= 0) + "\n")
