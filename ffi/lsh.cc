@@ -163,8 +163,6 @@ int32_t IdCounter::Add(int32_t id) {
   return ++slot_count_[s];
 }
 
-bool IdCounter::Contains(int32_t id) const { return slot_id_[Slot(id)] == id; }
-
 void IdCounter::Clear() {
   for (int64_t s : used_) {
     slot_id_[s] = -1;
@@ -206,9 +204,10 @@ JSLIDE_INLINE uint32_t RowKeys(const float* __restrict scores, int64_t c, uint32
   return hi;
 }
 
-// Sorts entries[0, n) (RankKeys) ascending by their key half; the position half is already
-// ascending, and LSD radix passes are stable. Linear, unlike a comparison sort.
-JSLIDE_INLINE void SortByKey(uint64_t* entries, uint64_t* tmp, int64_t n, uint64_t*& sorted) {
+// Sorts entries[0, n) (RankKeys) ascending by their key half, using tmp[0, n) as the other
+// buffer; returns the one that holds the result. The position half is already ascending,
+// and LSD radix passes are stable. Linear, unlike a comparison sort.
+JSLIDE_INLINE uint64_t* SortByKey(uint64_t* entries, uint64_t* tmp, int64_t n) {
   for (int bit = 32; bit < 64; bit += 8) {
     uint32_t count[256] = {0};
     for (int64_t j = 0; j < n; ++j) ++count[(entries[j] >> bit) & 255];
@@ -222,7 +221,7 @@ JSLIDE_INLINE void SortByKey(uint64_t* entries, uint64_t* tmp, int64_t n, uint64
     for (int64_t j = 0; j < n; ++j) tmp[count[(entries[j] >> bit) & 255]++] = entries[j];
     std::swap(entries, tmp);
   }
-  sorted = entries;
+  return entries;
 }
 
 // The smallest key tau with at least k keys >= tau among keys[0, c), up to the resolution
@@ -309,8 +308,7 @@ JSLIDE_CLONES void TopIndices(const float* scores, int64_t c, int64_t k, int32_t
     cand[n] = RankKey(keys[i], i);  // n <= i: in bounds
     n += keys[i] >= tau;
   }
-  uint64_t* sorted = cand;
-  SortByKey(cand, cand + c, n, sorted);
+  const uint64_t* sorted = SortByKey(cand, cand + c, n);
   for (int64_t i = 0; i < k; ++i) out[i] = static_cast<int32_t>(sorted[i] & 0xffffffffu);
 }
 
@@ -348,11 +346,6 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
     return true;
   };
   const int64_t room = std::min(budget - filled, cfg.max_retrieved);
-  auto take = [&](int32_t id) {
-    s.chosen.Add(id);
-    out[filled++] = id;
-  };
-
   if (cfg.strategy == QueryStrategy::kRanked) {
     // The codes come best first: each new id is taken as it is read, and reading stops once
     // the room is filled (forced ids found in the buckets are skipped, not counted).
@@ -394,6 +387,10 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
       }
     });
     const int64_t m = static_cast<int64_t>(s.candidates.size());
+    auto take = [&](int32_t id) {  // candidates are not chosen yet
+      s.chosen.Add(id);
+      out[filled++] = id;
+    };
     // Appends a uniform random subset of `want` of the candidates in positions [lo, hi).
     auto sample = [&](int64_t lo, int64_t hi, int64_t want) {
       for (int64_t i = lo; i < lo + want; ++i) {

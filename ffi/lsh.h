@@ -76,7 +76,6 @@ class IdCounter {
   void Reserve(int64_t max_items);
   // Adds one occurrence; returns the count after adding.
   int32_t Add(int32_t id);
-  bool Contains(int32_t id) const;
   void Clear();
   int64_t Size() const { return static_cast<int64_t>(used_.size()); }
   // fn(id, count) for every distinct id, in insertion order.
