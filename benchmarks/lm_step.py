@@ -13,8 +13,14 @@ donated, median of ``--steps`` after 3 warm-up steps.
    with catch-up, index rebuilds on the trainer's schedule).
 2. The whole model (2 layers, 4 heads, dense FFN of width 1,024) with each head: the
    trainer's own step (``jslide.lm.trainer.make_step``).
-3. The FFN: the whole model (lsh head) with FFNs of width ``--ffn-hidden``, dense against
-   sparse with 5% of the neurons active per token.
+3. The FFN alone, one block of width ``--ffn-hidden`` on fixed inputs f32[1024, 256] (loss: the
+   mean squared distance of its outputs to fixed random targets), dense against the two
+   sparse kinds with 5% of the neurons active per token: ``sparse`` (``SparseFFN``: neurons
+   retrieved one by one from its LSH index, row-sparse gradients, ``sparse_adam`` with
+   catch-up, index rebuilds on the trainer's schedule) and ``block`` (``BlockSparseFFN``: 3
+   of 64 blocks per token, dense matrix products per block, ``optax.adam``); ``dense`` is
+   ``DenseFFN`` with ``optax.adam``.
+4. The same FFNs in the whole model (lsh head, 2 layers).
 
     python benchmarks/lm_step.py --json results/lm_step.json
 """
@@ -81,6 +87,36 @@ def head_only_ms(kind: str, vocab: int, steps: int) -> float:
   return median_step_ms(step, state, batch, steps)
 
 
+def ffn_only_ms(kind: str, hidden: int, steps: int) -> float:
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from flax import nnx
+  import jslide
+  from jslide.nn.training import dense_gradient_step
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(TOKENS, D)), jnp.float32)
+  target = jnp.asarray(rng.normal(size=(TOKENS, D)), jnp.float32)
+  batch = {"tokens": x, "targets": target, "mask": jnp.ones(TOKENS, bool)}
+  active = max(1, hidden // 20)
+  rngs = nnx.Rngs(0)
+  model = {"dense": lambda: jslide.nn.DenseFFN(D, hidden, rngs=rngs),
+           "sparse": lambda: jslide.nn.SparseFFN(D, hidden, active=active, rngs=rngs),
+           "block": lambda: jslide.nn.BlockSparseFFN(D, hidden, active=active, rngs=rngs)}[kind]()
+
+  def loss(m, b, key):
+    return jnp.mean((m(b["tokens"], key=key) - b["targets"]) ** 2, axis=-1)
+
+  if kind == "sparse":
+    _, state, step = jslide.nn.make_train_step(
+        model, loss=loss, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True),
+        dense_tx=optax.adam(1e-3), schedule=jslide.lsh.RebuildSchedule(50, 1.3, 2000))
+  else:
+    _, state, step = dense_gradient_step(model, loss, optax.adam(1e-3))
+  return median_step_ms(step, state, batch, steps)
+
+
 def model_ms(cfg, vocab: int, steps: int) -> float:
   import numpy as np
   from jslide.lm.trainer import RunConfig, batch_of, make_step
@@ -112,10 +148,12 @@ def main(argv=None):
     add("model", kind, model_ms(dataclasses.replace(base, head=kind), args.vocab, args.steps),
         hidden=1024)
   active = max(1, args.ffn_hidden // 20)
-  for ffn in ("dense", "sparse"):
+  ffns = ("dense", "sparse", "block")
+  for ffn in ffns:
+    add("ffn alone", ffn, ffn_only_ms(ffn, args.ffn_hidden, args.steps), hidden=args.ffn_hidden)
+  for ffn in ffns:
     cfg = dataclasses.replace(base, hidden=args.ffn_hidden, ffn=ffn, ffn_active=active)
-    add("ffn", ffn, model_ms(cfg, args.vocab, args.steps), hidden=args.ffn_hidden,
-        active=active if ffn == "sparse" else args.ffn_hidden)
+    add("ffn", ffn, model_ms(cfg, args.vocab, args.steps), hidden=args.ffn_hidden)
 
   def ms(part, kind):
     return next(r["step_ms"] for r in rows if r["part"] == part and r["kind"] == kind)
@@ -126,10 +164,14 @@ def main(argv=None):
   for kind in ("full", "sampled", "lsh"):
     print(f"| {kind} | {ms('head', kind):.1f} | {ms('head', 'full') / ms('head', kind):.1f}x | "
           f"{ms('model', kind):.1f} | {ms('model', 'full') / ms('model', kind):.1f}x |")
-  print(f"\n| FFN width {args.ffn_hidden:,} (lsh head) | ms/step |\n|---|---:|")
-  print(f"| dense | {ms('ffn', 'dense'):.1f} |")
-  print(f"| sparse, {active} active per token | {ms('ffn', 'sparse'):.1f} |")
-  print(f"dense / sparse: {ms('ffn', 'dense') / ms('ffn', 'sparse'):.2f}x")
+  print(f"\n| FFN width {args.ffn_hidden:,} | FFN alone, ms/step | dense / this | "
+        f"whole model (lsh head), ms/step | dense / this |\n|---|---:|---:|---:|---:|")
+  names = {"dense": "dense", "sparse": f"sparse ({active} retrieved neurons per token)",
+           "block": "block (3 of 64 blocks per token)"}
+  for ffn in ffns:
+    print(f"| {names[ffn]} | {ms('ffn alone', ffn):.1f} | "
+          f"{ms('ffn alone', 'dense') / ms('ffn alone', ffn):.2f}x | {ms('ffn', ffn):.1f} | "
+          f"{ms('ffn', 'dense') / ms('ffn', ffn):.2f}x |")
   write_json(args.json, rows)
 
 

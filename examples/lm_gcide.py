@@ -27,7 +27,7 @@ def main(argv=None):
   p.add_argument("--out", default="results/lm_gcide")
   p.add_argument("--seconds", type=float, default=300.0, help="training time per run")
   p.add_argument("--heads", default="lsh,sampled,full")
-  p.add_argument("--ffn", choices=("sparse", "dense"), default="dense")
+  p.add_argument("--ffn", choices=("sparse", "block", "dense"), default="dense")
   p.add_argument("--hidden", type=int, default=1024)
   args = p.parse_args(argv)
   train_txt = os.path.join(args.data, "gcide_train.txt")

@@ -424,3 +424,46 @@ def apply_if_finite(inner: optax.GradientTransformation,
         inner_state=inner_state)
 
   return optax.GradientTransformation(init, update)
+
+
+class FiniteStep(NamedTuple):
+  """``init(params) -> optax.ApplyIfFiniteState``; ``apply(grads, state, params) -> (params,
+  state)``: see :func:`apply_updates_if_finite`."""
+
+  init: Callable
+  apply: Callable
+
+
+def apply_updates_if_finite(inner: optax.GradientTransformation,
+                            max_consecutive_errors: int) -> FiniteStep:
+  """:func:`apply_if_finite` and ``optax.apply_updates`` as one step, for training loops.
+
+  ``apply(grads, state, params)`` returns the parameters and state that
+  ``apply_if_finite(inner, max_consecutive_errors)`` followed by ``optax.apply_updates``
+  give (the same state, ``optax.ApplyIfFiniteState``, so the two are interchangeable in a
+  checkpoint), with one difference in cost: the optimizer and the application of its
+  updates sit in the same branch of one ``lax.cond``. A dense optimizer (``optax.adam``) is
+  then one fused pass over its parameters and moments; with the cond around the optimizer
+  alone, its updates are written out and read back (4-5 ms a step more for the 8.4 M
+  parameters of a 16,384-wide FFN on 2 cores). Table updates stay in place.
+  """
+  skip = apply_if_finite(inner, max_consecutive_errors)  # validates; init and counting
+
+  def apply(grads, state, params):
+    finite = jtree.all_finite(grads)
+    notfinite_count = jnp.where(finite, 0, optax.safe_increment(state.notfinite_count))
+
+    def update(params, inner_state):
+      updates, inner_state = inner.update(grads, inner_state, params)
+      return optax.apply_updates(params, updates), inner_state
+
+    params, inner_state = jax.lax.cond(
+        finite | (notfinite_count > max_consecutive_errors), update,
+        lambda params, inner_state: (params, inner_state), params, state.inner_state)
+    return params, optax.ApplyIfFiniteState(
+        notfinite_count=notfinite_count, last_finite=finite,
+        total_notfinite=jnp.where(finite, state.total_notfinite,
+                                  optax.safe_increment(state.total_notfinite)),
+        inner_state=inner_state)
+
+  return FiniteStep(skip.init, apply)

@@ -241,6 +241,33 @@ def test_jslide_apply_if_finite_skips_a_nan_step_as_optax_apply_if_finite_does(r
   _assert_same(got, want)
 
 
+def test_apply_updates_if_finite_is_apply_if_finite_then_apply_updates(rng):
+  """The fused training-loop form gives the same parameters and state, step by step (to
+  rounding),
+  through a skipped NaN step; with max_consecutive_errors=0 the NaN step is applied, and the
+  sparse kernels refuse it, as they do after apply_if_finite."""
+  p0, batches = _params(rng), _batches(rng)
+  x, ids = batches[1]
+  batches[1] = (x.at[0, 0].set(jnp.nan), ids)
+  wrapped = jslide.optim.apply_if_finite(_sparse_adam(), max_consecutive_errors=3)
+  fused = jslide.optim.apply_updates_if_finite(_sparse_adam(), max_consecutive_errors=3)
+  step = jax.jit(lambda p, s, x, ids: wrapped.update(_sparse_grads(p, x, ids), s, p))
+  fused_step = jax.jit(lambda p, s, x, ids: fused.apply(_sparse_grads(p, x, ids), s, p))
+  p, state, q, fused_state = p0, wrapped.init(p0), p0, fused.init(p0)
+  for x, ids in batches:
+    u, state = step(p, state, x, ids)
+    p = optax.apply_updates(p, u)
+    q, fused_state = fused_step(q, fused_state, x, ids)
+    _assert_same(q, p, atol=1e-7)  # XLA may fuse the optimizer's arithmetic differently
+    for a, b in zip(jax.tree.leaves(fused_state), jax.tree.leaves(state)):
+      assert_close(a, b, atol=1e-7, rtol=1e-6)
+  assert int(fused_state.total_notfinite) == 1
+  applied = jslide.optim.apply_updates_if_finite(_sparse_adam(), max_consecutive_errors=0)
+  with pytest.raises(Exception, match="non-finite value"):
+    x, ids = batches[1]
+    jax.block_until_ready(applied.apply(_sparse_grads(p0, x, ids), applied.init(p0), p0))
+
+
 # ------------------------------------------------------------------ helpers
 
 

@@ -64,11 +64,11 @@ TINY = dict(vocab_size=100, context=16, features=32, heads=2, layers=1, hidden=1
             ffn="sparse", ffn_active=32, retrieved=8, sampled=16)
 
 
-@pytest.mark.parametrize("head", ["lsh", "full"])
-def test_tiny_model_learns_the_markov_chain(corpus, head):
+@pytest.mark.parametrize("head,ffn", [("lsh", "sparse"), ("full", "sparse"), ("lsh", "block")])
+def test_tiny_model_learns_the_markov_chain(corpus, head, ffn):
   """Validation perplexity (exact softmax) falls from about the vocabulary size to below 5,
   against a floor of 3 (the chain's entropy rate)."""
-  cfg = LMConfig(**TINY, head=head)
+  cfg = LMConfig(**{**TINY, "ffn": ffn}, head=head)
   run = RunConfig(epochs=2, batch_size=16, learning_rate=3e-3, eval_every=10_000,
                   max_eval_tokens=4096)
   record = train(str(corpus / "train.txt"), str(corpus / "valid.txt"), cfg, run,

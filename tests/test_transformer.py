@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jslide
-from jslide.nn import DenseFFN, SparseFFN, SparseTransformerLM
+from jslide.nn import BlockSparseFFN, DenseFFN, SparseFFN, SparseTransformerLM
+from jslide.nn.block_ffn import block_sparse_ffn, route_to_blocks
 
 from helpers import assert_close
 
@@ -71,6 +72,126 @@ def test_sparse_ffn_rejects_bad_sizes():
     SparseFFN(4, 8, active=9, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="hidden"):
     DenseFFN(4, 0, rngs=nnx.Rngs(0))
+
+
+def test_block_ffn_with_every_block_equals_the_dense_block_values_and_gradients(rng):
+  ffn = BlockSparseFFN(8, 24, active=24, num_blocks=4, rngs=nnx.Rngs(0))
+  assert ffn.blocks_per_token == 4 and ffn.capacity(15) == 15  # all blocks, nothing dropped
+  x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
+  graphdef, tables, params, rest = jslide.nn.split_model(ffn)
+  assert not jax.tree.leaves(tables)  # dense parameters: every block is used by a batch
+
+  def loss(params, x, rest, exact):  # a call moves the route bias: fresh Variables for it
+    m = nnx.merge(graphdef, tables, params, jax.tree.map(lambda a: a, rest))
+    return jnp.sum(jnp.sin(m.exact(x) if exact else m(x)))
+
+  vg = jax.value_and_grad(loss, argnums=(0, 1))
+  value, grads = vg(params, x, rest, False)
+  ref_value, ref_grads = vg(params, x, rest, True)
+  assert_close(value, ref_value, atol=1e-4)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+    assert_close(a, b, atol=1e-4)
+
+
+def _block_ffn_reference(ffn, x):
+  """Per token in order: its best blocks by mean pre-activation, each computed exactly if the
+  block still has room (numpy, one token at a time)."""
+  up, ub = np.asarray(ffn.up.get_value()), np.asarray(ffn.up_bias.get_value())
+  down, db = np.asarray(ffn.down.get_value()), np.asarray(ffn.down_bias.get_value())
+  c, s = ffn.num_blocks, ffn.block
+  cap = ffn.capacity(len(x))
+  scores = (x @ up.reshape(c, s, -1).mean(1).T + ub.reshape(c, s).mean(1)
+            + np.asarray(ffn.route_bias.get_value()))
+  used = np.zeros(c, int)
+  out = np.tile(db, (len(x), 1))
+  for t, xt in enumerate(x):
+    best = np.argsort(-scores[t], kind="stable")[:ffn.blocks_per_token]
+    for blk in best:
+      if used[blk] < cap:
+        used[blk] += 1
+        rows = slice(blk * s, (blk + 1) * s)
+        out[t] += np.maximum(up[rows] @ xt + ub[rows], 0) @ down[rows]
+  return out
+
+
+@settings(max_examples=12, deadline=None)  # each example compiles new shapes
+@given(t=st.integers(1, 12), blocks=st.integers(1, 6), block=st.integers(1, 5),
+       per_token=st.integers(1, 6), factor=st.sampled_from([0.3, 0.7, 1.0, 2.0]),
+       seed=st.integers(0, 999))
+def test_block_ffn_computes_each_tokens_best_blocks_while_they_have_room(t, blocks, block,
+                                                                         per_token, factor,
+                                                                         seed):
+  per_token = min(per_token, blocks)
+  ffn = BlockSparseFFN(4, blocks * block, active=per_token * block, num_blocks=blocks,
+                       capacity_factor=factor, rngs=nnx.Rngs(seed))
+  ffn.up_bias.set_value(jnp.asarray(np.random.default_rng(seed).normal(size=blocks * block),
+                                    jnp.float32))
+  ffn.route_bias.set_value(jnp.asarray(np.random.default_rng(seed + 2).normal(size=blocks),
+                                       jnp.float32))
+  x = np.random.default_rng(seed + 1).normal(size=(t, 4)).astype(np.float32)
+  want = _block_ffn_reference(ffn, x)
+  slots, tokens = (np.asarray(a) for a in ffn.routing(jnp.asarray(x)))
+  dropped = float(ffn.dropped_fraction(jnp.asarray(x)))
+  np.testing.assert_allclose(np.asarray(ffn(jnp.asarray(x))), want, atol=1e-4)
+  kept = slots[slots >= 0]
+  assert len(set(kept)) == kept.size  # a slot holds one token ...
+  assert all(tokens[s] == i for i, row in enumerate(slots) for s in row if s >= 0)  # ... its own
+  assert (tokens >= 0).sum() == kept.size
+  assert np.isclose(dropped, np.mean(slots < 0))
+
+
+def test_block_ffn_route_bias_balances_loads_that_the_scores_skew(rng):
+  """Block 0's neurons have a large bias, so every token prefers it: at first most choices
+  find it full; the route bias that each call moves spreads them until few do, and the
+  outputs stay those of the blocks chosen (the bias moves choices only)."""
+  ffn = BlockSparseFFN(8, 64, active=8, num_blocks=8, capacity_factor=1.5, balance_rate=0.05,
+                       rngs=nnx.Rngs(0))
+  centroids = rng.normal(size=(8, 1, 8))  # distinct directions: tokens differ in taste
+  ffn.up.set_value(jnp.asarray(np.repeat(centroids, 8, axis=1).reshape(64, 8), jnp.float32))
+  ffn.up_bias.set_value(ffn.up_bias.get_value().at[:8].set(20.0))
+  x = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
+  first = float(ffn.dropped_fraction(x))
+  for _ in range(200):
+    ffn(x)
+  last = float(ffn.dropped_fraction(x))
+  assert first > 0.5 and last < 0.1, (first, last)
+  want = _block_ffn_reference(ffn, np.asarray(x))  # with the bias before the call moves it
+  np.testing.assert_allclose(np.asarray(ffn(x)), want, atol=1e-4)
+  still = BlockSparseFFN(8, 64, active=8, num_blocks=8, balance_rate=0, rngs=nnx.Rngs(0))
+  still(x)
+  assert not np.asarray(still.route_bias.get_value()).any()
+  bias = np.asarray(ffn.route_bias.get_value())
+  ffn.eval()  # use_running_average, as nnx.BatchNorm: the bias stays
+  ffn(x)
+  np.testing.assert_array_equal(np.asarray(ffn.route_bias.get_value()), bias)
+  ffn.train()
+  ffn(x)
+  assert not np.array_equal(np.asarray(ffn.route_bias.get_value()), bias)
+
+
+def test_block_routing_fills_blocks_in_token_order():
+  scores = jnp.asarray([[3., 1.], [2., 0.], [5., 4.], [0., 9.]])
+  slots, tokens = route_to_blocks(scores, 1, capacity=2)
+  # block 0 holds tokens 0 and 1; token 2 finds it full; token 3 takes block 1's first slot
+  np.testing.assert_array_equal(np.asarray(slots)[:, 0], [0, 1, -1, 2])
+  np.testing.assert_array_equal(np.asarray(tokens), [0, 1, 3, -1])
+
+
+def test_block_ffn_rejects_bad_sizes():
+  with pytest.raises(ValueError, match="hidden=30 must be a multiple of num_blocks=4"):
+    BlockSparseFFN(4, 30, num_blocks=4, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="active=33 must be at most hidden=32"):
+    BlockSparseFFN(4, 32, active=33, num_blocks=4, rngs=nnx.Rngs(0))
+  for bad in (0, -1.0, float("nan"), "2"):
+    with pytest.raises(ValueError, match="capacity_factor must be a positive number"):
+      BlockSparseFFN(4, 32, num_blocks=4, capacity_factor=bad, rngs=nnx.Rngs(0))
+  for bad in (-0.1, float("inf"), None):
+    with pytest.raises(ValueError, match="balance_rate must be a number >= 0"):
+      BlockSparseFFN(4, 32, num_blocks=4, balance_rate=bad, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="blocks_per_token=5 lie in"):
+    block_sparse_ffn(jnp.zeros((2, 4)), jnp.zeros((8, 4)), jnp.zeros(8),
+                     jnp.zeros((8, 4)), jnp.zeros(4), num_blocks=4, blocks_per_token=5,
+                     capacity=2)
 
 
 @settings(max_examples=10)  # each example compiles new shapes
@@ -164,8 +285,10 @@ def test_log_uniform_sampling_follows_its_proposal():
   np.testing.assert_allclose(freq, q, atol=4 * np.sqrt(q * (1 - q) / s).max())
 
 
-def test_no_position_sees_the_future(rng):
-  model = _tiny_lm(active=8)
+@pytest.mark.parametrize("ffn", ["sparse", "block"])
+def test_no_position_sees_the_future(rng, ffn):
+  model = _tiny_lm(active=8, ffn=ffn)
+  model.eval()  # the block FFN's route bias stays as it is between the two calls
   tokens = jnp.asarray(rng.integers(0, 50, size=(2, 8)), jnp.int32)
   changed = tokens.at[:, 5].set((tokens[:, 5] + 1) % 50)
   for exact in (True, False):

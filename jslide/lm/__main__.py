@@ -1,7 +1,7 @@
 """``python -m jslide.lm``: train, evaluate, sample from and plot word-level language models.
 
     python -m jslide.lm train --train T.txt --valid V.txt [--head lsh|sampled|full]
-        [--ffn sparse|dense] [--vocab-size N] [--json PATH] [--ckpt DIR [--resume]]
+        [--ffn sparse|block|dense] [--vocab-size N] [--json PATH] [--ckpt DIR [--resume]]
     python -m jslide.lm eval --ckpt DIR --valid V.txt
     python -m jslide.lm generate --ckpt DIR --prompt "the word" [--words 20]
     python -m jslide.lm plot RUN.json [RUN.json ...] --out FIG.png
@@ -26,9 +26,11 @@ def _train_parser(sub):
   p.add_argument("--valid", required=True, help="UTF-8 text file for validation perplexity")
   p.add_argument("--vocab-size", type=int, default=_DEFAULTS.vocab_size)
   p.add_argument("--head", choices=HEADS, default=_DEFAULTS.head)
-  p.add_argument("--ffn", choices=("sparse", "dense"), default=_DEFAULTS.ffn)
+  p.add_argument("--ffn", choices=("sparse", "block", "dense"), default=_DEFAULTS.ffn)
   p.add_argument("--ffn-active", type=int, default=None,
-                 help="hidden neurons per token with --ffn sparse (default hidden // 20)")
+                 help="hidden neurons per token, --ffn sparse or block (default hidden // 20)")
+  p.add_argument("--ffn-capacity", type=float, default=_DEFAULTS.ffn_capacity,
+                 help="--ffn block: tokens a block takes, in multiples of a fair share")
   p.add_argument("--context", type=int, default=_DEFAULTS.context)
   p.add_argument("--features", type=int, default=_DEFAULTS.features)
   p.add_argument("--heads", type=int, default=_DEFAULTS.heads, help="attention heads")
@@ -62,8 +64,8 @@ def _train(args) -> None:
   from jslide.lm import trainer
   cfg = LMConfig(vocab_size=args.vocab_size, context=args.context, features=args.features,
                  heads=args.heads, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
-                 ffn_active=args.ffn_active, head=args.head, retrieved=args.retrieved,
-                 sampled=args.sampled, proposal=args.proposal)
+                 ffn_active=args.ffn_active, ffn_capacity=args.ffn_capacity, head=args.head,
+                 retrieved=args.retrieved, sampled=args.sampled, proposal=args.proposal)
   run = RunConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                   seed=args.seed, eval_every=args.eval_every, eval_seconds=args.eval_seconds,
                   max_eval_tokens=args.max_eval_tokens, time_limit=args.time_limit,
@@ -98,7 +100,7 @@ def _eval(args) -> None:
   wins = wins[:max(run.batch_size, args.max_eval_tokens // cfg.context)]
   out = {"valid_ppl": trainer.perplexity(graphdef, state, wins, run.batch_size),
          "tokens": int(np.prod(wins[:, 1:].shape))}
-  if cfg.ffn == "sparse":
+  if cfg.ffn != "dense":
     out["valid_ppl_exact_ffn"] = trainer.perplexity(graphdef, state, wins, run.batch_size,
                                                     exact_ffn=True)
   print(json.dumps(out))

@@ -34,8 +34,9 @@ class LMConfig:
   heads: int = 4
   layers: int = 2
   hidden: int = 1024
-  ffn: str = "dense"            # "sparse" | "dense"
+  ffn: str = "dense"            # "sparse" | "block" | "dense"
   ffn_active: int | None = None  # None: hidden // 20
+  ffn_capacity: float = 2.0      # block: tokens per block, times a fair share
   head: str = "lsh"             # "lsh" | "sampled" | "full"
   retrieved: int = 256          # lsh: words the index retrieves per position
   sampled: int = 1024           # lsh and sampled: shared sampled words per step
@@ -55,6 +56,7 @@ class LMConfig:
     return jslide.nn.SparseTransformerLM(
         vocab_size, context=self.context, features=self.features, heads=self.heads,
         layers=self.layers, hidden=self.hidden, ffn=self.ffn, ffn_active=self.ffn_active,
+        ffn_capacity=self.ffn_capacity,
         head_retrieved=self.retrieved, head_sampled=self.sampled, proposal=self.proposal,
         rngs=nnx.Rngs(seed))
 
@@ -108,6 +110,11 @@ def _nll_sum(graphdef, state, tokens, targets, exact_ffn):
   model = jslide.nn.merge(graphdef, state)
   nll = model.token_nll(tokens, targets, key=jax.random.key(0), exact_ffn=exact_ffn)
   return jnp.sum(nll)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _ffn_dropped(graphdef, state, tokens):
+  return jslide.nn.merge(graphdef, state).ffn_dropped_fractions(tokens)
 
 
 def perplexity(graphdef, state, wins: np.ndarray, batch_size: int, *,
@@ -166,9 +173,12 @@ def train(train_path: str, valid_path: str, cfg: LMConfig, run: RunConfig, *,
              "train_s": round(train_s, 2),
              "valid_ppl": perplexity(graphdef, state, valid_w, run.batch_size),
              "train_ppl": perplexity(graphdef, state, train_sample, run.batch_size)}
-    if cfg.ffn == "sparse":
+    if cfg.ffn != "dense":
       entry["valid_ppl_exact_ffn"] = perplexity(graphdef, state, valid_w, run.batch_size,
                                                 exact_ffn=True)
+    if cfg.ffn == "block":  # what the blocks' capacity cost, on the first validation batch
+      entry["ffn_dropped"] = [round(float(f), 4) for f in _ffn_dropped(
+          graphdef, state, jnp.asarray(valid_w[:run.batch_size, :-1]))]
     entry["tokens_per_s"] = round(entry["tokens"] / max(train_s, 1e-9), 1)
     record["evals"].append(entry)
     tqdm.write(json.dumps(entry))

@@ -1,5 +1,6 @@
 """Flax NNX modules with LSH-sparse layers and row-sparse tables."""
 
+from jslide.nn.block_ffn import BlockSparseFFN
 from jslide.nn.dlrm import DLRM
 from jslide.nn.embed import HashEmbed, HashedTable, TableEmbed
 from jslide.nn.robe import RobeEmbed, RobeMemory
@@ -13,10 +14,10 @@ from jslide.nn.transformer import CausalSelfAttention, SparseTransformerBlock, S
 from jslide.nn.training import (TrainState, catch_up_train_state, make_dense_train_step,
                                 make_train_step, merge, rebuild_indices, rebuild_train_state,
                                 split_model)
-from jslide.nn.variables import Index, Table
+from jslide.nn.variables import Index, RouteBias, Table
 
-__all__ = ["CausalSelfAttention", "DLRM", "DenseFFN", "HashEmbed", "HashedTable", "Index",
-           "RobeEmbed", "RobeMemory", "SparseDense", "SparseFFN", "SparseInput", "TableEmbed",
+__all__ = ["BlockSparseFFN", "CausalSelfAttention", "DLRM", "DenseFFN", "HashEmbed", "HashedTable", "Index",
+           "RobeEmbed", "RobeMemory", "RouteBias", "SparseDense", "SparseFFN", "SparseInput", "TableEmbed",
            "SparseMLP", "SparseSoftmaxHead", "SparseTransformerBlock", "SparseTransformerLM",
            "Table", "TrainState",
            "catch_up_train_state", "make_dense_train_step", "make_sampled_train_step",

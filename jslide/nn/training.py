@@ -48,14 +48,20 @@ def rebuild_indices(model: nnx.Module) -> None:
       module.rebuild_index()
 
 
+def _at_this_trace(state):
+  # Fresh Variables: NNX lets a forward pass move a Variable (a RouteBias) only at the trace
+  # level it was made at, and a non-differentiated argument of jax.grad keeps the outer one.
+  return jax.tree.map(lambda x: x, state)
+
+
 LOSSES = {"softmax": losses.active_softmax_cross_entropy,
           "bce": losses.active_binary_cross_entropy}
 
 
-def _skip_nonfinite(tx):
+def _skip_nonfinite(tx) -> optim.FiniteStep:
   # A step with a NaN or inf gradient changes nothing (metrics["finite"] is False), so the
   # caller can stop with the state intact; the kernels would refuse it with an error.
-  return optim.apply_if_finite(tx, max_consecutive_errors=jnp.iinfo(jnp.int32).max - 1)
+  return optim.apply_updates_if_finite(tx, max_consecutive_errors=jnp.iinfo(jnp.int32).max - 1)
 
 
 def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation | None = None,
@@ -96,8 +102,9 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
                      jnp.zeros([], jnp.int32))
 
   def loss_fn(trainable, rest, batch, key):
-    model = nnx.merge(graphdef, *trainable, rest)
-    return masked_mean(per_example(model, batch, key), batch["mask"])
+    model = nnx.merge(graphdef, *trainable, _at_this_trace(rest))
+    value = masked_mean(per_example(model, batch, key), batch["mask"])
+    return value, split_model(model)[3]  # state the forward moved (RouteBias)
 
   def rebuild(tables, params, rest):
     model = nnx.merge(graphdef, tables, params, rest)
@@ -106,11 +113,11 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
 
   def step(state: TrainState, batch, key):
     trainable = (state.tables, state.params)
-    value, grads = value_and_grad(loss_fn, tables=TABLES_FIRST)(trainable, state.rest, batch, key)
-    updates, opt_state = tx.update(grads, state.opt_state, trainable)
-    tables, params = optax.apply_updates(trainable, updates)
+    (value, rest), grads = value_and_grad(loss_fn, tables=TABLES_FIRST, has_aux=True)(
+        trainable, state.rest, batch, key)
+    (tables, params), opt_state = tx.apply(grads, state.opt_state, trainable)
     due, rebuild_state = schedule.update(state.rebuild, state.step)
-    rest = jax.lax.cond(due, rebuild, lambda t, p, r: r, tables, params, state.rest)
+    rest = jax.lax.cond(due, rebuild, lambda t, p, r: r, tables, params, rest)
     new = TrainState(tables, params, rest, opt_state, rebuild_state, state.step + 1)
     return new, {"loss": value, "rebuilt": due, "finite": opt_state.last_finite}
 
@@ -154,15 +161,17 @@ def dense_gradient_step(model: nnx.Module, per_example: Callable,
                      lsh.RebuildSchedule().init(), jnp.zeros([], jnp.int32))
 
   def loss_fn(trainable, rest, batch, key):
-    model = nnx.merge(graphdef, *trainable, rest)
-    return masked_mean(per_example(model, batch, key), batch["mask"])
+    model = nnx.merge(graphdef, *trainable, _at_this_trace(rest))
+    value = masked_mean(per_example(model, batch, key), batch["mask"])
+    return value, split_model(model)[3]  # state the forward moved (RouteBias)
 
   def step(state: TrainState, batch, key):
     trainable = (state.tables, state.params)
-    value, grads = jax.value_and_grad(loss_fn)(trainable, state.rest, batch, key)
-    updates, opt_state = tx.update(grads, state.opt_state, trainable)
-    tables, params = optax.apply_updates(trainable, updates)
-    new = state._replace(tables=tables, params=params, opt_state=opt_state, step=state.step + 1)
+    (value, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        trainable, state.rest, batch, key)
+    (tables, params), opt_state = tx.apply(grads, state.opt_state, trainable)
+    new = state._replace(tables=tables, params=params, rest=rest, opt_state=opt_state,
+                         step=state.step + 1)
     return new, {"loss": value, "rebuilt": jnp.zeros([], bool),
                  "finite": opt_state.last_finite}
 

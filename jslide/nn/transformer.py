@@ -9,12 +9,13 @@ from flax import nnx
 
 from jslide._checks import int32_ids, positive_int
 from jslide.initializers import normal_table
+from jslide.nn.block_ffn import BlockSparseFFN
 from jslide.nn.softmax_head import SparseSoftmaxHead
 from jslide.nn.sparse_ffn import DenseFFN, SparseFFN
 from jslide.nn.variables import Table
 from jslide.ops import embedding_bag
 
-FFN_KINDS = ("sparse", "dense")
+FFN_KINDS = ("sparse", "block", "dense")
 
 
 class CausalSelfAttention(nnx.Module):
@@ -39,11 +40,13 @@ class CausalSelfAttention(nnx.Module):
 
 class SparseTransformerBlock(nnx.Module):
   """Pre-norm block: ``x + attention(norm(x))``, then ``x + ffn(norm(x))`` with a
-  :class:`SparseFFN` (``ffn="sparse"``, ``active`` neurons of ``hidden`` per token) or its
-  dense baseline :class:`DenseFFN` (``ffn="dense"``)."""
+  :class:`SparseFFN` (``ffn="sparse"``, ``active`` neurons of ``hidden`` per token, retrieved
+  one by one), a :class:`BlockSparseFFN` (``ffn="block"``, the same share of neurons in
+  whole blocks) or their dense baseline :class:`DenseFFN` (``ffn="dense"``)."""
 
   def __init__(self, features: int, heads: int, hidden: int, *, ffn: str = "sparse",
-               active: int | None = None, hash_family: str = "cluster", rngs: nnx.Rngs):
+               active: int | None = None, hash_family: str = "cluster",
+               capacity_factor: float = 2.0, rngs: nnx.Rngs):
     if ffn not in FFN_KINDS:
       raise ValueError(f"SparseTransformerBlock: ffn must be one of {FFN_KINDS}, got {ffn!r}")
     self.attention_norm = nnx.LayerNorm(features, rngs=rngs)
@@ -52,14 +55,20 @@ class SparseTransformerBlock(nnx.Module):
     if ffn == "sparse":
       self.ffn = SparseFFN(features, hidden, active=active or max(1, hidden // 20),
                            hash_family=hash_family, rngs=rngs)
+    elif ffn == "block":
+      self.ffn = BlockSparseFFN(features, hidden, active=active,
+                                capacity_factor=capacity_factor, rngs=rngs)
     else:
       self.ffn = DenseFFN(features, hidden, rngs=rngs)
 
-  def __call__(self, x, *, key=None, exact_ffn: bool = False):
+  def __call__(self, x, *, key=None, exact_ffn: bool = False, ffn_inputs: list | None = None):
     """f32[B, T, features] -> f32[B, T, features]. ``key`` seeds the sparse FFN's random
-    fill; ``exact_ffn`` computes every FFN neuron instead."""
+    fill; ``exact_ffn`` computes every FFN neuron instead; the FFN's input is appended to
+    ``ffn_inputs`` when given (diagnostics)."""
     x = x + self.attention(self.attention_norm(x))
     h = self.ffn_norm(x)
+    if ffn_inputs is not None:
+      ffn_inputs.append(h)
     return x + (self.ffn.exact(h) if exact_ffn else self.ffn(h, key=key))
 
 
@@ -79,7 +88,8 @@ class SparseTransformerLM(nnx.Module):
 
   def __init__(self, vocab_size: int, *, context: int, features: int = 256, heads: int = 4,
                layers: int = 2, hidden: int = 1024, ffn: str = "sparse",
-               ffn_active: int | None = None, head_retrieved: int = 256,
+               ffn_active: int | None = None, ffn_capacity: float = 2.0,
+               head_retrieved: int = 256,
                head_sampled: int = 1024, proposal: str = "log-uniform",
                hash_family: str = "cluster", rngs: nnx.Rngs):
     fn = "SparseTransformerLM"
@@ -91,7 +101,8 @@ class SparseTransformerLM(nnx.Module):
     self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, features)))
     self.blocks = nnx.List([
         SparseTransformerBlock(features, heads, hidden, ffn=ffn, active=ffn_active,
-                               hash_family=hash_family, rngs=rngs) for _ in range(layers)])
+                               hash_family=hash_family, capacity_factor=ffn_capacity,
+                               rngs=rngs) for _ in range(layers)])
     self.norm = nnx.LayerNorm(features, rngs=rngs)
     self.head = SparseSoftmaxHead(features, vocab_size, retrieved=head_retrieved,
                                   sampled=head_sampled, proposal=proposal,
@@ -106,8 +117,10 @@ class SparseTransformerLM(nnx.Module):
                        f"context of {self.context}")
     return tokens
 
-  def hidden_states(self, tokens, *, key=None, exact_ffn: bool = False):
-    """f32[B, T, features]: the final normalized hidden state at each position."""
+  def hidden_states(self, tokens, *, key=None, exact_ffn: bool = False,
+                    ffn_inputs: list | None = None):
+    """f32[B, T, features]: the final normalized hidden state at each position (each
+    block's FFN input appended to ``ffn_inputs`` when given)."""
     tokens = self.check_tokens(tokens)
     b, t = tokens.shape
     h = embedding_bag(tokens[..., None], jnp.ones((b, t, 1), jnp.float32),
@@ -116,8 +129,16 @@ class SparseTransformerLM(nnx.Module):
     keys = (jax.random.split(key, len(self.blocks)) if key is not None
             else [None] * len(self.blocks))
     for block, block_key in zip(self.blocks, keys):
-      h = block(h, key=block_key, exact_ffn=exact_ffn)
+      h = block(h, key=block_key, exact_ffn=exact_ffn, ffn_inputs=ffn_inputs)
     return self.norm(h)
+
+  def ffn_dropped_fractions(self, tokens):
+    """f32[layers]: for block FFNs (``ffn="block"``), the share of each layer's (token,
+    chosen block) pairs that found the block full on this batch (0 for other FFNs)."""
+    inputs = []
+    self.hidden_states(tokens, key=jax.random.key(0), ffn_inputs=inputs)
+    return jnp.stack([block.ffn.dropped_fraction(h) if isinstance(block.ffn, BlockSparseFFN)
+                      else jnp.zeros([]) for block, h in zip(self.blocks, inputs)])
 
   def __call__(self, tokens, targets, *, key):
     """(logits, word ids) f32/int32[B*T, 1 + head_retrieved + head_sampled] (see

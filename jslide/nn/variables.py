@@ -15,3 +15,9 @@ class Table(nnx.Param):
 
 class Index(nnx.Variable):
   """Non-trainable state holding an :class:`jslide.lsh.LSHIndex` (checkpointed with the model)."""
+
+
+class RouteBias(nnx.Variable):
+  """Non-trainable per-block offsets of a router's scores, moved by the forward pass toward
+  balanced loads (:class:`jslide.nn.BlockSparseFFN`); carried through training steps as
+  state, like batch statistics."""
