@@ -36,7 +36,7 @@ class LMConfig:
   hidden: int = 1024
   ffn: str = "dense"            # "sparse" | "block" | "dense"
   ffn_active: int | None = None  # None: hidden // 20
-  ffn_capacity: float = 2.0      # block: tokens per block, times a fair share
+  ffn_capacity: float = 1.25     # block: tokens per block, times a fair share (Switch's 1.25)
   head: str = "lsh"             # "lsh" | "sampled" | "full"
   retrieved: int = 256          # lsh: words the index retrieves per position
   sampled: int = 1024           # lsh and sampled: shared sampled words per step

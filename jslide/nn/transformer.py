@@ -46,7 +46,7 @@ class SparseTransformerBlock(nnx.Module):
 
   def __init__(self, features: int, heads: int, hidden: int, *, ffn: str = "sparse",
                active: int | None = None, hash_family: str = "cluster",
-               capacity_factor: float = 2.0, rngs: nnx.Rngs):
+               capacity_factor: float = 1.25, rngs: nnx.Rngs):
     if ffn not in FFN_KINDS:
       raise ValueError(f"SparseTransformerBlock: ffn must be one of {FFN_KINDS}, got {ffn!r}")
     self.attention_norm = nnx.LayerNorm(features, rngs=rngs)
@@ -88,7 +88,7 @@ class SparseTransformerLM(nnx.Module):
 
   def __init__(self, vocab_size: int, *, context: int, features: int = 256, heads: int = 4,
                layers: int = 2, hidden: int = 1024, ffn: str = "sparse",
-               ffn_active: int | None = None, ffn_capacity: float = 2.0,
+               ffn_active: int | None = None, ffn_capacity: float = 1.25,
                head_retrieved: int = 256,
                head_sampled: int = 1024, proposal: str = "log-uniform",
                hash_family: str = "cluster", rngs: nnx.Rngs):
