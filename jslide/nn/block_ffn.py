@@ -39,16 +39,21 @@ def route_to_blocks(scores, blocks_per_token: int, capacity: int):
   Tokens take places in order (token 0's blocks first), so where a token lands depends only
   on the tokens before it (:class:`BlockSparseFFN` orders a batch of sequences by position).
   """
-  t, c = scores.shape
-  _, blocks = jax.lax.top_k(scores, blocks_per_token)  # [T, k]
+  _, blocks = jax.lax.top_k(scores, blocks_per_token)
+  return _place_in_blocks(blocks, scores.shape[1], capacity)
+
+
+def _place_in_blocks(blocks, num_blocks: int, capacity: int):
+  """:func:`route_to_blocks` for the chosen blocks int32[T, k] of each token."""
+  t, blocks_per_token = blocks.shape
   flat = blocks.reshape(-1)
-  taken = (flat[:, None] == jnp.arange(c, dtype=flat.dtype)[None, :]).astype(jnp.int32)
+  taken = (flat[:, None] == jnp.arange(num_blocks, dtype=flat.dtype)[None, :]).astype(jnp.int32)
   position = jnp.take_along_axis(jnp.cumsum(taken, axis=0), flat[:, None], axis=1)[:, 0] - 1
   keep = position < capacity
   slots = jnp.where(keep, flat * capacity + position, -1).astype(jnp.int32)
   token_of = jnp.repeat(jnp.arange(t, dtype=jnp.int32), blocks_per_token)
-  tokens = jnp.full((c * capacity + 1,), -1, jnp.int32)
-  tokens = tokens.at[jnp.where(keep, slots, c * capacity)].set(token_of)[:-1]
+  tokens = jnp.full((num_blocks * capacity + 1,), -1, jnp.int32)
+  tokens = tokens.at[jnp.where(keep, slots, num_blocks * capacity)].set(token_of)[:-1]
   return slots.reshape(t, blocks_per_token), tokens
 
 
@@ -90,7 +95,8 @@ def block_sparse_ffn(x, up, up_bias, down, down_bias, *, num_blocks: int,
   scores = block_scores(x, up, up_bias, num_blocks)
   if route_bias is not None:
     scores = scores + jax.lax.stop_gradient(route_bias)
-  slots, tokens = route_to_blocks(scores, blocks_per_token, capacity)
+  _, chosen = jax.lax.top_k(scores, blocks_per_token)
+  slots, tokens = _place_in_blocks(chosen, num_blocks, capacity)
   # Dispatch and combine are gathers of rows (jslide.embedding_bag, -1 = nothing), so their
   # gradients are the C++ scatter kernels, not XLA's serial scatter.
   xs = embedding_bag(tokens[:, None], jnp.ones((tokens.size, 1), x.dtype), x)
@@ -100,7 +106,6 @@ def block_sparse_ffn(x, up, up_bias, down, down_bias, *, num_blocks: int,
   h = jax.nn.relu(jnp.einsum("cnd,csd->cns", xs, up3) + up_bias.reshape(num_blocks, 1, block))
   out = jnp.einsum("cns,csd->cnd", h, down3).reshape(num_blocks * capacity, features)
   y = embedding_bag(slots, jnp.ones(slots.shape, x.dtype), out) + down_bias
-  _, chosen = jax.lax.top_k(scores, blocks_per_token)
   load = jnp.zeros((num_blocks,), jnp.float32).at[chosen.reshape(-1)].add(1.0)
   return y, {"load": load, "spread": jnp.mean(jnp.std(scores, axis=1))}
 
@@ -172,11 +177,14 @@ class BlockSparseFFN(nnx.Module):
     self.down_bias = nnx.Param(jnp.zeros((features,), jnp.float32))
     self.route_bias = RouteBias(jnp.zeros((num_blocks,), jnp.float32))
 
+  def fair_share(self, tokens: int) -> float:
+    """The (token, block) choices per block of a batch of ``tokens``, were loads even."""
+    return tokens * self.blocks_per_token / self.num_blocks
+
   def capacity(self, tokens: int) -> int:
     """Tokens per block buffer for a batch of ``tokens``: ``capacity_factor`` times a fair
     share, at most ``tokens`` (no token is ever dropped when every block can hold all)."""
-    fair = tokens * self.blocks_per_token / self.num_blocks
-    return max(1, min(tokens, math.ceil(self.capacity_factor * fair)))
+    return max(1, min(tokens, math.ceil(self.capacity_factor * self.fair_share(tokens))))
 
   def _in_order(self, x):
     """x f32[..., features] as f32[tokens, features] in routing order: for x f32[B, T,
@@ -213,7 +221,7 @@ class BlockSparseFFN(nnx.Module):
         blocks_per_token=self.blocks_per_token, capacity=self.capacity(x2.shape[0]),
         route_bias=bias)
     if self.balance_rate and not self.use_running_average:
-      fair = x2.shape[0] * self.blocks_per_token / self.num_blocks
+      fair = self.fair_share(x2.shape[0])
       step = self.balance_rate * stats["spread"] * jnp.sign(stats["load"] - fair)
       self.route_bias.set_value(bias - step)
     y = y.reshape(xt.shape)

@@ -48,10 +48,19 @@ def rebuild_indices(model: nnx.Module) -> None:
       module.rebuild_index()
 
 
-def _at_this_trace(state):
-  # Fresh Variables: NNX lets a forward pass move a Variable (a RouteBias) only at the trace
-  # level it was made at, and a non-differentiated argument of jax.grad keeps the outer one.
-  return jax.tree.map(lambda x: x, state)
+def _loss_and_state(graphdef, per_example: Callable) -> Callable:
+  """``loss_fn(trainable, rest, batch, key) -> (loss, rest)``, for ``has_aux=True``: the
+  masked mean of ``per_example(model, batch, key)`` and the state the forward moved
+  (a :class:`jslide.nn.RouteBias`)."""
+
+  def loss_fn(trainable, rest, batch, key):
+    # Fresh Variables: NNX lets a forward pass move a Variable only at the trace level it
+    # was made at, and a non-differentiated argument of jax.grad keeps the outer one.
+    model = nnx.merge(graphdef, *trainable, jax.tree.map(lambda x: x, rest))
+    value = masked_mean(per_example(model, batch, key), batch["mask"])
+    return value, split_model(model)[3]
+
+  return loss_fn
 
 
 LOSSES = {"softmax": losses.active_softmax_cross_entropy,
@@ -101,10 +110,7 @@ def make_train_step(model: nnx.Module, *, table_tx: optax.GradientTransformation
   state = TrainState(tables, params, rest, tx.init((tables, params)), schedule.init(),
                      jnp.zeros([], jnp.int32))
 
-  def loss_fn(trainable, rest, batch, key):
-    model = nnx.merge(graphdef, *trainable, _at_this_trace(rest))
-    value = masked_mean(per_example(model, batch, key), batch["mask"])
-    return value, split_model(model)[3]  # state the forward moved (RouteBias)
+  loss_fn = _loss_and_state(graphdef, per_example)
 
   def rebuild(tables, params, rest):
     model = nnx.merge(graphdef, tables, params, rest)
@@ -160,10 +166,7 @@ def dense_gradient_step(model: nnx.Module, per_example: Callable,
   state = TrainState(tables, params, rest, tx.init((tables, params)),
                      lsh.RebuildSchedule().init(), jnp.zeros([], jnp.int32))
 
-  def loss_fn(trainable, rest, batch, key):
-    model = nnx.merge(graphdef, *trainable, _at_this_trace(rest))
-    value = masked_mean(per_example(model, batch, key), batch["mask"])
-    return value, split_model(model)[3]  # state the forward moved (RouteBias)
+  loss_fn = _loss_and_state(graphdef, per_example)
 
   def step(state: TrainState, batch, key):
     trainable = (state.tables, state.params)
