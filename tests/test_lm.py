@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from jslide.lm import LMConfig, RunConfig, Vocabulary, read_text, tokenize, train, windows
+from jslide.lm import (LMConfig, RunConfig, Vocabulary, read_text, tokenize, train,
+                       unigram_log_prior, windows)
 
 SUCCESSORS = 3
 
@@ -58,6 +59,37 @@ def test_text_files_that_cannot_train_are_refused_by_name(tmp_path):
     windows(np.arange(5, dtype=np.int32), 8)
   with pytest.raises(ValueError, match="head must be one of"):
     LMConfig(head="adaptive")
+
+
+def test_unigram_log_prior_is_the_smoothed_word_distribution():
+  ids = np.array([0, 1, 1, 1, 2, 2, 4], np.int32)
+  prior = np.asarray(unigram_log_prior(ids, 6)(None, (6,), np.float32))
+  np.testing.assert_allclose(np.exp(prior), np.array([2, 4, 3, 1, 2, 1]) / 13, rtol=1e-6)
+  np.testing.assert_allclose(np.exp(prior).sum(), 1.0, rtol=1e-6)
+  with pytest.raises(ValueError, match=r"ids must lie in \[0, 4\)"):
+    unigram_log_prior(ids, 4)
+  with pytest.raises(TypeError, match="1-d integer array"):
+    unigram_log_prior(ids.astype(np.float32), 6)
+  with pytest.raises(ValueError, match=r"asked for shape \(5,\)"):
+    unigram_log_prior(ids, 6)(None, (5,), np.float32)
+  with pytest.raises(ValueError, match="head_bias must be one of"):
+    LMConfig(head_bias="ones")
+
+
+def test_model_starts_at_the_unigram_distribution():
+  """With train_ids the untrained model's word biases are the log frequencies, so its exact
+  loss on the text starts well below the zero-bias model's (about log V)."""
+  ids = np.random.default_rng(0).zipf(1.5, 5000) % 50
+  cfg = LMConfig(**{**TINY, "ffn": "dense"}, head="lsh")
+  model = cfg.build(50, 0, ids.astype(np.int32))
+  bias = np.asarray(model.head.bias.get_value())
+  np.testing.assert_allclose(bias, np.asarray(unigram_log_prior(ids, 50)(None, (50,))), rtol=1e-6)
+  zeros = cfg.build(50, 0)
+  assert not np.any(np.asarray(zeros.head.bias.get_value()))
+  tokens = ids[:16].reshape(1, 16).astype(np.int32)
+  nll = float(np.mean(np.asarray(model.token_nll(tokens[:, :-1], tokens[:, 1:]))))
+  nll0 = float(np.mean(np.asarray(zeros.token_nll(tokens[:, :-1], tokens[:, 1:]))))
+  assert nll < nll0 - 0.5, (nll, nll0)
 
 
 TINY = dict(vocab_size=100, context=16, features=32, heads=2, layers=1, hidden=128,

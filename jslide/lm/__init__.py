@@ -3,7 +3,7 @@ vocabulary (:mod:`jslide.lm.vocab`), the softmax heads compared (:mod:`jslide.lm
 training and exact evaluation (:mod:`jslide.lm.trainer`)."""
 
 from jslide.lm.trainer import LMConfig, RunConfig, perplexity, train, windows
-from jslide.lm.vocab import Vocabulary, read_text, tokenize
+from jslide.lm.vocab import Vocabulary, read_text, tokenize, unigram_log_prior
 
 __all__ = ["LMConfig", "RunConfig", "Vocabulary", "perplexity", "read_text", "tokenize", "train",
-           "windows"]
+           "unigram_log_prior", "windows"]

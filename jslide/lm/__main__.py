@@ -14,7 +14,7 @@ import json
 import sys
 
 from jslide.lm.heads import HEADS, PROPOSALS
-from jslide.lm.trainer import LMConfig, RunConfig
+from jslide.lm.trainer import HEAD_BIASES, LMConfig, RunConfig
 
 _DEFAULTS = LMConfig()
 _RUN = RunConfig()
@@ -41,6 +41,9 @@ def _train_parser(sub):
   p.add_argument("--sampled", type=int, default=_DEFAULTS.sampled,
                  help="shared sampled words per step (lsh and sampled heads)")
   p.add_argument("--proposal", choices=PROPOSALS, default=_DEFAULTS.proposal)
+  p.add_argument("--head-bias", choices=HEAD_BIASES, default=_DEFAULTS.head_bias,
+                 help="the word biases start at the training text's log word frequencies "
+                      "(unigram) or at zero")
   p.add_argument("--epochs", type=int, default=_RUN.epochs)
   p.add_argument("--batch-size", type=int, default=_RUN.batch_size)
   p.add_argument("--lr", type=float, default=_RUN.learning_rate)
@@ -65,7 +68,8 @@ def _train(args) -> None:
   cfg = LMConfig(vocab_size=args.vocab_size, context=args.context, features=args.features,
                  heads=args.heads, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
                  ffn_active=args.ffn_active, ffn_capacity=args.ffn_capacity, head=args.head,
-                 retrieved=args.retrieved, sampled=args.sampled, proposal=args.proposal)
+                 retrieved=args.retrieved, sampled=args.sampled, proposal=args.proposal,
+                 head_bias=args.head_bias)
   run = RunConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                   seed=args.seed, eval_every=args.eval_every, eval_seconds=args.eval_seconds,
                   max_eval_tokens=args.max_eval_tokens, time_limit=args.time_limit,

@@ -19,9 +19,12 @@ from tqdm import tqdm
 import jslide
 from jslide._checks import positive_int
 from jslide.lm.heads import HEADS, PROPOSALS, full_softmax_loss, sampled_softmax_loss
-from jslide.lm.vocab import Vocabulary, read_text, tokenize
+from jslide.lm.vocab import Vocabulary, read_text, tokenize, unigram_log_prior
 from jslide.nn.training import dense_gradient_step
 from jslide.xc import checkpoint
+
+
+HEAD_BIASES = ("unigram", "zeros")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +39,12 @@ class LMConfig:
   hidden: int = 1024
   ffn: str = "dense"            # "sparse" | "block" | "dense"
   ffn_active: int | None = None  # None: hidden // 20
-  ffn_capacity: float = 1.25     # block: tokens per block, times a fair share (Switch's 1.25)
+  ffn_capacity: float = 1.5      # block: tokens per block, times a fair share
   head: str = "lsh"             # "lsh" | "sampled" | "full"
   retrieved: int = 256          # lsh: words the index retrieves per position
   sampled: int = 1024           # lsh and sampled: shared sampled words per step
   proposal: str = "log-uniform"
+  head_bias: str = "unigram"    # word biases start at "unigram" log frequencies, or "zeros"
 
   def __post_init__(self):
     if self.head not in HEADS:
@@ -51,14 +55,23 @@ class LMConfig:
         or self.retrieved < 0:
       raise ValueError(f"LMConfig: retrieved must be an int >= 0, got {self.retrieved!r}")
     positive_int("LMConfig", "sampled", self.sampled)
+    if self.head_bias not in HEAD_BIASES:
+      raise ValueError(f"LMConfig: head_bias must be one of {HEAD_BIASES}, got "
+                       f"{self.head_bias!r}")
 
-  def build(self, vocab_size: int, seed: int) -> jslide.nn.SparseTransformerLM:
+  def build(self, vocab_size: int, seed: int,
+            train_ids: np.ndarray | None = None) -> jslide.nn.SparseTransformerLM:
+    """The model; ``train_ids`` (the encoded training text) sets the ``unigram`` biases
+    (without it they start at zero: for a model whose state a checkpoint replaces)."""
+    bias_init = (unigram_log_prior(train_ids, vocab_size)
+                 if self.head_bias == "unigram" and train_ids is not None
+                 else nnx.initializers.zeros_init())
     return jslide.nn.SparseTransformerLM(
         vocab_size, context=self.context, features=self.features, heads=self.heads,
         layers=self.layers, hidden=self.hidden, ffn=self.ffn, ffn_active=self.ffn_active,
         ffn_capacity=self.ffn_capacity,
         head_retrieved=self.retrieved, head_sampled=self.sampled, proposal=self.proposal,
-        rngs=nnx.Rngs(seed))
+        head_bias_init=bias_init, rngs=nnx.Rngs(seed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +172,7 @@ def train(train_path: str, valid_path: str, cfg: LMConfig, run: RunConfig, *,
   valid_w = valid_w[:eval_windows]
   rng = np.random.default_rng(run.seed)
   train_sample = train_w[rng.permutation(len(train_w))[:len(valid_w)]]
-  model = cfg.build(len(vocab), run.seed)
+  model = cfg.build(len(vocab), run.seed, train_ids)
   graphdef, state, step = make_step(model, cfg, run)
   sparse_ffn_without_schedule = cfg.ffn == "sparse" and cfg.head != "lsh"
   record = {"config": dataclasses.asdict(cfg), "run": dataclasses.asdict(run),

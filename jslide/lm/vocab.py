@@ -6,6 +6,7 @@ import collections
 import re
 from typing import Iterable, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 UNK, EOS = "<unk>", "<eos>"
@@ -69,3 +70,31 @@ class Vocabulary:
 
   def decode(self, ids: Iterable[int]) -> list[str]:
     return [self.words[int(i)] for i in ids]
+
+
+def unigram_log_prior(ids: np.ndarray, vocab_size: int):
+  """A Flax initializer ``(key, shape, dtype) -> [vocab_size]`` of the words' log frequencies
+  in ``ids`` (add-one smoothed): ``log((count + 1) / (len(ids) + vocab_size))``.
+
+  Starting the output biases there (the softmax then predicts the unigram distribution
+  before training, as a classifier's last bias starts at the log class prior) spares every
+  head the first steps of learning word frequencies; sampled heads, which move only the
+  biases of the words they score, learn them slowest.
+  """
+  ids = np.asarray(ids)
+  if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+    raise TypeError(f"unigram_log_prior: ids must be a 1-d integer array, got {ids.dtype}"
+                    f"{list(ids.shape)}")
+  if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+    raise ValueError(f"unigram_log_prior: ids must lie in [0, {vocab_size})")
+  counts = np.bincount(ids, minlength=vocab_size).astype(np.float64)
+  prior = np.log((counts + 1.0) / (ids.size + vocab_size)).astype(np.float32)
+
+  def init(key, shape, dtype=np.float32):
+    del key
+    if tuple(shape) != (vocab_size,):
+      raise ValueError(f"unigram_log_prior: asked for shape {tuple(shape)}, the prior has "
+                       f"({vocab_size},)")
+    return jnp.asarray(prior, dtype)
+
+  return init

@@ -140,7 +140,7 @@ class BlockSparseFFN(nnx.Module):
   """
 
   def __init__(self, features: int, hidden: int, *, active: int | None = None,
-               num_blocks: int = 64, capacity_factor: float = 1.25,
+               num_blocks: int = 64, capacity_factor: float = 1.5,
                balance_rate: float = 0.05, use_running_average: bool = False,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     fn = "BlockSparseFFN"

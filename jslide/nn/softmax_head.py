@@ -72,12 +72,15 @@ class SparseSoftmaxHead(nnx.Module):
   ``kernel`` and ``bias`` are row-sparse.
 
   ``log-uniform`` assumes word ids ranked by frequency (id 0 the most frequent), as
-  :class:`jslide.lm.Vocabulary` numbers them.
+  :class:`jslide.lm.Vocabulary` numbers them. ``bias_init``: a Flax initializer ``(key,
+  shape, dtype)`` of the word biases (default zeros; :func:`jslide.lm.unigram_log_prior`
+  starts them at the words' log frequencies).
   """
 
   def __init__(self, features: int, num_words: int, *, retrieved: int = 256,
                sampled: int = 1024, proposal: str = "log-uniform",
-               hash_family: str = "cluster", rngs: nnx.Rngs):
+               hash_family: str = "cluster", bias_init=nnx.initializers.zeros_init(),
+               rngs: nnx.Rngs):
     fn = "SparseSoftmaxHead"
     positive_int(fn, "features", features)
     positive_int(fn, "num_words", num_words)
@@ -91,7 +94,11 @@ class SparseSoftmaxHead(nnx.Module):
     self.sampled, self.proposal = sampled, proposal
     self.strategy = default_strategy(hash_family)
     self.kernel = Table(normal_table(rngs.params(), num_words, features, features ** -0.5))
-    self.bias = Table(jnp.zeros((num_words,), jnp.float32))
+    bias = jnp.asarray(bias_init(rngs.params(), (num_words,), jnp.float32))
+    if bias.shape != (num_words,) or not jnp.issubdtype(bias.dtype, jnp.floating):
+      raise ValueError(f"{fn}: bias_init must return floats of shape ({num_words},), got "
+                       f"{bias.dtype}{list(bias.shape)}")
+    self.bias = Table(bias.astype(jnp.float32))
     hasher = make_hasher(hash_family, rngs.params(), features, default_num_hashes(num_words),
                          1, num_rows=num_words, budget=max(self.retrieved, 1))
     self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value(),

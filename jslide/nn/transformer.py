@@ -46,7 +46,7 @@ class SparseTransformerBlock(nnx.Module):
 
   def __init__(self, features: int, heads: int, hidden: int, *, ffn: str = "sparse",
                active: int | None = None, hash_family: str = "cluster",
-               capacity_factor: float = 1.25, rngs: nnx.Rngs):
+               capacity_factor: float = 1.5, rngs: nnx.Rngs):
     if ffn not in FFN_KINDS:
       raise ValueError(f"SparseTransformerBlock: ffn must be one of {FFN_KINDS}, got {ffn!r}")
     self.attention_norm = nnx.LayerNorm(features, rngs=rngs)
@@ -88,10 +88,11 @@ class SparseTransformerLM(nnx.Module):
 
   def __init__(self, vocab_size: int, *, context: int, features: int = 256, heads: int = 4,
                layers: int = 2, hidden: int = 1024, ffn: str = "sparse",
-               ffn_active: int | None = None, ffn_capacity: float = 1.25,
+               ffn_active: int | None = None, ffn_capacity: float = 1.5,
                head_retrieved: int = 256,
                head_sampled: int = 1024, proposal: str = "log-uniform",
-               hash_family: str = "cluster", rngs: nnx.Rngs):
+               hash_family: str = "cluster", head_bias_init=nnx.initializers.zeros_init(),
+               rngs: nnx.Rngs):
     fn = "SparseTransformerLM"
     for name, value in (("vocab_size", vocab_size), ("context", context),
                         ("features", features), ("layers", layers), ("hidden", hidden)):
@@ -106,7 +107,8 @@ class SparseTransformerLM(nnx.Module):
     self.norm = nnx.LayerNorm(features, rngs=rngs)
     self.head = SparseSoftmaxHead(features, vocab_size, retrieved=head_retrieved,
                                   sampled=head_sampled, proposal=proposal,
-                                  hash_family=hash_family, rngs=rngs)
+                                  hash_family=hash_family, bias_init=head_bias_init,
+                                  rngs=rngs)
 
   def check_tokens(self, tokens, name: str = "tokens"):
     """tokens as int32[B, T], T <= context, ids in [0, vocab_size) (checked when concrete)."""
