@@ -166,8 +166,11 @@ def main(argv=None):
           f"{ms('model', kind):.1f} | {ms('model', 'full') / ms('model', kind):.1f}x |")
   print(f"\n| FFN width {args.ffn_hidden:,} | FFN alone, ms/step | dense / this | "
         f"whole model (lsh head), ms/step | dense / this |\n|---|---:|---:|---:|---:|")
+  from flax import nnx
+  import jslide
+  block = jslide.nn.BlockSparseFFN(D, args.ffn_hidden, active=active, rngs=nnx.Rngs(0))
   names = {"dense": "dense", "sparse": f"sparse ({active} retrieved neurons per token)",
-           "block": "block (3 of 64 blocks per token)"}
+           "block": f"block ({block.blocks_per_token} of {block.num_blocks} blocks per token)"}
   for ffn in ffns:
     print(f"| {names[ffn]} | {ms('ffn alone', ffn):.1f} | "
           f"{ms('ffn alone', 'dense') / ms('ffn alone', ffn):.2f}x | {ms('ffn', ffn):.1f} | "

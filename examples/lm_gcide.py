@@ -20,6 +20,8 @@ import os
 import subprocess
 import sys
 
+from jslide.nn.transformer import FFN_KINDS
+
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,7 +29,7 @@ def main(argv=None):
   p.add_argument("--out", default="results/lm_gcide")
   p.add_argument("--seconds", type=float, default=300.0, help="training time per run")
   p.add_argument("--heads", default="lsh,sampled,full")
-  p.add_argument("--ffn", choices=("sparse", "block", "dense"), default="dense")
+  p.add_argument("--ffn", choices=FFN_KINDS, default="dense")
   p.add_argument("--hidden", type=int, default=1024)
   args = p.parse_args(argv)
   train_txt = os.path.join(args.data, "gcide_train.txt")

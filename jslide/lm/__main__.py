@@ -15,6 +15,7 @@ import sys
 
 from jslide.lm.heads import HEADS, PROPOSALS
 from jslide.lm.trainer import HEAD_BIASES, LMConfig, RunConfig
+from jslide.nn.transformer import FFN_KINDS
 
 _DEFAULTS = LMConfig()
 _RUN = RunConfig()
@@ -26,7 +27,7 @@ def _train_parser(sub):
   p.add_argument("--valid", required=True, help="UTF-8 text file for validation perplexity")
   p.add_argument("--vocab-size", type=int, default=_DEFAULTS.vocab_size)
   p.add_argument("--head", choices=HEADS, default=_DEFAULTS.head)
-  p.add_argument("--ffn", choices=("sparse", "block", "dense"), default=_DEFAULTS.ffn)
+  p.add_argument("--ffn", choices=FFN_KINDS, default=_DEFAULTS.ffn)
   p.add_argument("--ffn-active", type=int, default=None,
                  help="hidden neurons per token, --ffn sparse or block (default hidden // 20)")
   p.add_argument("--ffn-capacity", type=float, default=_DEFAULTS.ffn_capacity,
