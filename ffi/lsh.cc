@@ -452,4 +452,132 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
   return true;
 }
 
+// ------------------------------------------------------------------------------- ListTopK
+
+namespace {
+
+// Four dot products with one row, w read once: x0..x3 . w (d elements). 16-lane partial
+// sums, so the loops vectorize without a horizontal sum per step.
+JSLIDE_INLINE void Dot4(const float* __restrict x0, const float* __restrict x1,
+                        const float* __restrict x2, const float* __restrict x3,
+                        const float* __restrict w, int64_t d, float* out) {
+  constexpr int kLanes = 16;
+  float a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
+  const int64_t body = d - d % kLanes;
+  for (int64_t i = 0; i < body; i += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const float wv = w[i + l];
+      a0[l] += x0[i + l] * wv;
+      a1[l] += x1[i + l] * wv;
+      a2[l] += x2[i + l] * wv;
+      a3[l] += x3[i + l] * wv;
+    }
+  }
+  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+  for (int l = 0; l < kLanes; ++l) {
+    s0 += a0[l];
+    s1 += a1[l];
+    s2 += a2[l];
+    s3 += a3[l];
+  }
+  for (int64_t i = body; i < d; ++i) {
+    s0 += x0[i] * w[i];
+    s1 += x1[i] * w[i];
+    s2 += x2[i] * w[i];
+    s3 += x3[i] * w[i];
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
+// Inserts (score, id) into one example's best k, kept sorted best first, unless it ranks
+// below the k-th or is already there (a neuron in two probed lists: same score, same rank).
+JSLIDE_INLINE void KeepBest(float score, int32_t id, int64_t k, float* scores, int32_t* ids) {
+  const float worst = scores[k - 1];
+  if (!(score > worst || (score == worst && id < ids[k - 1]))) return;  // NaN fails both
+  int64_t j = k - 1;
+  for (; j > 0; --j) {
+    const float s = scores[j - 1];
+    if (!(score > s || (score == s && id < ids[j - 1]))) break;
+  }
+  // A copy already kept has the same rank, so it sits above position j.
+  for (int64_t i = 0; i < j; ++i)
+    if (ids[i] == id) return;
+  for (int64_t i = k - 1; i > j; --i) {
+    scores[i] = scores[i - 1];
+    ids[i] = ids[i - 1];
+  }
+  scores[j] = score;
+  ids[j] = id;
+}
+
+}  // namespace
+
+void GroupProbesByList(const int32_t* probes, int64_t b, int64_t p, int64_t num_lists,
+                       int32_t* start, int32_t* members) {
+  std::fill(start, start + num_lists + 1, 0);
+  for (int64_t i = 0; i < b * p; ++i) ++start[probes[i] + 1];
+  for (int64_t c = 0; c < num_lists; ++c) start[c + 1] += start[c];
+  for (int64_t i = 0; i < b * p; ++i) members[start[probes[i]]++] = static_cast<int32_t>(i / p);
+  for (int64_t c = num_lists; c > 0; --c) start[c] = start[c - 1];  // back to the starts
+  start[0] = 0;
+}
+
+JSLIDE_CLONES void ScoreLists(const float* x, const float* w, const float* bias, int64_t d,
+                              const int32_t* lists, int64_t s, const int32_t* start,
+                              const int32_t* members, int64_t c_begin, int64_t c_end, int64_t k,
+                              float* top_scores, int32_t* top_ids) {
+  constexpr int64_t kBlock = 16;  // rows scored before the best-k are consulted
+  int32_t rows[kBlock];
+  float dots[4][kBlock];
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const int32_t* ex = members + start[c];
+    const int64_t m = start[c + 1] - start[c];
+    if (m == 0) continue;
+    const int32_t* row_ids = lists + c * s;
+    for (int64_t j0 = 0; j0 < s; j0 += kBlock) {
+      int64_t nr = 0;
+      for (int64_t j = j0; j < std::min(s, j0 + kBlock); ++j)
+        if (row_ids[j] >= 0) rows[nr++] = row_ids[j];
+      for (int64_t j = j0 + kBlock; j < std::min(s, j0 + 2 * kBlock); ++j)
+        if (row_ids[j] >= 0) {  // the next block's rows, from L3 or memory
+          const char* next = reinterpret_cast<const char*>(w + int64_t{row_ids[j]} * d);
+          for (int64_t off = 0; off < d * 4; off += 64) __builtin_prefetch(next + off, 0);
+        }
+      // Examples four at a time (a short group repeats its last example; its extra scores
+      // are not kept). The block's rows stay in L1 across the groups.
+      for (int64_t i = 0; i < m; i += 4) {
+        const int64_t g = std::min<int64_t>(4, m - i);
+        const int64_t es[4] = {ex[i], ex[i + (g > 1)], ex[i + (g > 2 ? 2 : g - 1)],
+                               ex[i + g - 1]};
+        for (int64_t r = 0; r < nr; ++r) {
+          float four[4];
+          Dot4(x + es[0] * d, x + es[1] * d, x + es[2] * d, x + es[3] * d,
+               w + int64_t{rows[r]} * d, d, four);
+          const float br = bias[rows[r]];
+          for (int t = 0; t < 4; ++t) dots[t][r] = four[t] + br;
+        }
+        for (int64_t t = 0; t < g; ++t) {
+          float* sc = top_scores + es[t] * k;
+          int32_t* id = top_ids + es[t] * k;
+          // Most scores fall below the k-th best: one vectorized test per block.
+          const float worst = sc[k - 1];
+          bool any = false;
+          for (int64_t r = 0; r < nr; ++r) any |= dots[t][r] >= worst;
+          if (!any) continue;
+          for (int64_t r = 0; r < nr; ++r) KeepBest(dots[t][r], rows[r], k, sc, id);
+        }
+      }
+    }
+  }
+}
+
+void MergeBest(const float* scores, const int32_t* ids, int64_t k, float* into_scores,
+               int32_t* into_ids) {
+  for (int64_t i = 0; i < k && ids[i] >= 0; ++i) KeepBest(scores[i], ids[i], k, into_scores, into_ids);
+}
+
 }  // namespace jslide

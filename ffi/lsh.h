@@ -137,6 +137,25 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
               const int32_t* force, int64_t num_force, const QueryConfig& cfg, uint64_t example,
               int32_t* out, QueryScratch& scratch);
 
+// Sparse inference through neuron lists: example e probes lists probes[e, 0..P), each a row
+// of lists [C, S] (neuron ids, -1 skipped), and keeps the k best distinct neurons by exact
+// score x[e] . w[n] + bias[n] (ties: lower id first; NaN and -inf never kept).
+//
+// GroupProbesByList: the examples probing each list, start [C + 1] and members [B * P] (a
+// counting sort; probes must lie in [0, C)).
+void GroupProbesByList(const int32_t* probes, int64_t b, int64_t p, int64_t num_lists,
+                       int32_t* start, int32_t* members);
+// ScoreLists: lists [c_begin, c_end) against the examples probing them, all of one list's
+// examples per row read, so a row costs one trip to memory per list, not per example. Keeps
+// each example's best k, sorted best first, in top_scores / top_ids [B, k] (the caller
+// starts them at -inf / -1).
+void ScoreLists(const float* x, const float* w, const float* bias, int64_t d,
+                const int32_t* lists, int64_t s, const int32_t* start, const int32_t* members,
+                int64_t c_begin, int64_t c_end, int64_t k, float* top_scores, int32_t* top_ids);
+// MergeBest: folds one example's best k (from another worker) into its best k.
+void MergeBest(const float* scores, const int32_t* ids, int64_t k, float* into_scores,
+               int32_t* into_ids);
+
 }  // namespace jslide
 
 #endif  // JSLIDE_FFI_LSH_H_

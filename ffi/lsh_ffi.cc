@@ -1,7 +1,9 @@
 // XLA FFI handlers for LSH: validation and parallel split; the maths is in lsh.cc.
 #include "lsh_ffi.h"
 
+#include <algorithm>
 #include <atomic>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -128,6 +130,68 @@ ffi::Error TopIndicesImpl(ffi::ThreadPool pool, F32 scores, ffi::ResultBuffer<ff
   return ffi::Error::Success();
 }
 
+ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, F32 w, F32 bias, S32 lists, S32 probes,
+                       ffi::ResultBuffer<ffi::F32> top_scores,
+                       ffi::ResultBuffer<ffi::S32> top_ids) {
+  const char* k = "jslide_list_topk";
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "x", x, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "bias", bias, 1));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "lists", lists, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "probes", probes, 2));
+  const int64_t b = x.dimensions()[0], d = x.dimensions()[1], n = w.dimensions()[0];
+  const int64_t c = lists.dimensions()[0], s = lists.dimensions()[1], p = probes.dimensions()[1];
+  if (w.dimensions()[1] != d) return Invalid(k, "w must be [N, " + std::to_string(d) + "]");
+  if (bias.dimensions()[0] != n) return Invalid(k, "bias must be [" + std::to_string(n) + "]");
+  if (probes.dimensions()[0] != b) return Invalid(k, "probes must be [" + std::to_string(b) + ", P]");
+  if (n >= (int64_t{1} << 31) || c >= (int64_t{1} << 31) || b * p >= (int64_t{1} << 31))
+    return Invalid(k, "N, C and B * P must be below 2^31");
+  if (top_scores->dimensions().size() != 2 || top_scores->dimensions()[0] != b ||
+      !SameDims(*top_scores, *top_ids))
+    return Invalid(k, "results must be [B, k] scores and ids");
+  const int64_t top = top_scores->dimensions()[1];
+  if (top < 1) return Invalid(k, "k must be at least 1");
+  JSLIDE_RETURN_IF_ERROR(CheckRange(k, "lists", lists.typed_data(), lists.element_count(), -1, n));
+  JSLIDE_RETURN_IF_ERROR(CheckRange(k, "probes", probes.typed_data(), probes.element_count(), 0, c));
+  // Lists split over the workers by work (rows x examples), each worker keeping its own
+  // best k per example (the first in the results), merged at the end.
+  std::vector<int32_t> start(static_cast<size_t>(c + 1));
+  std::vector<int32_t> members(static_cast<size_t>(b * p));
+  GroupProbesByList(probes.typed_data(), b, p, c, start.data(), members.data());
+  const int64_t work = b * p * s;
+  const int64_t workers = NumWorkers(pool, work, 1 << 16);
+  float* scores = top_scores->typed_data();
+  int32_t* ids = top_ids->typed_data();
+  std::fill(scores, scores + b * top, -std::numeric_limits<float>::infinity());
+  std::fill(ids, ids + b * top, -1);
+  std::vector<float> other_scores(static_cast<size_t>((workers - 1) * b * top),
+                                  -std::numeric_limits<float>::infinity());
+  std::vector<int32_t> other_ids(other_scores.size(), -1);
+  // Chunk t takes the lists whose examples start in [t, t + 1) * B * P / workers.
+  auto first_list = [&](int64_t t) {
+    const int64_t target = t * b * p / workers;
+    return static_cast<int64_t>(std::lower_bound(start.begin(), start.end() - 1, target) -
+                                start.begin());
+  };
+  ParallelChunks(pool, workers, workers, [&](int64_t t, int64_t, int64_t) {
+    float* sc = t == 0 ? scores : other_scores.data() + (t - 1) * b * top;
+    int32_t* id = t == 0 ? ids : other_ids.data() + (t - 1) * b * top;
+    ScoreLists(x.typed_data(), w.typed_data(), bias.typed_data(), d, lists.typed_data(), s,
+               start.data(), members.data(), first_list(t), t + 1 == workers ? c : first_list(t + 1),
+               top, sc, id);
+  });
+  if (workers > 1)
+    ParallelFor(pool, b, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e)
+        for (int64_t t = 1; t < workers; ++t) {
+          const int64_t at = (t - 1) * b * top + e * top;
+          MergeBest(other_scores.data() + at, other_ids.data() + at, top, scores + e * top,
+                    ids + e * top);
+        }
+    });
+  return ffi::Error::Success();
+}
+
 ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 force, U32 seed,
                      int64_t budget, int64_t strategy, int64_t threshold,
                      int64_t max_per_bucket, int64_t fill_group, int64_t fill,
@@ -216,6 +280,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideTopIndices, jslide::TopIndicesImpl,
                                   .Arg<jslide::F32>()
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideListTopK, jslide::ListTopKImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::F32>()  // x
+                                  .Arg<jslide::F32>()  // w
+                                  .Arg<jslide::F32>()  // bias
+                                  .Arg<jslide::S32>()  // lists
+                                  .Arg<jslide::S32>()  // probes
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideLshQuery, jslide::QueryImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -241,6 +316,7 @@ std::vector<std::pair<const char*, XLA_FFI_Handler*>> LshHandlers() {
           {"jslide_sparse_simhash", JslideSparseSimHash},
           {"jslide_build_index", JslideBuildIndex},
           {"jslide_top_indices", JslideTopIndices},
+          {"jslide_list_topk", JslideListTopK},
           {"jslide_lsh_query", JslideLshQuery}};
 }
 

@@ -4,7 +4,9 @@ Hash families (``SimHash``, ``DWTA``, ``SparseSimHash``, ``MIPSHash``, ``Cluster
 each have ``init(key, dim, K, L)`` and hash vectors to codes int32[B, L]; ``MIPSHash`` ranks rows by
 the layer's score ``x . w_n + b_n`` (``mips_keys`` / ``mips_queries``). ``build``/``rebuild``
 bucket a table's rows into an ``LSHIndex`` (CSR layout); ``query`` / ``query_sparse`` return
-active ids per input; ``recall_of_top_k`` measures what they find; ``RebuildSchedule`` says
+active ids per input; ``NeuronLists`` (``fit_query_centroids``, ``build_neuron_lists``,
+``neuron_list_topk``) maps regions of the input space to the neurons that fire there, for
+sparse inference of a trained layer; ``recall_of_top_k`` measures what they find; ``RebuildSchedule`` says
 when to rebuild. See docs/lsh.md for the maths.
 """
 
@@ -12,12 +14,16 @@ from jslide.lsh.cluster import ClusterHash
 from jslide.lsh.dwta import DWTA
 from jslide.lsh.index import LSHIndex, build, rebuild
 from jslide.lsh.mips import MIPSHash, mips_keys, mips_queries
+from jslide.lsh.neuron_lists import (NeuronLists, build_neuron_lists, fit_query_centroids,
+                                     neuron_list_candidates, neuron_list_topk)
 from jslide.lsh.query import STRATEGIES, query, query_sparse
 from jslide.lsh.recall import recall_of_top_k
 from jslide.lsh.schedule import RebuildSchedule, RebuildState
 from jslide.lsh.simhash import SimHash
 from jslide.lsh.sparse_simhash import SparseSimHash
 
-__all__ = ["ClusterHash", "DWTA", "LSHIndex", "MIPSHash", "RebuildSchedule", "RebuildState", "STRATEGIES",
-           "SimHash", "SparseSimHash", "build", "mips_keys", "mips_queries", "query",
-           "query_sparse", "rebuild", "recall_of_top_k"]
+__all__ = ["ClusterHash", "DWTA", "LSHIndex", "MIPSHash", "NeuronLists", "RebuildSchedule",
+           "RebuildState", "STRATEGIES", "SimHash", "SparseSimHash", "build",
+           "build_neuron_lists", "fit_query_centroids", "mips_keys", "mips_queries",
+           "neuron_list_candidates", "neuron_list_topk", "query", "query_sparse", "rebuild",
+           "recall_of_top_k"]

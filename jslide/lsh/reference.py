@@ -91,3 +91,43 @@ def bucket_counts(index, codes):
         counts[int(i)] = counts.get(int(i), 0) + 1
     out.append(counts)
   return out
+
+
+def neuron_list_topk(x, w, b, lists, probes, k):
+  """(scores f32[B, k], ids int32[B, k]) as ``jslide_list_topk``: the k best distinct neurons
+  of each example's probed lists by x . w_n + b_n (float64 here), best first, ties by lower
+  id; NaN and -inf never kept; -inf / -1 after the last."""
+  x, w, b = (np.asarray(a, np.float64) for a in (x, w, b))
+  lists, probes = np.asarray(lists), np.asarray(probes)
+  scores = np.full((x.shape[0], k), -np.inf, np.float32)
+  ids = np.full((x.shape[0], k), -1, np.int32)
+  for e in range(x.shape[0]):
+    cand = np.unique(lists[probes[e]].reshape(-1))
+    cand = cand[cand >= 0]
+    s = w[cand] @ x[e] + b[cand]
+    keep = np.isfinite(s) | (s == np.inf)
+    cand, s = cand[keep], s[keep]
+    order = np.lexsort((cand, -s))[:k]
+    scores[e, :len(order)], ids[e, :len(order)] = s[order], cand[order]
+  return scores, ids
+
+
+def neuron_lists(centroids, queries, labels, w, b, list_size):
+  """int32[C, S] as ``build_neuron_lists``: region c's labels (of the queries nearest to its
+  centroid) by count, most first, ties by lower id; then the other neurons by score at the
+  centroid, highest first, ties by lower id."""
+  centroids, queries, w, b = (np.asarray(a, np.float64) for a in (centroids, queries, w, b))
+  labels = np.asarray(labels)
+  d2 = ((queries[:, None, :] - centroids[None]) ** 2).sum(-1)
+  region = np.argmin(d2, axis=1)
+  out = np.zeros((centroids.shape[0], list_size), np.int32)
+  for c in range(centroids.shape[0]):
+    lab = labels[region == c].reshape(-1)
+    counts = np.bincount(lab[lab >= 0], minlength=w.shape[0])
+    score = w @ centroids[c] + b
+    labelled = np.flatnonzero(counts)
+    labelled = labelled[np.lexsort((labelled, -counts[labelled]))]
+    rest = np.flatnonzero(counts == 0)
+    rest = rest[np.lexsort((rest, -score[rest]))]
+    out[c] = np.concatenate([labelled, rest])[:list_size]
+  return out

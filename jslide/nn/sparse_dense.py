@@ -172,6 +172,11 @@ class SparseDense(nnx.Module):
     top, pos = jax.lax.top_k(self.scores(x, ids), k)
     return top, jnp.take_along_axis(ids, pos, axis=-1)
 
+  def list_topk(self, x, k: int, lists: lsh.NeuronLists):
+    """(scores, ids) of the k best neurons of x's neuron lists (:class:`jslide.lsh.NeuronLists`
+    over this layer), rescored exactly (-inf and -1 where fewer than k were listed)."""
+    return lsh.neuron_list_topk(lists, x, self.kernel.get_value(), self.bias.get_value(), k)
+
   def build_inference_index(self, key, *, num_tables: int = 6, num_hashes: int | None = None,
                             candidates: int | None = None, iters: int = 10,
                             previous: lsh.LSHIndex | None = None) -> lsh.LSHIndex:

@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--inference-hashes", type=int, default=d.inference_hashes,
                  help="K of the inference index, 2^K buckets a table (default: the training "
                       "index's)")
+  t.add_argument("--inference-lists", type=int, default=d.inference_lists,
+                 help="regions of the hidden space whose neuron lists the trainer's sparse "
+                      "inference reads (0: the k-means index)")
+  t.add_argument("--inference-probes", type=int, default=d.inference_probes,
+                 help="neuron lists each example reads")
   t.add_argument("--hash", dest="hash_family", choices=list(HASH_FAMILIES),
                  default=d.hash_family)
   t.add_argument("--num-hashes", type=int, default=d.num_hashes,
@@ -148,7 +153,8 @@ def main(argv=None) -> int:
           batch_negatives=args.batch_negatives, max_retrieved=args.max_retrieved,
           param_dtype=args.param_dtype, moment_dtype=args.moment_dtype,
           candidates=args.candidates, inference_tables=args.inference_tables,
-          inference_hashes=args.inference_hashes)
+          inference_hashes=args.inference_hashes, inference_lists=args.inference_lists,
+          inference_probes=args.inference_probes)
       cfg = TrainConfig(
           epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss,
           dense=args.dense, sampled=args.sampled, catch_up=args.catch_up,

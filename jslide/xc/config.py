@@ -38,13 +38,21 @@ class ModelConfig:
   # as the training index, or about 20 rows a bucket).
   inference_tables: int = 6
   inference_hashes: int | None = None
+  # The trainer's sparse inference: neuron lists (jslide.lsh.NeuronLists) over this many
+  # regions of the hidden space, fitted to the training set after every epoch, each query
+  # reading its inference_probes nearest (0, the default: the k-means index above; 512 is
+  # 5.7x faster and less exact, docs/lsh.md). Eval and predict
+  # from a checkpoint, which have no training set, use the k-means index.
+  inference_lists: int = 0
+  inference_probes: int = 2
 
   def __post_init__(self):
     for name in ("param_dtype", "moment_dtype"):
       value = getattr(self, name)
       if value not in ("float32", "bfloat16") and not (name == "moment_dtype" and value is None):
         raise ValueError(f"ModelConfig: {name} must be 'float32' or 'bfloat16', got {value!r}")
-    for name, lo, hi in (("inference_tables", 0, 64), ("inference_hashes", 1, 24)):
+    for name, lo, hi in (("inference_tables", 0, 64), ("inference_hashes", 1, 24),
+                         ("inference_lists", 0, 1 << 20), ("inference_probes", 1, 64)):
       value = getattr(self, name)
       if value is None and name == "inference_hashes":
         continue

@@ -11,6 +11,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from tqdm import tqdm
 
@@ -124,6 +125,82 @@ def inference_index(graphdef, state, model_cfg: ModelConfig, previous=None, seed
   return build(state, jax.random.PRNGKey(seed), previous, iters)
 
 
+@functools.lru_cache(maxsize=8)
+def _list_rankers(graphdef, k: int):
+  """Jitted, like :func:`_rankers`, for neuron lists (``jslide.lsh.NeuronLists``):
+
+  - ``ranked(state, feat_ids, feat_vals, lists) -> (scores, ids)``: the top k of the
+    neurons listed for each example, rescored exactly (the timed path);
+  - ``listed(state, feat_ids, feat_vals, lists) -> ids``: those candidates (for recall).
+  """
+
+  @jax.jit
+  def ranked(state, feat_ids, feat_vals, lists):
+    model = jslide.nn.merge(graphdef, state)
+    return model.output.list_topk(model.encode(feat_ids, feat_vals), k, lists)
+
+  @jax.jit
+  def listed(state, feat_ids, feat_vals, lists):
+    model = jslide.nn.merge(graphdef, state)
+    return jslide.lsh.neuron_list_candidates(lists, model.encode(feat_ids, feat_vals))
+
+  return ranked, listed
+
+
+# Training examples whose hidden vectors place the neuron lists' regions, at most.
+MAX_LIST_QUERIES = 1 << 17
+
+
+@functools.lru_cache(maxsize=8)
+def _list_builder(graphdef, num_lists: int, probes: int, list_size: int):
+  """``build(state, queries, labels, key, init, iters)``, jitted: neuron lists of the output
+  layer (``init``: the last epoch's centroids, or None)."""
+
+  @functools.partial(jax.jit, static_argnums=5)
+  def build(state, queries, labels, key, init, iters):
+    model = jslide.nn.merge(graphdef, state)
+    centroids = jslide.lsh.fit_query_centroids(key, queries, num_lists, iters=iters, init=init)
+    return jslide.lsh.build_neuron_lists(centroids, queries, labels,
+                                         model.output.kernel.get_value().astype(jnp.float32),
+                                         model.output.bias.get_value(), list_size=list_size,
+                                         probes=probes)
+
+  return build
+
+
+def neuron_lists(graphdef, state, model_cfg: ModelConfig, data: D.XCData, *, max_features: int,
+                 max_labels: int, previous=None, seed: int = 0):
+  """The output layer's :class:`jslide.lsh.NeuronLists` for inference: the hidden vectors
+  of (up to ``MAX_LIST_QUERIES``, evenly spread) training examples and their labels place
+  ``inference_lists`` regions (fewer for a small set: 16 examples a region at least), each
+  listing ``inference_candidates() // inference_probes`` labels. ``previous``: the last
+  epoch's lists, whose centroids start 3 Lloyd steps (else 10 from random examples)."""
+  encode = _encoder(graphdef)
+  stride = max(1, -(-len(data) // MAX_LIST_QUERIES))
+  queries, labels = [], []
+  for b in D.batches(data, 4096, max_features=max_features, max_labels=max_labels,
+                     shuffle=False):
+    keep = np.asarray(b.mask)
+    queries.append(np.asarray(encode(state, b.feat_ids, b.feat_vals))[keep])
+    labels.append(np.asarray(b.labels)[keep])
+  queries = jnp.asarray(np.concatenate(queries)[::stride])
+  labels = jnp.asarray(np.concatenate(labels)[::stride])
+  num_lists = max(1, min(model_cfg.inference_lists, len(queries) // 16))
+  probes = min(model_cfg.inference_probes, num_lists)
+  build = _list_builder(graphdef, num_lists, probes,
+                        max(1, model_cfg.inference_candidates() // probes))
+  init = None
+  if previous is not None and previous.num_lists == num_lists:
+    init = previous.centroids
+  return build(state, queries, labels, jax.random.PRNGKey(seed), init,
+               WARM_ITERS if init is not None else FIRST_ITERS)
+
+
+@functools.lru_cache(maxsize=8)
+def _encoder(graphdef):
+  return jax.jit(lambda state, i, v: jslide.nn.merge(graphdef, state).encode(i, v))
+
+
 def _timed(fn, *args):
   t0 = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
@@ -132,21 +209,28 @@ def _timed(fn, *args):
 
 def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_features: int,
                    max_labels: int, candidates: int, ks=(1, 3, 5),
-                   with_lsh: bool = True, index=None) -> dict:
+                   with_lsh: bool = True, index=None, lists=None) -> dict:
   """P@k and nDCG@k over all labels (exact), and with ``with_lsh`` through the index
-  (``index``, an inference index, or None: the model's own):
+  (``lists``, neuron lists; else ``index``, an inference index, or None: the model's own):
 
   - ``lsh_P@k``, ``lsh_nDCG@k``: the top k of the ``candidates`` retrieved labels, rescored;
   - ``recall@1``, ``recall@5``: the share of the exact top 1 / top 5 that the index retrieved;
   - ``training_recall@1``, ``training_recall@5``: the same for the training index (the
     one each training step queries), with ``index`` given;
   - ``index_share``: retrieved labels / candidates (no labels forced, no random fill);
-  - ``labels_scored``: labels scored per example through the index; ``exact_ms`` and
+  - ``labels_scored``: labels scored per example through the index (neuron lists: the
+    scores computed, a label in two of an example's lists counting twice); ``exact_ms`` and
     ``lsh_ms``: time per batch of exact ranking and of retrieval + rescoring (first batch,
     which compiles, excluded).
   """
   kmax = max(max(ks), 5)
   exact, retrieved, training_ids = _rankers(graphdef, kmax, candidates)
+  if lists is not None:
+    ranked, listed = _list_rankers(graphdef, kmax)
+    # Same signature as ``retrieved``: (scores, ids, candidate ids), only the first two timed.
+    retrieved = lambda state, feat_ids, feat_vals, key, index: (  # noqa: E731
+        *ranked(state, feat_ids, feat_vals, lists), None)
+    candidates = lists.candidates
   sums: dict[str, float] = {}
   times = {"exact_ms": [], "lsh_ms": []}
   key = jax.random.PRNGKey(0)
@@ -163,6 +247,8 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
       continue
     (_, lsh_top, cand), t_lsh = _timed(retrieved, state, b.feat_ids, b.feat_vals,
                                        jax.random.fold_in(key, i), index)
+    if lists is not None:
+      cand = listed(state, b.feat_ids, b.feat_vals, lists)
     if i:
       times["exact_ms"].append(1e3 * t_exact)
       times["lsh_ms"].append(1e3 * t_lsh)
@@ -173,7 +259,7 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
                     ("recall@5", jslide.lsh.recall_of_top_k(cand, top[:, :5])),
                     ("labels_scored", found), ("index_share", found / candidates)):
       add(name, jnp.sum(jnp.where(b.mask, v, 0)))
-    if index is not None:
+    if index is not None or lists is not None:
       own = training_ids(state, b.feat_ids, b.feat_vals, jax.random.fold_in(key, i))
       for name, j in (("training_recall@1", 1), ("training_recall@5", 5)):
         add(name, jnp.sum(jnp.where(b.mask, jslide.lsh.recall_of_top_k(own, top[:, :j]), 0)))
@@ -242,6 +328,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   log(f"training step compiled in {record['compile_seconds']:.1f} s (not in the epochs' "
       "seconds)")
   inf_index = None  # the inference index, rebuilt from its last centroids after every epoch
+  inf_lists = None  # or the neuron lists, likewise
   while epoch < cfg.epochs:
     bar = tqdm(total=len(train_data), initial=min(start_batch * cfg.batch_size, len(train_data)),
                unit="ex", unit_scale=True, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -289,7 +376,13 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
     entry = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "seconds": seconds,
              "examples_per_second": seen / seconds if seconds else 0.0}
     sparse_test = test_data is not None and not (cfg.dense or cfg.sampled)
-    if sparse_test and model_cfg.inference_tables:  # warm: from the last epoch's centroids
+    if sparse_test and model_cfg.inference_lists:  # warm: from the last epoch's centroids
+      t1 = time.perf_counter()
+      inf_lists = jax.block_until_ready(neuron_lists(
+          graphdef, state, model_cfg, train_data, max_features=cfg.max_features,
+          max_labels=cfg.max_labels, previous=inf_lists, seed=cfg.seed))
+      entry["inference_index_seconds"] = time.perf_counter() - t1
+    elif sparse_test and model_cfg.inference_tables:  # warm: from the last epoch's centroids
       t1 = time.perf_counter()
       inf_index = jax.block_until_ready(
           inference_index(graphdef, state, model_cfg, inf_index, cfg.seed))
@@ -300,7 +393,8 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
     if valid_data is not None:
       entry["valid"] = evaluate(valid_data, with_lsh=False)
     if test_data is not None:
-      entry["test"] = evaluate(test_data, with_lsh=sparse_test, index=inf_index)
+      entry["test"] = evaluate(test_data, with_lsh=sparse_test, index=inf_index,
+                               lists=inf_lists)
     record["epochs"].append(entry)
     log(_format_epoch(entry))
     best = record.get("selected")
