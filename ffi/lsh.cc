@@ -456,41 +456,27 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
 
 namespace {
 
-// Four dot products with one row, w read once: x0..x3 . w (d elements). 16-lane partial
-// sums, so the loops vectorize without a horizontal sum per step.
-JSLIDE_INLINE void Dot4(const float* __restrict x0, const float* __restrict x1,
-                        const float* __restrict x2, const float* __restrict x3,
-                        const float* __restrict w, int64_t d, float* out) {
+// G dot products with one row, w read once: xs[t] . w (d elements) for t < G. 16-lane
+// partial sums, so the loops vectorize without a horizontal sum per step.
+template <int G>
+JSLIDE_INLINE void DotRows(const float* const* xs, const float* __restrict w, int64_t d,
+                           float* out) {
   constexpr int kLanes = 16;
-  float a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
+  float acc[G][kLanes] = {};
   const int64_t body = d - d % kLanes;
   for (int64_t i = 0; i < body; i += kLanes) {
+    for (int t = 0; t < G; ++t) {
+      const float* __restrict xt = xs[t] + i;
 #pragma omp simd
-    for (int l = 0; l < kLanes; ++l) {
-      const float wv = w[i + l];
-      a0[l] += x0[i + l] * wv;
-      a1[l] += x1[i + l] * wv;
-      a2[l] += x2[i + l] * wv;
-      a3[l] += x3[i + l] * wv;
+      for (int l = 0; l < kLanes; ++l) acc[t][l] += xt[l] * w[i + l];
     }
   }
-  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-  for (int l = 0; l < kLanes; ++l) {
-    s0 += a0[l];
-    s1 += a1[l];
-    s2 += a2[l];
-    s3 += a3[l];
+  for (int t = 0; t < G; ++t) {
+    float sum = 0.0f;
+    for (int l = 0; l < kLanes; ++l) sum += acc[t][l];
+    for (int64_t i = body; i < d; ++i) sum += xs[t][i] * w[i];
+    out[t] = sum;
   }
-  for (int64_t i = body; i < d; ++i) {
-    s0 += x0[i] * w[i];
-    s1 += x1[i] * w[i];
-    s2 += x2[i] * w[i];
-    s3 += x3[i] * w[i];
-  }
-  out[0] = s0;
-  out[1] = s1;
-  out[2] = s2;
-  out[3] = s3;
 }
 
 // Inserts (score, id) into one example's best k, kept sorted best first, unless it ranks
@@ -547,18 +533,25 @@ JSLIDE_CLONES void ScoreLists(const float* x, const float* w, const float* bias,
           const char* next = reinterpret_cast<const char*>(w + int64_t{row_ids[j]} * d);
           for (int64_t off = 0; off < d * 4; off += 64) __builtin_prefetch(next + off, 0);
         }
-      // Examples four at a time (a short group repeats its last example; its extra scores
-      // are not kept). The block's rows stay in L1 across the groups.
-      for (int64_t i = 0; i < m; i += 4) {
-        const int64_t g = std::min<int64_t>(4, m - i);
-        const int64_t es[4] = {ex[i], ex[i + (g > 1)], ex[i + (g > 2 ? 2 : g - 1)],
-                               ex[i + g - 1]};
+      // Examples four at a time (then 2, then 1). The block's rows stay in L1 across the
+      // groups.
+      for (int64_t i = 0; i < m;) {
+        const int64_t g = m - i >= 4 ? 4 : m - i >= 2 ? 2 : 1;
+        const float* xs[4];
+        int64_t es[4];
+        for (int64_t t = 0; t < g; ++t) {
+          es[t] = ex[i + t];
+          xs[t] = x + es[t] * d;
+        }
+        i += g;
         for (int64_t r = 0; r < nr; ++r) {
-          float four[4];
-          Dot4(x + es[0] * d, x + es[1] * d, x + es[2] * d, x + es[3] * d,
-               w + int64_t{rows[r]} * d, d, four);
+          const float* wr = w + int64_t{rows[r]} * d;
+          float dot[4];
+          if (g == 4) DotRows<4>(xs, wr, d, dot);
+          else if (g == 2) DotRows<2>(xs, wr, d, dot);
+          else DotRows<1>(xs, wr, d, dot);
           const float br = bias[rows[r]];
-          for (int t = 0; t < 4; ++t) dots[t][r] = four[t] + br;
+          for (int64_t t = 0; t < g; ++t) dots[t][r] = dot[t] + br;
         }
         for (int64_t t = 0; t < g; ++t) {
           float* sc = top_scores + es[t] * k;
