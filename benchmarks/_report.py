@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
+
+import jax
 
 
 def write_json(path: str | None, rows) -> None:
@@ -24,3 +28,15 @@ def run_worker(script: str, *args: str) -> dict:
   out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True,
                        text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_ms(fn, *args, repeats: int) -> float:
+  """Median milliseconds of ``fn(*args)`` (a jitted function) over ``repeats`` calls, after
+  one call that compiles and warms it."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(times)

@@ -24,40 +24,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jslide
-from _report import write_json
+from _report import median_ms, write_json
 from jslide import datasets as D
 from jslide.xc import trainer
 from jslide.xc.config import ModelConfig, TrainConfig
-
-
-def _ms(fn, args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
-
-
-def _hidden(graphdef, state, data, cfg):
-  encode = trainer._encoder(graphdef)
-  hs, labels = [], []
-  for b in D.batches(data, 4096, max_features=cfg.max_features, max_labels=cfg.max_labels,
-                     shuffle=False):
-    keep = np.asarray(b.mask)
-    hs.append(np.asarray(encode(state, b.feat_ids, b.feat_vals))[keep])
-    labels.append(np.asarray(b.labels)[keep])
-  return jnp.asarray(np.concatenate(hs)), np.concatenate(labels)
 
 
 def main():
@@ -87,7 +64,9 @@ def main():
   kmeans = trainer.inference_index(graphdef, state, model_cfg)
   lists = trainer.neuron_lists(graphdef, state, model_cfg, train, max_features=cfg.max_features,
                                max_labels=cfg.max_labels)
-  h, labels = _hidden(graphdef, state, test, cfg)
+  h, labels = trainer.hidden_vectors(graphdef, state, test, max_features=cfg.max_features,
+                                     max_labels=cfg.max_labels)
+  h = jnp.asarray(h)
   key = jax.random.PRNGKey(0)
   rankers = {
       "exact": jax.jit(lambda x: jax.lax.top_k(x @ w.T + b, 5)),
@@ -104,7 +83,7 @@ def main():
            "labels_scored": (train.num_labels if name == "exact" else
                              candidates if name == "k-means index" else lists.candidates)}
     for batch in args.batch:
-      row[f"ms@{batch}"] = _ms(rank, (h[:batch],), args.repeats)
+      row[f"ms@{batch}"] = median_ms(rank, h[:batch], repeats=args.repeats)
     rows.append(row)
   print(f"{args.dataset}: {train.num_labels:,} labels, {args.epochs} epochs; neuron lists "
         f"{lists.num_lists} x {lists.list_size}, {lists.probes} probes")

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jslide
-from _report import write_json
+from _report import median_ms, write_json
 from jslide import lsh
 
 D, B, PER_CLUSTER = 128, 128, 100
@@ -37,16 +35,6 @@ def clustered(n, seed=0):
   pick = rng.choice(c, size=B, replace=False)
   x = centers[pick] + (0.35 / np.sqrt(D)) * rng.standard_normal(size=(B, D), dtype=np.float32)
   return jnp.asarray(w), jnp.asarray(x.astype(np.float32))
-
-
-def timed(fn, *args, reps=5):
-  jax.block_until_ready(fn(*args))  # compile
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(ts)
 
 
 def recall_at_10(active, exact10):
@@ -81,17 +69,17 @@ def main():
     w, x = clustered(n)
     hasher = make_family(args.family, key, args.k, args.l)
     build = jax.jit(lsh.build)
-    build_ms = timed(build, hasher, w, reps=3)
+    build_ms = median_ms(build, hasher, w, repeats=3)
     index = build(hasher, w)
     brute10 = jax.jit(lambda x, w: jax.lax.top_k(x @ w.T, 10)[1])
     exact10 = brute10(x, w)
-    top10_ms = timed(brute10, x, w)
+    top10_ms = median_ms(brute10, x, w, repeats=5)
     for budget in sorted({args.budget, max(1, n // 100)}):
       q = jax.jit(lambda index, x, key: lsh.query(index, x, budget=budget, key=key,
                                                   strategy=args.strategy))
-      query_ms = timed(q, index, x, key)
+      query_ms = median_ms(q, index, x, key, repeats=5)
       bruteb = jax.jit(lambda x, w: jax.lax.top_k(x @ w.T, budget)[1])
-      topb_ms = timed(bruteb, x, w, reps=3)
+      topb_ms = median_ms(bruteb, x, w, repeats=3)
       row = {"n": n, "d": D, "batch": B, "family": args.family, "k": args.k, "l": args.l,
              "strategy": args.strategy, "budget": budget, "build_ms": build_ms,
              "index_mb": index.nbytes() / 2**20, "query_ms": query_ms,
@@ -106,7 +94,7 @@ def main():
   n = 670_091
   w, _ = clustered(n)
   hasher = lsh.DWTA.init(key, D, 6, 50, bin_size=8)
-  build_ms = timed(jax.jit(lsh.build), hasher, w, reps=2)
+  build_ms = median_ms(jax.jit(lsh.build), hasher, w, repeats=2)
   index = lsh.build(hasher, w)
   slide_mb = 50 * 2**18 * 128 * 4 / 2**20  # 128 int32 slots per bucket
   amazon = {"n": n, "family": "dwta", "k": 6, "l": 50, "num_buckets": index.num_buckets,

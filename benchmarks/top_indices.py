@@ -13,27 +13,14 @@ Scores are standard normal; the median of ``--repeats`` jitted calls after one w
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
-from _report import write_json
+from _report import median_ms, write_json
 from jslide.lsh.cluster import top_indices
 
 SHAPES = [(256, 1024, 162), (6144, 1024, 69), (20480, 1024, 1)]
-
-
-def _ms(fn, x, repeats: int) -> float:
-  fn = jax.jit(fn)
-  jax.block_until_ready(fn(x))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(x))
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
 
 
 def main():
@@ -47,10 +34,13 @@ def main():
   for r, c, k in SHAPES:
     x = jax.random.normal(jax.random.PRNGKey(0), (r, c), jnp.float32)
     row = {"rows": r, "columns": c, "k": k,
-           "top_indices_ms": _ms(lambda s: top_indices(s, k), x, args.repeats),
-           "lax_top_k_ms": _ms(lambda s: jax.lax.top_k(s, k)[1], x, args.repeats)}
+           "top_indices_ms": median_ms(jax.jit(lambda s: top_indices(s, k)), x,
+                                       repeats=args.repeats),
+           "lax_top_k_ms": median_ms(jax.jit(lambda s: jax.lax.top_k(s, k)[1]), x,
+                                     repeats=args.repeats)}
     if k == 1:
-      row["argmax_ms"] = _ms(lambda s: jnp.argmax(s, axis=1), x, args.repeats)
+      row["argmax_ms"] = median_ms(jax.jit(lambda s: jnp.argmax(s, axis=1)), x,
+                                   repeats=args.repeats)
     rows.append(row)
     argmax = f"{row['argmax_ms']:>10.2f}" if k == 1 else f"{'':>10}"
     print(f"{f'[{r}, {c}]':>16} {k:>5} {row['top_indices_ms']:>15.2f} "

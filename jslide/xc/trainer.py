@@ -129,15 +129,17 @@ def inference_index(graphdef, state, model_cfg: ModelConfig, previous=None, seed
 def _list_rankers(graphdef, k: int):
   """Jitted, like :func:`_rankers`, for neuron lists (``jslide.lsh.NeuronLists``):
 
-  - ``ranked(state, feat_ids, feat_vals, lists) -> (scores, ids)``: the top k of the
-    neurons listed for each example, rescored exactly (the timed path);
+  - ``ranked(state, feat_ids, feat_vals, key, lists) -> (scores, ids, None)``: the top k of
+    the neurons listed for each example, rescored exactly (the timed path; ``retrieved``'s
+    signature, ``key`` unused, no candidate ids);
   - ``listed(state, feat_ids, feat_vals, lists) -> ids``: those candidates (for recall).
   """
 
   @jax.jit
-  def ranked(state, feat_ids, feat_vals, lists):
+  def ranked(state, feat_ids, feat_vals, key, lists):
+    del key
     model = jslide.nn.merge(graphdef, state)
-    return model.output.list_topk(model.encode(feat_ids, feat_vals), k, lists)
+    return (*model.output.list_topk(model.encode(feat_ids, feat_vals), k, lists), None)
 
   @jax.jit
   def listed(state, feat_ids, feat_vals, lists):
@@ -175,16 +177,12 @@ def neuron_lists(graphdef, state, model_cfg: ModelConfig, data: D.XCData, *, max
   ``inference_lists`` regions (fewer for a small set: 16 examples a region at least), each
   listing ``inference_candidates() // inference_probes`` labels. ``previous``: the last
   epoch's lists, whose centroids start 3 Lloyd steps (else 10 from random examples)."""
-  encode = _encoder(graphdef)
   stride = max(1, -(-len(data) // MAX_LIST_QUERIES))
-  queries, labels = [], []
-  for b in D.batches(data, 4096, max_features=max_features, max_labels=max_labels,
-                     shuffle=False):
-    keep = np.asarray(b.mask)
-    queries.append(np.asarray(encode(state, b.feat_ids, b.feat_vals))[keep])
-    labels.append(np.asarray(b.labels)[keep])
-  queries = jnp.asarray(np.concatenate(queries)[::stride])
-  labels = jnp.asarray(np.concatenate(labels)[::stride])
+  if stride > 1:
+    data = data.subset(np.arange(0, len(data), stride))
+  queries, labels = map(jnp.asarray, hidden_vectors(graphdef, state, data,
+                                                   max_features=max_features,
+                                                   max_labels=max_labels))
   num_lists = max(1, min(model_cfg.inference_lists, len(queries) // 16))
   probes = min(model_cfg.inference_probes, num_lists)
   build = _list_builder(graphdef, num_lists, probes,
@@ -199,6 +197,20 @@ def neuron_lists(graphdef, state, model_cfg: ModelConfig, data: D.XCData, *, max
 @functools.lru_cache(maxsize=8)
 def _encoder(graphdef):
   return jax.jit(lambda state, i, v: jslide.nn.merge(graphdef, state).encode(i, v))
+
+
+def hidden_vectors(graphdef, state, data: D.XCData, *, max_features: int,
+                   max_labels: int) -> tuple[np.ndarray, np.ndarray]:
+  """(f32[n, d], int32[n, max_labels]): the output layer's input for every example of the
+  data (in order), and its labels (-1 padding)."""
+  encode = _encoder(graphdef)
+  queries, labels = [], []
+  for b in D.batches(data, 4096, max_features=max_features, max_labels=max_labels,
+                     shuffle=False):
+    keep = np.asarray(b.mask)
+    queries.append(np.asarray(encode(state, b.feat_ids, b.feat_vals))[keep])
+    labels.append(np.asarray(b.labels)[keep])
+  return np.concatenate(queries), np.concatenate(labels)
 
 
 def _timed(fn, *args):
@@ -226,11 +238,8 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
   kmax = max(max(ks), 5)
   exact, retrieved, training_ids = _rankers(graphdef, kmax, candidates)
   if lists is not None:
-    ranked, listed = _list_rankers(graphdef, kmax)
-    # Same signature as ``retrieved``: (scores, ids, candidate ids), only the first two timed.
-    retrieved = lambda state, feat_ids, feat_vals, key, index: (  # noqa: E731
-        *ranked(state, feat_ids, feat_vals, lists), None)
-    candidates = lists.candidates
+    retrieved, listed = _list_rankers(graphdef, kmax)
+    index, candidates = lists, lists.candidates
   sums: dict[str, float] = {}
   times = {"exact_ms": [], "lsh_ms": []}
   key = jax.random.PRNGKey(0)
@@ -259,7 +268,7 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
                     ("recall@5", jslide.lsh.recall_of_top_k(cand, top[:, :5])),
                     ("labels_scored", found), ("index_share", found / candidates)):
       add(name, jnp.sum(jnp.where(b.mask, v, 0)))
-    if index is not None or lists is not None:
+    if index is not None:
       own = training_ids(state, b.feat_ids, b.feat_vals, jax.random.fold_in(key, i))
       for name, j in (("training_recall@1", 1), ("training_recall@5", 5)):
         add(name, jnp.sum(jnp.where(b.mask, jslide.lsh.recall_of_top_k(own, top[:, :j]), 0)))
