@@ -269,13 +269,26 @@ JSLIDE_CLONES void TopIndices(const float* scores, int64_t c, int64_t k, int32_t
       for (; j > 0 && best[j - 1] > key; --j) best[j] = best[j - 1];
       best[j] = key;
     }
-    for (int64_t i = k; i < c; ++i) {
+    auto keep = [&](int64_t i) {
       const uint64_t key = RankKey(OrderKey(scores[i]), i);
-      if (key >= best[k - 1]) continue;
+      if (key >= best[k - 1]) return;
       int64_t j = k - 1;
       for (; j > 0 && best[j - 1] > key; --j) best[j] = best[j - 1];
       best[j] = key;
+    };
+    // Blocks of 16 with one vectorized test against the k-th best: a later entry beats it
+    // only with a strictly higher key (ties go to the earlier position).
+    constexpr int64_t kBlock = 16;
+    int64_t i = k;
+    for (; i + kBlock <= c; i += kBlock) {
+      const uint32_t worst = ~static_cast<uint32_t>(best[k - 1] >> 32);
+      int any = 0;
+#pragma omp simd reduction(| : any)
+      for (int64_t l = 0; l < kBlock; ++l) any |= OrderKey(scores[i + l]) > worst;
+      if (!any) continue;
+      for (int64_t l = 0; l < kBlock; ++l) keep(i + l);
     }
+    for (; i < c; ++i) keep(i);
     for (int64_t i = 0; i < k; ++i) out[i] = static_cast<int32_t>(best[i] & 0xffffffffu);
     return;
   }
@@ -456,26 +469,74 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
 
 namespace {
 
-// G dot products with one row, w read once: xs[t] . w (d elements) for t < G. 16-lane
-// partial sums, so the loops vectorize without a horizontal sum per step.
-template <int G>
-JSLIDE_INLINE void DotRows(const float* const* xs, const float* __restrict w, int64_t d,
-                           float* out) {
-  constexpr int kLanes = 16;
-  float acc[G][kLanes] = {};
-  const int64_t body = d - d % kLanes;
-  for (int64_t i = 0; i < body; i += kLanes) {
+// Eight floats as one value (GCC/Clang vector extension, so each instruction-set clone gets
+// its own registers: two SSE halves in the baseline clone).
+typedef float Floats8 __attribute__((vector_size(32)));
+
+JSLIDE_INLINE Floats8 Load8(const float* p) {
+  Floats8 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The lane sums of a[0..7], as one value: a tree of in-register shuffles and adds, where a
+// scalar sum of each would be eight dependent adds per dot product.
+JSLIDE_INLINE Floats8 LaneSums8(const Floats8* a) {
+  using Lanes = int __attribute__((vector_size(32)));
+  const Lanes even = {0, 8, 2, 10, 4, 12, 6, 14}, odd = {1, 9, 3, 11, 5, 13, 7, 15};
+  const Lanes lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const Lanes lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  Floats8 t[4], u[2];
+  for (int j = 0; j < 4; ++j)  // pairs of lanes: a[2j] and a[2j + 1] interleaved
+    t[j] = __builtin_shuffle(a[2 * j], a[2 * j + 1], even) +
+           __builtin_shuffle(a[2 * j], a[2 * j + 1], odd);
+  for (int j = 0; j < 2; ++j)  // quarters: a[4j .. 4j + 3], per 128-bit half
+    u[j] = __builtin_shuffle(t[2 * j], t[2 * j + 1], lo2) +
+           __builtin_shuffle(t[2 * j], t[2 * j + 1], hi2);
+  return __builtin_shuffle(u[0], u[1], lo4) + __builtin_shuffle(u[0], u[1], hi4);
+}
+
+// G x R = 8 dot products: xs[t] . ws[r] (d elements) into out[t * R + r]. Each 8-lane load of
+// an x or a row serves R or G multiply-adds, so the loop is bound by the FMAs, not by the
+// loads (one row against one x needs two loads per FMA).
+template <int G, int R>
+JSLIDE_INLINE void DotBlock(const float* const* xs, const float* const* ws, int64_t d,
+                            float* out) {
+  static_assert(G * R == 8, "one lane-sum tree of eight accumulators");
+  Floats8 acc[G * R] = {};
+  const int64_t body = d - d % 8;
+  for (int64_t i = 0; i < body; i += 8) {
+    Floats8 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = Load8(ws[r] + i);
     for (int t = 0; t < G; ++t) {
-      const float* __restrict xt = xs[t] + i;
-#pragma omp simd
-      for (int l = 0; l < kLanes; ++l) acc[t][l] += xt[l] * w[i + l];
+      const Floats8 xv = Load8(xs[t] + i);
+      for (int r = 0; r < R; ++r) acc[t * R + r] += xv * wv[r];
     }
   }
-  for (int t = 0; t < G; ++t) {
-    float sum = 0.0f;
-    for (int l = 0; l < kLanes; ++l) sum += acc[t][l];
-    for (int64_t i = body; i < d; ++i) sum += xs[t][i] * w[i];
-    out[t] = sum;
+  const Floats8 sums = LaneSums8(acc);
+  for (int t = 0; t < G; ++t)
+    for (int r = 0; r < R; ++r) {
+      float sum = sums[t * R + r];
+      for (int64_t i = body; i < d; ++i) sum += xs[t][i] * ws[r][i];
+      out[t * R + r] = sum;
+    }
+}
+
+// Scores G examples against a block's nr rows, R rows at a time (the last group padded with
+// its last row, whose extra scores are dropped): dots[t][r] = xs[t] . w_rows[r] + bias.
+template <int G, int R, int kBlock>
+JSLIDE_INLINE void ScoreBlock(const float* const* xs, const float* w, const float* bias,
+                              int64_t d, const int32_t* rows, int64_t nr,
+                              float (*dots)[kBlock]) {
+  for (int64_t r0 = 0; r0 < nr; r0 += R) {
+    const float* ws[R];
+    for (int r = 0; r < R; ++r) ws[r] = w + int64_t{rows[std::min<int64_t>(r0 + r, nr - 1)]} * d;
+    float out[G * R];
+    DotBlock<G, R>(xs, ws, d, out);
+    for (int r = 0; r < R && r0 + r < nr; ++r) {
+      const float br = bias[rows[r0 + r]];
+      for (int t = 0; t < G; ++t) dots[t][r0 + r] = out[t * R + r] + br;
+    }
   }
 }
 
@@ -528,8 +589,9 @@ JSLIDE_CLONES void ScoreLists(const float* x, const float* w, const float* bias,
       int64_t nr = 0;
       for (int64_t j = j0; j < std::min(s, j0 + kBlock); ++j)
         if (row_ids[j] >= 0) rows[nr++] = row_ids[j];
-      for (int64_t j = j0 + kBlock; j < std::min(s, j0 + 2 * kBlock); ++j)
-        if (row_ids[j] >= 0) {  // the next block's rows, from L3 or memory
+      // The rows two blocks ahead (both next blocks at a list's start), from L3 or memory.
+      for (int64_t j = j0 == 0 ? kBlock : j0 + 2 * kBlock; j < std::min(s, j0 + 3 * kBlock); ++j)
+        if (row_ids[j] >= 0) {
           const char* next = reinterpret_cast<const char*>(w + int64_t{row_ids[j]} * d);
           for (int64_t off = 0; off < d * 4; off += 64) __builtin_prefetch(next + off, 0);
         }
@@ -544,15 +606,9 @@ JSLIDE_CLONES void ScoreLists(const float* x, const float* w, const float* bias,
           xs[t] = x + es[t] * d;
         }
         i += g;
-        for (int64_t r = 0; r < nr; ++r) {
-          const float* wr = w + int64_t{rows[r]} * d;
-          float dot[4];
-          if (g == 4) DotRows<4>(xs, wr, d, dot);
-          else if (g == 2) DotRows<2>(xs, wr, d, dot);
-          else DotRows<1>(xs, wr, d, dot);
-          const float br = bias[rows[r]];
-          for (int64_t t = 0; t < g; ++t) dots[t][r] = dot[t] + br;
-        }
+        if (g == 4) ScoreBlock<4, 2, kBlock>(xs, w, bias, d, rows, nr, dots);
+        else if (g == 2) ScoreBlock<2, 4, kBlock>(xs, w, bias, d, rows, nr, dots);
+        else ScoreBlock<1, 8, kBlock>(xs, w, bias, d, rows, nr, dots);
         for (int64_t t = 0; t < g; ++t) {
           float* sc = top_scores + es[t] * k;
           int32_t* id = top_ids + es[t] * k;
