@@ -257,6 +257,40 @@ def test_predict_refuses_k_beyond_the_labels_and_never_leaves_a_partial_file(sma
   assert not (tmp_path / "top.txt.partial").exists()
 
 
+def test_eval_and_predict_rebuild_a_checkpoints_neuron_lists(small_files, tmp_path, capsys):
+  """A model trained with --inference-lists ranks through neuron lists at eval and predict
+  too, built from the training file as the trainer built them (same data: no validation
+  split; same seed), so eval reproduces the trainer's numbers through them."""
+  train, test = small_files
+  ckpt = str(tmp_path / "l")
+  lists = ["--inference-lists", "16", "--inference-probes", "2", "--valid-fraction", "0"]
+  assert main(["train", "--train", train, "--test", test, "--epochs", "1", "--ckpt", ckpt,
+               "--json", str(tmp_path / "l.json"), *lists, *ARCH]) == 0
+  final = json.load(open(tmp_path / "l.json"))["final"]["test"]
+  out = tmp_path / "eval.json"
+  assert main(["eval", "--ckpt", ckpt, "--test", test, "--train", train, "--json", str(out)]) == 0
+  metrics = json.load(open(out))
+  for name in ("P@1", "lsh_P@1", "lsh_P@5", "recall@1", "labels_scored"):
+    assert metrics[name] == pytest.approx(final[name]), name
+  assert metrics["labels_scored"] <= 0.05 * metrics["num_labels"]
+  # Without the training data the lists cannot be built: said, not a silent fallback.
+  assert main(["eval", "--ckpt", ckpt, "--test", test]) == 2
+  assert "neuron lists" in capsys.readouterr().err
+  pred = tmp_path / "pred.txt"
+  assert main(["predict", "--ckpt", ckpt, "--input", test, "--out", str(pred), "--k", "3",
+               "--via-lsh"]) == 2
+  assert "--train" in capsys.readouterr().err
+  assert main(["predict", "--ckpt", ckpt, "--input", test, "--out", str(pred), "--k", "3",
+               "--via-lsh", "--train", train]) == 0
+  lines = pred.read_text().splitlines()
+  assert len(lines) == 300 and all(len(l.split()) == 3 for l in lines)
+  exact = tmp_path / "exact.txt"
+  assert main(["predict", "--ckpt", ckpt, "--input", test, "--out", str(exact), "--k", "1"]) == 0
+  top = [l.split(":")[0] for l in exact.read_text().splitlines()]
+  agree = np.mean([l.split()[0].split(":")[0] == t for l, t in zip(lines, top)])
+  assert agree == pytest.approx(final["recall@1"], abs=0.01)  # the exact top 1, when listed
+
+
 def _step_dirs(ckpt):
   return sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
 

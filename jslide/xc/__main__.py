@@ -40,6 +40,20 @@ def _load_train_test(args):
   return norm(D.bundled.load(args.dataset, "train")), norm(D.bundled.load(args.dataset, "test"))
 
 
+def _lists_training_data(args, dims: ModelConfig, bundled: str | None):
+  """The training set that eval / predict build a checkpoint's neuron lists from: --train,
+  else the bundled dataset's training split; None when the model has no lists (or neither
+  is given: the trainer then says what is missing)."""
+  if not dims.inference_lists:
+    return None
+  if args.train:
+    return _read(args.train, args.format, dims.num_features, dims.num_labels, args.normalize)
+  if bundled:
+    train = D.bundled.load(bundled, "train")
+    return train.normalized() if args.normalize else train
+  return None
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m jslide.xc", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--ckpt", required=True)
   e.add_argument("--test", help="default: the test split of the bundled --dataset")
   e.add_argument("--dataset", choices=sorted(D.bundled.NAMES), default="wordnet")
+  e.add_argument("--train", help="training file, for a model trained with --inference-lists "
+                                 "(its neuron lists are built from it; default: the bundled "
+                                 "--dataset's, when --test is not given)")
   e.add_argument("--json")
   data_args(e)
 
@@ -137,6 +154,10 @@ def _parser() -> argparse.ArgumentParser:
   r.add_argument("--out", required=True)
   r.add_argument("--k", type=int, default=5)
   r.add_argument("--via-lsh", action="store_true", help="retrieve candidates with the index")
+  r.add_argument("--train", help="training file, for --via-lsh with a model trained with "
+                                 "--inference-lists (its neuron lists are built from it)")
+  r.add_argument("--dataset", choices=sorted(D.bundled.NAMES),
+                 help="a bundled dataset whose training split stands for --train")
   data_args(r)
   return p
 
@@ -177,8 +198,9 @@ def main(argv=None) -> int:
       dims = ModelConfig.from_json(meta["model"])
       data = (_read(args.test, args.format, dims.num_features, dims.num_labels, args.normalize)
               if args.test else D.bundled.load(args.dataset, "test").normalized())
+      train = _lists_training_data(args, dims, bundled=args.dataset if not args.test else None)
       metrics = trainer.evaluate(args.ckpt, data, max_features=args.max_features,
-                                 max_labels=args.max_labels)
+                                 max_labels=args.max_labels, train_data=train)
       print(json.dumps(metrics, indent=2))
       if args.json:
         with open(args.json, "w") as f:
@@ -187,8 +209,10 @@ def main(argv=None) -> int:
       meta = checkpoint.read_meta(args.ckpt)
       dims = ModelConfig.from_json(meta["model"])
       data = _read(args.input, args.format, dims.num_features, dims.num_labels, args.normalize)
+      train = (_lists_training_data(args, dims, bundled=args.dataset) if args.via_lsh
+               else None)
       n = trainer.predict(args.ckpt, data, args.out, k=args.k, max_features=args.max_features,
-                          exact=not args.via_lsh)
+                          exact=not args.via_lsh, train_data=train)
       print(f"wrote top-{args.k} labels for {n} inputs to {args.out}")
   except (D.XCFormatError, checkpoint.CheckpointError, trainer.NonFiniteLossError,
           FileNotFoundError, ValueError) as e:

@@ -41,8 +41,8 @@ class ModelConfig:
   # The trainer's sparse inference: neuron lists (jslide.lsh.NeuronLists) over this many
   # regions of the hidden space, fitted to the training set after every epoch, each query
   # reading its inference_probes nearest (0, the default: the k-means index above; 1,024 with 4
-  # probes is about 5x faster and a little less exact, docs/lsh.md). Eval and predict
-  # from a checkpoint, which have no training set, use the k-means index.
+  # probes is 7-9x faster and a little less exact, docs/lsh.md). Eval and predict from a
+  # checkpoint build them from the training file they are given (--train).
   inference_lists: int = 0
   inference_probes: int = 2
 

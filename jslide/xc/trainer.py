@@ -457,20 +457,46 @@ def load_model(checkpoint_dir: str):
   return graphdef, jslide.nn.catch_up_train_state(state), model_cfg, meta
 
 
-def evaluate(checkpoint_dir: str, data: D.XCData, *, max_features=64, max_labels=8) -> dict:
-  """:func:`evaluate_state` of a checkpoint (the inference index built fresh)."""
+def _checkpoint_lists(graphdef, state, model_cfg: ModelConfig, train_data, *, fn: str,
+                      max_features: int, max_labels: int):
+  """The neuron lists of a restored model whose config asks for them (``inference_lists``),
+  built from ``train_data`` as the trainer builds them after an epoch (10 Lloyd steps from
+  random examples); None for a model that ranks through the k-means index."""
+  if not model_cfg.inference_lists:
+    return None
+  if train_data is None:
+    raise ValueError(f"{fn}: the model ranks through neuron lists (inference_lists="
+                     f"{model_cfg.inference_lists}), which are built from the training set: "
+                     "pass its training data (--train, or --dataset for a bundled one)")
+  _check_dims(train_data, model_cfg)
+  return neuron_lists(graphdef, state, model_cfg, train_data, max_features=max_features,
+                      max_labels=max_labels)
+
+
+def evaluate(checkpoint_dir: str, data: D.XCData, *, max_features=64, max_labels=8,
+             train_data: D.XCData | None = None) -> dict:
+  """:func:`evaluate_state` of a checkpoint (the inference index built fresh: the k-means
+  index from the rows, or, for a model trained with ``inference_lists``, the neuron lists
+  from ``train_data``)."""
   graphdef, state, model_cfg, meta = load_model(checkpoint_dir)
   _check_dims(data, model_cfg)
   sparse = not (meta["dense"] or meta.get("sampled", 0))
+  lists = index = None
+  if sparse:
+    lists = _checkpoint_lists(graphdef, state, model_cfg, train_data, fn="evaluate",
+                              max_features=max_features, max_labels=max_labels)
+    if lists is None:
+      index = inference_index(graphdef, state, model_cfg)
   return evaluate_state(graphdef, state, data, batch_size=1024, max_features=max_features,
                         max_labels=max_labels, candidates=model_cfg.inference_candidates(),
-                        with_lsh=sparse,
-                        index=inference_index(graphdef, state, model_cfg) if sparse else None)
+                        with_lsh=sparse, index=index, lists=lists)
 
 
 def predict(checkpoint_dir: str, data: D.XCData, out_path: str, *, k: int = 5,
-            max_features: int = 64, exact: bool = True) -> int:
-  """Writes, per input line, its top-k labels as ``label:score`` pairs; returns the count."""
+            max_features: int = 64, exact: bool = True,
+            train_data: D.XCData | None = None) -> int:
+  """Writes, per input line, its top-k labels as ``label:score`` pairs; returns the count.
+  ``exact=False`` ranks through the inference index, as :func:`evaluate` builds it."""
   graphdef, state, model_cfg, _ = load_model(checkpoint_dir)
   _check_dims(data, model_cfg)
   if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= model_cfg.num_labels:
@@ -480,7 +506,14 @@ def predict(checkpoint_dir: str, data: D.XCData, out_path: str, *, k: int = 5,
     raise ValueError(f"predict: k={k} exceeds the {candidates} labels retrieved through "
                      "the index")
   exact_rank, retrieved, _ = _rankers(graphdef, k, candidates)
-  index = None if exact else inference_index(graphdef, state, model_cfg)
+  index = None
+  if not exact:
+    index = _checkpoint_lists(graphdef, state, model_cfg, train_data, fn="predict",
+                              max_features=max_features, max_labels=TrainConfig.max_labels)
+    if index is None:
+      index = inference_index(graphdef, state, model_cfg)
+    else:
+      retrieved, _ = _list_rankers(graphdef, k)
   # Written beside the target and renamed at the end: a failed run leaves no partial file.
   tmp_path = f"{out_path}.partial"
   try:
