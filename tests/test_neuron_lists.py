@@ -120,16 +120,18 @@ def test_bad_arguments_are_named():
 
 
 def test_lists_find_the_top_label_of_a_trained_layer():
-  """On the output layer of a model trained on the WordNet data (two epochs), the lists of
-  the training set's labels hold the exact top label of most test examples, reading 5% of
-  the labels, and the top-1 through them equals exact ranking wherever they hold it."""
+  """On the output layer of a model trained on the WordNet data (one epoch), the lists of
+  the training set's labels hold the exact top label of most test examples (the first
+  4,096), reading 5% of the labels, and the top-1 through them equals exact ranking wherever
+  they hold it."""
   from jslide import datasets as D
   from jslide.xc import trainer
   from jslide.xc.config import ModelConfig, TrainConfig
   train, test = (D.bundled.load("wordnet", s).normalized() for s in ("train", "test"))
+  test = test.subset(np.arange(4096))
   cfg = ModelConfig(train.num_features, train.num_labels, inference_lists=256,
                     inference_probes=2, inference_tables=0)
-  run = trainer.train(train, test, cfg, TrainConfig(epochs=2), progress=False,
+  run = trainer.train(train, test, cfg, TrainConfig(epochs=1), progress=False,
                       log=lambda *a: None)
   report = run["final"]["test"]
   assert report["labels_scored"] <= 0.05 * train.num_labels
