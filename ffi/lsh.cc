@@ -469,13 +469,38 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
 
 namespace {
 
-// Eight floats as one value (GCC/Clang vector extension, so each instruction-set clone gets
-// its own registers: two SSE halves in the baseline clone).
-typedef float Floats8 __attribute__((vector_size(32)));
+// W floats as one value (GCC/Clang vector extensions, so each instruction-set version gets
+// its own registers: W = 16 is one AVX-512 register, W = 8 one AVX2 register or two SSE).
+template <int W>
+struct Vec {
+  typedef float F __attribute__((vector_size(4 * W)));
+  typedef uint32_t U __attribute__((vector_size(4 * W)));
+  typedef uint16_t H __attribute__((vector_size(2 * W)));
+};
+typedef Vec<8>::F Floats8;
 
-JSLIDE_INLINE Floats8 Load8(const float* p) {
-  Floats8 v;
+// W elements of a row (float32, or bfloat16 bits widened exactly: the upper half of a
+// float32) or of an x, as float32.
+template <int W>
+JSLIDE_INLINE typename Vec<W>::F LoadW(const float* p) {
+  typename Vec<W>::F v;
   __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <int W>
+JSLIDE_INLINE typename Vec<W>::F LoadW(const uint16_t* p) {
+  typename Vec<W>::H h;
+  __builtin_memcpy(&h, p, sizeof h);
+  const typename Vec<W>::U u = __builtin_convertvector(h, typename Vec<W>::U) << 16;
+  typename Vec<W>::F v;
+  __builtin_memcpy(&v, &u, sizeof v);
+  return v;
+}
+JSLIDE_INLINE float Widen(float v) { return v; }
+JSLIDE_INLINE float Widen(uint16_t bits) {
+  const uint32_t u = uint32_t{bits} << 16;
+  float v;
+  __builtin_memcpy(&v, &u, sizeof v);
   return v;
 }
 
@@ -496,43 +521,67 @@ JSLIDE_INLINE Floats8 LaneSums8(const Floats8* a) {
   return __builtin_shuffle(u[0], u[1], lo4) + __builtin_shuffle(u[0], u[1], hi4);
 }
 
-// G x R = 8 dot products: xs[t] . ws[r] (d elements) into out[t * R + r]. Each 8-lane load of
-// an x or a row serves R or G multiply-adds, so the loop is bound by the FMAs, not by the
+// The lane sums of eight W-lane values: 16 lanes are first folded to 8, two at a time (each
+// pair's halves swapped across, then added).
+JSLIDE_INLINE Floats8 LaneSums(const Floats8* a) { return LaneSums8(a); }
+JSLIDE_INLINE Floats8 LaneSums(const Vec<16>::F* a) {
+  using Lanes = int __attribute__((vector_size(64)));
+  const Lanes lo = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  const Lanes hi = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  Floats8 half[8];
+  for (int j = 0; j < 4; ++j) {
+    const Vec<16>::F pair = __builtin_shuffle(a[2 * j], a[2 * j + 1], lo) +
+                            __builtin_shuffle(a[2 * j], a[2 * j + 1], hi);
+    __builtin_memcpy(&half[2 * j], &pair, sizeof pair);  // half[2j], half[2j + 1]
+  }
+  return LaneSums8(half);
+}
+
+// G x R = 8 dot products: xs[t] . ws[r] (d elements) into out[t * R + r]. Each W-lane load
+// of an x or a row serves R or G multiply-adds, so the loop is bound by the FMAs, not by the
 // loads (one row against one x needs two loads per FMA).
-template <int G, int R>
-JSLIDE_INLINE void DotBlock(const float* const* xs, const float* const* ws, int64_t d,
+template <int W, int G, int R, typename Row>
+JSLIDE_INLINE void DotBlock(const float* const* xs, const Row* const* ws, int64_t d,
                             float* out) {
   static_assert(G * R == 8, "one lane-sum tree of eight accumulators");
-  Floats8 acc[G * R] = {};
-  const int64_t body = d - d % 8;
-  for (int64_t i = 0; i < body; i += 8) {
-    Floats8 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = Load8(ws[r] + i);
+  using F = typename Vec<W>::F;
+  F acc[G * R] = {};
+  const int64_t body = d - d % W;
+  for (int64_t i = 0; i < body; i += W) {
+    F wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = LoadW<W>(ws[r] + i);
     for (int t = 0; t < G; ++t) {
-      const Floats8 xv = Load8(xs[t] + i);
+      const F xv = LoadW<W>(xs[t] + i);
       for (int r = 0; r < R; ++r) acc[t * R + r] += xv * wv[r];
     }
   }
-  const Floats8 sums = LaneSums8(acc);
+  const Floats8 sums = LaneSums(acc);
+  __builtin_memcpy(out, &sums, sizeof sums);
+  if (body == d) return;
   for (int t = 0; t < G; ++t)
-    for (int r = 0; r < R; ++r) {
-      float sum = sums[t * R + r];
-      for (int64_t i = body; i < d; ++i) sum += xs[t][i] * ws[r][i];
-      out[t * R + r] = sum;
-    }
+    for (int r = 0; r < R; ++r)
+      for (int64_t i = body; i < d; ++i) out[t * R + r] += xs[t][i] * Widen(ws[r][i]);
+}
+
+template <typename Row>
+JSLIDE_INLINE void PrefetchRow(const Row* row, int64_t d) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t off = 0; off < d * int64_t{sizeof(Row)}; off += 64) __builtin_prefetch(p + off, 0);
 }
 
 // Scores G examples against a block's nr rows, R rows at a time (the last group padded with
 // its last row, whose extra scores are dropped): dots[t][r] = xs[t] . w_rows[r] + bias.
-template <int G, int R, int kBlock>
-JSLIDE_INLINE void ScoreBlock(const float* const* xs, const float* w, const float* bias,
+// Prefetches ahead[0, na), R of them per step.
+template <int W, int G, int R, int kBlock, typename Row>
+JSLIDE_INLINE void ScoreBlock(const float* const* xs, const Row* w, const float* bias,
                               int64_t d, const int32_t* rows, int64_t nr,
-                              float (*dots)[kBlock]) {
+                              float (*dots)[kBlock], const Row* const* ahead, int64_t na) {
   for (int64_t r0 = 0; r0 < nr; r0 += R) {
-    const float* ws[R];
+    for (int64_t a = r0; a < std::min<int64_t>(na, r0 + R); ++a) PrefetchRow(ahead[a], d);
+    const Row* ws[R];
     for (int r = 0; r < R; ++r) ws[r] = w + int64_t{rows[std::min<int64_t>(r0 + r, nr - 1)]} * d;
     float out[G * R];
-    DotBlock<G, R>(xs, ws, d, out);
+    DotBlock<W, G, R>(xs, ws, d, out);
     for (int r = 0; r < R && r0 + r < nr; ++r) {
       const float br = bias[rows[r0 + r]];
       for (int t = 0; t < G; ++t) dots[t][r0 + r] = out[t * R + r] + br;
@@ -573,13 +622,16 @@ void GroupProbesByList(const int32_t* probes, int64_t b, int64_t p, int64_t num_
   start[0] = 0;
 }
 
-JSLIDE_CLONES void ScoreLists(const float* x, const float* w, const float* bias, int64_t d,
-                              const int32_t* lists, int64_t s, const int32_t* start,
-                              const int32_t* members, int64_t c_begin, int64_t c_end, int64_t k,
-                              float* top_scores, int32_t* top_ids) {
+namespace {
+
+template <int W, typename Row>
+JSLIDE_INLINE void ScoreListsWith(const float* x, const Row* w, const float* bias, int64_t d,
+                                  const int32_t* lists, int64_t s, const int32_t* start,
+                                  const int32_t* members, int64_t c_begin, int64_t c_end,
+                                  int64_t k, float* top_scores, int32_t* top_ids) {
   constexpr int64_t kBlock = 16;  // rows scored before the best-k are consulted
   int32_t rows[kBlock];
-  float dots[4][kBlock];
+  float dots[4][kBlock] = {};  // entries past a short block keep earlier values: masked off
   for (int64_t c = c_begin; c < c_end; ++c) {
     const int32_t* ex = members + start[c];
     const int64_t m = start[c + 1] - start[c];
@@ -589,12 +641,15 @@ JSLIDE_CLONES void ScoreLists(const float* x, const float* w, const float* bias,
       int64_t nr = 0;
       for (int64_t j = j0; j < std::min(s, j0 + kBlock); ++j)
         if (row_ids[j] >= 0) rows[nr++] = row_ids[j];
-      // The rows two blocks ahead (both next blocks at a list's start), from L3 or memory.
-      for (int64_t j = j0 == 0 ? kBlock : j0 + 2 * kBlock; j < std::min(s, j0 + 3 * kBlock); ++j)
-        if (row_ids[j] >= 0) {
-          const char* next = reinterpret_cast<const char*>(w + int64_t{row_ids[j]} * d);
-          for (int64_t off = 0; off < d * 4; off += 64) __builtin_prefetch(next + off, 0);
-        }
+      // The next block's rows, prefetched while the first group of examples is scored (a
+      // burst of them at once stalls on the line-fill buffers); at a list's start, the
+      // first block's too.
+      const Row* ahead[kBlock];
+      int64_t na = 0;
+      for (int64_t j = j0 + kBlock; j < std::min(s, j0 + 2 * kBlock); ++j)
+        if (row_ids[j] >= 0) ahead[na++] = w + int64_t{row_ids[j]} * d;
+      if (j0 == 0)
+        for (int64_t r = 0; r < nr; ++r) PrefetchRow(w + int64_t{rows[r]} * d, d);
       // Examples four at a time (then 2, then 1). The block's rows stay in L1 across the
       // groups.
       for (int64_t i = 0; i < m;) {
@@ -606,22 +661,77 @@ JSLIDE_CLONES void ScoreLists(const float* x, const float* w, const float* bias,
           xs[t] = x + es[t] * d;
         }
         i += g;
-        if (g == 4) ScoreBlock<4, 2, kBlock>(xs, w, bias, d, rows, nr, dots);
-        else if (g == 2) ScoreBlock<2, 4, kBlock>(xs, w, bias, d, rows, nr, dots);
-        else ScoreBlock<1, 8, kBlock>(xs, w, bias, d, rows, nr, dots);
+        const int64_t np = i == g ? na : 0;
+        if (g == 4) ScoreBlock<W, 4, 2, kBlock>(xs, w, bias, d, rows, nr, dots, ahead, np);
+        else if (g == 2) ScoreBlock<W, 2, 4, kBlock>(xs, w, bias, d, rows, nr, dots, ahead, np);
+        else ScoreBlock<W, 1, 8, kBlock>(xs, w, bias, d, rows, nr, dots, ahead, np);
         for (int64_t t = 0; t < g; ++t) {
           float* sc = top_scores + es[t] * k;
           int32_t* id = top_ids + es[t] * k;
-          // Most scores fall below the k-th best: one vectorized test per block.
+          // Most scores fall below the k-th best: one vectorized test of the whole block,
+          // then only the rows that pass (the k-th best only rises as they go in).
           const float worst = sc[k - 1];
-          bool any = false;
-          for (int64_t r = 0; r < nr; ++r) any |= dots[t][r] >= worst;
-          if (!any) continue;
-          for (int64_t r = 0; r < nr; ++r) KeepBest(dots[t][r], rows[r], k, sc, id);
+          uint32_t pass = 0;
+          for (int r = 0; r < kBlock; ++r) pass |= uint32_t{dots[t][r] >= worst} << r;
+          pass &= (uint32_t{1} << nr) - 1;
+          for (; pass != 0; pass &= pass - 1) {
+            const int r = __builtin_ctz(pass);
+            KeepBest(dots[t][r], rows[r], k, sc, id);
+          }
         }
       }
     }
   }
+}
+
+// The versions: 8 lanes in the cloned one (AVX2, or SSE pairs), 16 where AVX-512 is there
+// (12% faster on the trained WordNet layer; target_clones cannot change a vector's width).
+template <typename Row>
+JSLIDE_CLONES void ScoreLists8(const float* x, const Row* w, const float* bias, int64_t d,
+                               const int32_t* lists, int64_t s, const int32_t* start,
+                               const int32_t* members, int64_t c_begin, int64_t c_end,
+                               int64_t k, float* top_scores, int32_t* top_ids) {
+  ScoreListsWith<8>(x, w, bias, d, lists, s, start, members, c_begin, c_end, k, top_scores,
+                    top_ids);
+}
+
+#if JSLIDE_HAS_CLONES
+template <typename Row>
+__attribute__((target("arch=x86-64-v4"))) void ScoreLists16(
+    const float* x, const Row* w, const float* bias, int64_t d, const int32_t* lists, int64_t s,
+    const int32_t* start, const int32_t* members, int64_t c_begin, int64_t c_end, int64_t k,
+    float* top_scores, int32_t* top_ids) {
+  ScoreListsWith<16>(x, w, bias, d, lists, s, start, members, c_begin, c_end, k, top_scores,
+                     top_ids);
+}
+#endif
+
+template <typename Row>
+void ScoreListsOf(const float* x, const Row* w, const float* bias, int64_t d,
+                  const int32_t* lists, int64_t s, const int32_t* start, const int32_t* members,
+                  int64_t c_begin, int64_t c_end, int64_t k, float* top_scores,
+                  int32_t* top_ids) {
+#if JSLIDE_HAS_CLONES
+  static const bool wide = __builtin_cpu_supports("x86-64-v4");
+  if (wide)
+    return ScoreLists16(x, w, bias, d, lists, s, start, members, c_begin, c_end, k, top_scores,
+                        top_ids);
+#endif
+  ScoreLists8(x, w, bias, d, lists, s, start, members, c_begin, c_end, k, top_scores, top_ids);
+}
+
+}  // namespace
+
+void ScoreLists(const float* x, const float* w, const float* bias, int64_t d,
+                const int32_t* lists, int64_t s, const int32_t* start, const int32_t* members,
+                int64_t c_begin, int64_t c_end, int64_t k, float* top_scores, int32_t* top_ids) {
+  ScoreListsOf(x, w, bias, d, lists, s, start, members, c_begin, c_end, k, top_scores, top_ids);
+}
+
+void ScoreLists(const float* x, const uint16_t* w, const float* bias, int64_t d,
+                const int32_t* lists, int64_t s, const int32_t* start, const int32_t* members,
+                int64_t c_begin, int64_t c_end, int64_t k, float* top_scores, int32_t* top_ids) {
+  ScoreListsOf(x, w, bias, d, lists, s, start, members, c_begin, c_end, k, top_scores, top_ids);
 }
 
 void MergeBest(const float* scores, const int32_t* ids, int64_t k, float* into_scores,

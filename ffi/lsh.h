@@ -148,8 +148,12 @@ void GroupProbesByList(const int32_t* probes, int64_t b, int64_t p, int64_t num_
 // ScoreLists: lists [c_begin, c_end) against the examples probing them, all of one list's
 // examples per row read, so a row costs one trip to memory per list, not per example. Keeps
 // each example's best k, sorted best first, in top_scores / top_ids [B, k] (the caller
-// starts them at -inf / -1).
+// starts them at -inf / -1). Rows of w are float32, or bfloat16 (the upper 16 bits of a
+// float32, widened exactly: half the bytes read).
 void ScoreLists(const float* x, const float* w, const float* bias, int64_t d,
+                const int32_t* lists, int64_t s, const int32_t* start, const int32_t* members,
+                int64_t c_begin, int64_t c_end, int64_t k, float* top_scores, int32_t* top_ids);
+void ScoreLists(const float* x, const uint16_t* w, const float* bias, int64_t d,
                 const int32_t* lists, int64_t s, const int32_t* start, const int32_t* members,
                 int64_t c_begin, int64_t c_end, int64_t k, float* top_scores, int32_t* top_ids);
 // MergeBest: folds one example's best k (from another worker) into its best k.

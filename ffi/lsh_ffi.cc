@@ -130,12 +130,13 @@ ffi::Error TopIndicesImpl(ffi::ThreadPool pool, F32 scores, ffi::ResultBuffer<ff
   return ffi::Error::Success();
 }
 
-ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, F32 w, F32 bias, S32 lists, S32 probes,
+ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, Any w, F32 bias, S32 lists, S32 probes,
                        ffi::ResultBuffer<ffi::F32> top_scores,
                        ffi::ResultBuffer<ffi::S32> top_ids) {
   const char* k = "jslide_list_topk";
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "x", x, 2));
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckTableType(k, "w", w));
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "bias", bias, 1));
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "lists", lists, 2));
   JSLIDE_RETURN_IF_ERROR(CheckRank(k, "probes", probes, 2));
@@ -176,9 +177,15 @@ ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, F32 w, F32 bias, S32 lists,
   ParallelChunks(pool, workers, workers, [&](int64_t t, int64_t, int64_t) {
     float* sc = t == 0 ? scores : other_scores.data() + (t - 1) * b * top;
     int32_t* id = t == 0 ? ids : other_ids.data() + (t - 1) * b * top;
-    ScoreLists(x.typed_data(), w.typed_data(), bias.typed_data(), d, lists.typed_data(), s,
-               start.data(), members.data(), first_list(t), t + 1 == workers ? c : first_list(t + 1),
-               top, sc, id);
+    const int64_t c_end = t + 1 == workers ? c : first_list(t + 1);
+    if (w.element_type() == ffi::DataType::BF16)
+      ScoreLists(x.typed_data(), static_cast<const uint16_t*>(w.untyped_data()),
+                 bias.typed_data(), d, lists.typed_data(), s, start.data(), members.data(),
+                 first_list(t), c_end, top, sc, id);
+    else
+      ScoreLists(x.typed_data(), static_cast<const float*>(w.untyped_data()), bias.typed_data(),
+                 d, lists.typed_data(), s, start.data(), members.data(), first_list(t), c_end,
+                 top, sc, id);
   });
   if (workers > 1)
     ParallelFor(pool, b, 256, [&](int64_t begin, int64_t end) {
@@ -284,7 +291,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideListTopK, jslide::ListTopKImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<jslide::F32>()  // x
-                                  .Arg<jslide::F32>()  // w
+                                  .Arg<ffi::AnyBuffer>()  // w: float32 or bfloat16
                                   .Arg<jslide::F32>()  // bias
                                   .Arg<jslide::S32>()  // lists
                                   .Arg<jslide::S32>()  // probes

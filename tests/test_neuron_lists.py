@@ -20,7 +20,7 @@ def _kernel(x, w, b, lists, probes, k):
 def _check_against_reference(x, w, b, lists, probes, k):
   scores, ids = map(np.asarray, _kernel(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b),
                                         jnp.asarray(lists), jnp.asarray(probes), k))
-  want_scores, want_ids = ref.neuron_list_topk(x, w, b, lists, probes, k)
+  want_scores, want_ids = ref.neuron_list_topk(x, np.asarray(w, np.float32), b, lists, probes, k)
   np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
   # Ids agree wherever the reference's scores are apart (float32 sums may swap near-ties).
   with np.errstate(invalid="ignore"):  # -inf - -inf: both padding, compared as apart
@@ -37,16 +37,20 @@ def _check_against_reference(x, w, b, lists, probes, k):
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 70), st.integers(1, 40), st.integers(1, 90), st.integers(1, 12),
-       st.integers(1, 30), st.integers(1, 4), st.integers(1, 9), st.integers(0, 2**31 - 1))
-def test_kernel_matches_the_reference(b, d, n, c, s, p, k, seed):
-  """Random shapes: k larger or smaller than the distinct candidates, lists with -1 holes
-  and repeated neurons, probes repeating a list."""
+       st.integers(1, 30), st.integers(1, 4), st.integers(1, 9), st.booleans(),
+       st.integers(0, 2**31 - 1))
+def test_kernel_matches_the_reference(b, d, n, c, s, p, k, bf16, seed):
+  """Random shapes (d below, at and past the 8 and 16 lanes of a vector): k larger or
+  smaller than the distinct candidates, lists with -1 holes and repeated neurons, probes
+  repeating a list; a bfloat16 table scores as its rows widened to float32."""
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(b, d)).astype(np.float32)
   w = rng.normal(size=(n, d)).astype(np.float32)
   bias = rng.normal(size=n).astype(np.float32)
   lists = rng.integers(-1, n, size=(c, s)).astype(np.int32)
   probes = rng.integers(0, c, size=(b, p)).astype(np.int32)
+  if bf16:
+    w = jnp.asarray(w, jnp.bfloat16)
   _check_against_reference(x, w, bias, lists, probes, k)
 
 

@@ -163,13 +163,15 @@ def neuron_list_candidates(index: NeuronLists, x) -> jax.Array:
 def neuron_list_topk(index: NeuronLists, x, w, b, k: int) -> tuple[jax.Array, jax.Array]:
   """(scores f32[B, k], ids int32[B, k]): the k best distinct neurons of a query's lists by
   exact score ``x . w_n + b_n``, best first (ties: lower id first; -inf and -1 where fewer
-  than k were found). x f32[B, d], w f32[N, d] (a bfloat16 table is widened), b f32[N]."""
+  than k were found). x f32[B, d], w f32[N, d] or bf16[N, d] (a bfloat16 table is read as
+  it is, each row widened exactly in the kernel, with no float32 copy), b f32[N]."""
   fn = "neuron_list_topk"
   x = float32_array(fn, "x", x, ndim=2)
   w = jnp.asarray(w)
-  if w.dtype == jnp.bfloat16:
-    w = w.astype(jnp.float32)
-  w = float32_array(fn, "w", w, ndim=2)
+  if w.dtype != jnp.bfloat16:
+    w = float32_array(fn, "w", w, ndim=2)
+  elif w.ndim != 2:
+    raise ValueError(f"{fn}: w must be 2-D [N, d], got shape {w.shape}")
   b = float32_array(fn, "b", b, ndim=1)
   k = positive_int(fn, "k", k)
   if x.shape[1] != w.shape[1] or index.centroids.shape[1] != w.shape[1] or b.shape[0] != w.shape[0]:
