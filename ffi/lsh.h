@@ -160,6 +160,18 @@ void ScoreLists(const float* x, const uint16_t* w, const float* bias, int64_t d,
 void MergeBest(const float* scores, const int32_t* ids, int64_t k, float* into_scores,
                int32_t* into_ids);
 
+// Nearest centroids (the probes of neuron lists, the regions of their training queries):
+// the p centroids of c [C, d] nearest to each x (Euclidean), nearest first, ties by lower
+// index, NaN distances last. The centroids are packed first into panels of kCentroidPanel
+// columns, [ceil(C / kCentroidPanel)][d + 1][kCentroidPanel] (row d: half their squared
+// norms; zeros past C); NearestCentroids then ranks examples [begin, end) of x [B, d] into
+// out [B, p], scoring x . c - |c|^2 / 2 without a [B, C] array.
+constexpr int64_t kCentroidPanel = 32;
+constexpr int64_t kMaxNearest = 64;  // p at most this (more: rank a score matrix instead)
+void PackCentroidPanels(const float* centroids, int64_t c, int64_t d, float* panels);
+void NearestCentroids(const float* x, int64_t d, const float* panels, int64_t c, int64_t p,
+                      int64_t begin, int64_t end, int32_t* out);
+
 }  // namespace jslide
 
 #endif  // JSLIDE_FFI_LSH_H_

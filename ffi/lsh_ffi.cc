@@ -130,6 +130,33 @@ ffi::Error TopIndicesImpl(ffi::ThreadPool pool, F32 scores, ffi::ResultBuffer<ff
   return ffi::Error::Success();
 }
 
+ffi::Error NearestCentroidsImpl(ffi::ThreadPool pool, F32 x, F32 centroids,
+                                ffi::ResultBuffer<ffi::S32> out) {
+  const char* k = "jslide_nearest_centroids";
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "x", x, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "centroids", centroids, 2));
+  const int64_t b = x.dimensions()[0], d = x.dimensions()[1], c = centroids.dimensions()[0];
+  if (centroids.dimensions()[1] != d)
+    return Invalid(k, "centroids must be [C, " + std::to_string(d) + "]");
+  if (c < 1 || c >= (int64_t{1} << 31)) return Invalid(k, "C must be in [1, 2^31)");
+  if (out->dimensions().size() != 2 || out->dimensions()[0] != b)
+    return Invalid(k, "result must be [B, p]");
+  const int64_t p = out->dimensions()[1];
+  if (p < 1 || p > std::min(c, kMaxNearest))
+    return Invalid(k, "p must be in [1, min(C, " + std::to_string(kMaxNearest) + ")], got " +
+                          std::to_string(p));
+  // Packed by the calling thread into its own buffers, kept between calls.
+  thread_local std::vector<float> panels;
+  panels.resize(static_cast<size_t>((c + kCentroidPanel - 1) / kCentroidPanel * (d + 1) *
+                                    kCentroidPanel));
+  PackCentroidPanels(centroids.typed_data(), c, d, panels.data());
+  const float* packed = panels.data();
+  ParallelFor(pool, b, 64, [&](int64_t begin, int64_t end) {
+    NearestCentroids(x.typed_data(), d, packed, c, p, begin, end, out->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
 ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, Any w, F32 bias, S32 lists, S32 probes,
                        ffi::ResultBuffer<ffi::F32> top_scores,
                        ffi::ResultBuffer<ffi::S32> top_ids) {
@@ -287,6 +314,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideTopIndices, jslide::TopIndicesImpl,
                                   .Arg<jslide::F32>()
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideNearestCentroids, jslide::NearestCentroidsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<jslide::F32>()  // x
+                                  .Arg<jslide::F32>()  // centroids
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideListTopK, jslide::ListTopKImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -324,6 +358,7 @@ std::vector<std::pair<const char*, XLA_FFI_Handler*>> LshHandlers() {
           {"jslide_build_index", JslideBuildIndex},
           {"jslide_top_indices", JslideTopIndices},
           {"jslide_list_topk", JslideListTopK},
+          {"jslide_nearest_centroids", JslideNearestCentroids},
           {"jslide_lsh_query", JslideLshQuery}};
 }
 

@@ -141,3 +141,45 @@ def test_lists_find_the_top_label_of_a_trained_layer():
   assert report["labels_scored"] <= 0.05 * train.num_labels
   assert report["recall@1"] >= 0.8
   assert report["lsh_P@1"] >= report["P@1"] - 0.04
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 100), st.integers(1, 40), st.integers(1, 70),
+       st.integers(0, 2**31 - 1))
+def test_nearest_centroids_match_the_reference(b, c, d, p, seed):
+  """The probes kernel against NumPy at random shapes: C below, at and past a panel of 32
+  centroids, p up to 64 and to C, ties broken by lower index (repeated centroids)."""
+  p = min(p, c, 64)
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(b, d)).astype(np.float32)
+  cent = rng.normal(size=(c, d)).astype(np.float32)
+  cent[c // 2] = cent[0]  # a tie: the lower index first
+  got = np.asarray(nl.nearest_centroids(x, cent, p))
+  want = ref.nearest_centroids(x, cent, p)
+  # Float32 sums may swap near-ties: compare where the reference's distances are apart.
+  score = x.astype(np.float64) @ cent.T.astype(np.float64) - 0.5 * (cent.astype(np.float64) ** 2).sum(1)
+  ranked = np.take_along_axis(score, want, axis=1)
+  gaps = np.abs(np.diff(np.concatenate([ranked, np.full((b, 1), -np.inf)], 1), axis=1))
+  apart = gaps > 1e-4
+  apart[:, 1:] &= gaps[:, :-1] > 1e-4
+  np.testing.assert_array_equal(got[apart], want[apart])
+  assert all(len(set(r.tolist())) == p for r in got)
+
+
+def test_nearest_centroids_edge_cases_and_bad_input():
+  rng = np.random.default_rng(1)
+  cent = rng.normal(size=(70, 5)).astype(np.float32)
+  nan = np.full((2, 5), np.nan, np.float32)  # every distance NaN: the first p by index
+  assert np.asarray(nl.nearest_centroids(nan, cent, 3)).tolist() == [[0, 1, 2]] * 2
+  one = rng.normal(size=(1, 5)).astype(np.float32)
+  assert sorted(np.asarray(nl.nearest_centroids(one, cent, 70))[0].tolist()) == list(range(70))
+  # Beyond 64 probes, the scores are ranked by top_indices: the same answer.
+  np.testing.assert_array_equal(np.asarray(nl.nearest_centroids(one, cent, 66))[0, :64],
+                                np.asarray(nl.nearest_centroids(one, cent, 64))[0])
+  with pytest.raises(ValueError, match="p=71 exceeds the 70 centroids"):
+    nl.nearest_centroids(one, cent, 71)
+  with pytest.raises(ValueError, match="centroids must be"):
+    nl.nearest_centroids(one, cent[:, :4], 1)
+  raw = jax.ffi.ffi_call("jslide_nearest_centroids", jax.ShapeDtypeStruct((1, 65), jnp.int32))
+  with pytest.raises(Exception, match="p must be in"):  # the kernel checks too
+    raw(jnp.asarray(one), jnp.asarray(cent))

@@ -15,7 +15,8 @@ from jslide.lsh.dwta import DWTA
 from jslide.lsh.index import LSHIndex, build, rebuild
 from jslide.lsh.mips import MIPSHash, mips_keys, mips_queries
 from jslide.lsh.neuron_lists import (NeuronLists, build_neuron_lists, fit_query_centroids,
-                                     neuron_list_candidates, neuron_list_topk)
+                                     nearest_centroids, neuron_list_candidates,
+                                     neuron_list_topk)
 from jslide.lsh.query import STRATEGIES, query, query_sparse
 from jslide.lsh.recall import recall_of_top_k
 from jslide.lsh.schedule import RebuildSchedule, RebuildState
@@ -25,5 +26,5 @@ from jslide.lsh.sparse_simhash import SparseSimHash
 __all__ = ["ClusterHash", "DWTA", "LSHIndex", "MIPSHash", "NeuronLists", "RebuildSchedule",
            "RebuildState", "STRATEGIES", "SimHash", "SparseSimHash", "build",
            "build_neuron_lists", "fit_query_centroids", "mips_keys", "mips_queries",
-           "neuron_list_candidates", "neuron_list_topk", "query", "query_sparse", "rebuild",
-           "recall_of_top_k"]
+           "nearest_centroids", "neuron_list_candidates", "neuron_list_topk", "query",
+           "query_sparse", "rebuild", "recall_of_top_k"]

