@@ -483,7 +483,6 @@ template <int W>
 struct Vec {
   typedef float F __attribute__((vector_size(4 * W)));
   typedef uint32_t U __attribute__((vector_size(4 * W)));
-  typedef int32_t I __attribute__((vector_size(4 * W)));
   typedef uint16_t H __attribute__((vector_size(2 * W)));
 };
 typedef Vec<8>::F Floats8;
@@ -633,6 +632,16 @@ void GroupProbesByList(const int32_t* probes, int64_t b, int64_t p, int64_t num_
 
 namespace {
 
+// Whether the 16-lane (AVX-512) versions run here; asked once.
+bool WideVectors() {
+#if JSLIDE_HAS_CLONES
+  static const bool wide = __builtin_cpu_supports("x86-64-v4");
+  return wide;
+#else
+  return false;
+#endif
+}
+
 template <int W, typename Row>
 JSLIDE_INLINE void ScoreListsWith(const float* x, const Row* w, const float* bias, int64_t d,
                                   const int32_t* lists, int64_t s, const int32_t* start,
@@ -721,8 +730,7 @@ void ScoreListsOf(const float* x, const Row* w, const float* bias, int64_t d,
                   int64_t c_begin, int64_t c_end, int64_t k, float* top_scores,
                   int32_t* top_ids) {
 #if JSLIDE_HAS_CLONES
-  static const bool wide = __builtin_cpu_supports("x86-64-v4");
-  if (wide)
+  if (WideVectors())
     return ScoreLists16(x, w, bias, d, lists, s, start, members, c_begin, c_end, k, top_scores,
                         top_ids);
 #endif
@@ -881,8 +889,7 @@ __attribute__((target("arch=x86-64-v4"))) void NearestCentroids16(
 void NearestCentroids(const float* x, int64_t d, const float* panels, int64_t c, int64_t p,
                       int64_t begin, int64_t end, int32_t* out) {
 #if JSLIDE_HAS_CLONES
-  static const bool wide = __builtin_cpu_supports("x86-64-v4");
-  if (wide) return NearestCentroids16(x, d, panels, c, p, begin, end, out);
+  if (WideVectors()) return NearestCentroids16(x, d, panels, c, p, begin, end, out);
 #endif
   NearestCentroids8(x, d, panels, c, p, begin, end, out);
 }

@@ -205,14 +205,14 @@ ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, Any w, F32 bias, S32 lists,
     float* sc = t == 0 ? scores : other_scores.data() + (t - 1) * b * top;
     int32_t* id = t == 0 ? ids : other_ids.data() + (t - 1) * b * top;
     const int64_t c_end = t + 1 == workers ? c : first_list(t + 1);
+    auto score = [&](const auto* rows) {
+      ScoreLists(x.typed_data(), rows, bias.typed_data(), d, lists.typed_data(), s, start.data(),
+                 members.data(), first_list(t), c_end, top, sc, id);
+    };
     if (w.element_type() == ffi::DataType::BF16)
-      ScoreLists(x.typed_data(), static_cast<const uint16_t*>(w.untyped_data()),
-                 bias.typed_data(), d, lists.typed_data(), s, start.data(), members.data(),
-                 first_list(t), c_end, top, sc, id);
+      score(static_cast<const uint16_t*>(w.untyped_data()));
     else
-      ScoreLists(x.typed_data(), static_cast<const float*>(w.untyped_data()), bias.typed_data(),
-                 d, lists.typed_data(), s, start.data(), members.data(), first_list(t), c_end,
-                 top, sc, id);
+      score(static_cast<const float*>(w.untyped_data()));
   });
   if (workers > 1)
     ParallelFor(pool, b, 256, [&](int64_t begin, int64_t end) {
