@@ -7,7 +7,7 @@ after 50 steps, periods growing 1.1x); catch-up Adam in place (``--lazy-adam``: 
 Adam). Dense: the same network with every output scored, ``jax.grad`` and ``optax.adam``,
 jitted with donation. Sampled (``--sampled S``, the program a JAX user writes instead): the
 batch's labels plus S uniform labels shared by the batch, ``jnp.take`` gathers,
-``optax.adam`` over every parameter (:func:`jslide.nn.make_sampled_train_step`). Data are
+``optax.adam`` over every parameter (:func:`jslide.xc.objectives.sampled_softmax_loss`). Data are
 generated at that shape (power-law labels, 1 to 5 per example; the real Amazon-670K cannot
 be downloaded here). Each mode runs in its own subprocess so peak resident memory is its
 own. On these random weights the index returns about 2.5% of the budget (the ``index
@@ -54,19 +54,21 @@ def worker(mode: str, seconds: float, fill_group: int, rebuild_initial: int,
   from flax import nnx
 
   import jslide
+  from jslide.xc import objectives
 
   budget = int(round(0.005 * N_OUT))
   model = jslide.nn.SparseMLP(N_IN, N_OUT, hidden=(HIDDEN,), budget=budget, hash_family="dwta",
                               num_hashes=6, num_tables=50, bin_size=8, fill_group=fill_group,
                               rngs=nnx.Rngs(0))
   if mode == "dense":
-    graphdef, state, step = jslide.nn.make_dense_train_step(model, tx=optax.adam(1e-3))
+    graphdef, state, step = jslide.train.make_dense_train_step(
+        model, objectives.full_softmax_loss, tx=optax.adam(1e-3))
   elif mode == "sampled":
-    graphdef, state, step = jslide.nn.make_sampled_train_step(model, num_sampled=sampled,
-                                                              tx=optax.adam(1e-3))
+    graphdef, state, step = jslide.train.make_dense_train_step(
+        model, objectives.sampled_softmax_loss(model, sampled), tx=optax.adam(1e-3))
   else:
-    graphdef, state, step = jslide.nn.make_train_step(
-        model, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=catch_up),
+    graphdef, state, step = jslide.train.make_train_step(
+        model, objectives.active_set_loss(), table_tx=jslide.optim.sparse_adam(1e-3, catch_up=catch_up),
         dense_tx=optax.adam(1e-3),
         schedule=jslide.lsh.RebuildSchedule(rebuild_initial, 1.1, max(1000, rebuild_initial)))
   del model
@@ -84,7 +86,7 @@ def worker(mode: str, seconds: float, fill_group: int, rebuild_initial: int,
   elapsed = time.perf_counter() - t0
   share = None
   if mode == "sparse":  # what the index supplies of the active set (no labels, no fill)
-    net = jslide.nn.merge(graphdef, state)
+    net = state.model(graphdef)
     b = batches[0]
     found = net.output.retrieve(net.encode(b["feat_ids"], b["feat_vals"]), key=key) >= 0
     share = float(found.sum(1).mean()) / budget

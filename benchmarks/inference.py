@@ -34,7 +34,7 @@ import jslide
 from _report import median_ms, write_json
 from jslide import datasets as D
 from jslide.xc import trainer
-from jslide.xc.config import ModelConfig, TrainConfig
+from jslide.xc.config import ModelConfig, RunConfig
 
 
 def main():
@@ -51,14 +51,14 @@ def main():
   train, test = (D.bundled.load(args.dataset, s).normalized() for s in ("train", "test"))
   model_cfg = ModelConfig(train.num_features, train.num_labels, inference_lists=args.lists,
                           inference_probes=args.probes)
-  cfg = TrainConfig(epochs=args.epochs)
+  cfg = RunConfig(epochs=args.epochs)
   with tempfile.TemporaryDirectory() as ckpt:
     trainer.train(train, None, model_cfg, cfg, checkpoint_dir=ckpt, progress=False,
                   log=lambda *a: None)
     graphdef, state, model_cfg, _ = trainer.load_model(ckpt)
   model_cfg = dataclasses.replace(model_cfg, inference_lists=args.lists,
                                   inference_probes=args.probes)
-  layer = jslide.nn.merge(graphdef, state).output
+  layer = state.model(graphdef).output
   w, b = layer.kernel.get_value().astype(jnp.float32), layer.bias.get_value()
   candidates = model_cfg.inference_candidates()
   kmeans = trainer.inference_index(graphdef, state, model_cfg)

@@ -55,7 +55,6 @@ def head_only_ms(kind: str, vocab: int, steps: int) -> float:
   from flax import nnx
   import jslide
   from jslide.lm import heads
-  from jslide.nn.training import dense_gradient_step
 
   class HeadOnly(nnx.Module):
     def __init__(self):
@@ -69,21 +68,25 @@ def head_only_ms(kind: str, vocab: int, steps: int) -> float:
   rng = np.random.default_rng(0)
   h = jnp.asarray(rng.normal(size=(16, 64, D)), jnp.float32)
   targets = jnp.asarray(rng.integers(0, vocab, size=(16, 64)), jnp.int32)
-  batch = {"tokens": h, "targets": targets, "labels": targets.reshape(-1, 1),
-           "mask": jnp.ones(TOKENS, bool)}
+  batch = {"tokens": h, "targets": targets}
   model = HeadOnly()
   if kind == "lsh":
-    forward = lambda m, b, key: m.head(b["tokens"].reshape(-1, D), b["targets"].reshape(-1),
-                                       key=key)
-    _, state, step = jslide.nn.make_train_step(
-        model, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True), forward=forward,
+    def loss(m, b, key):
+      logits, ids = m.head(b["tokens"].reshape(-1, D), b["targets"].reshape(-1), key=key)
+      values = jslide.losses.active_softmax_cross_entropy(logits, ids,
+                                                          b["targets"].reshape(-1, 1))
+      return values, jnp.ones(values.shape, bool)
+
+    _, state, step = jslide.train.make_train_step(
+        model, loss, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True),
         schedule=jslide.lsh.RebuildSchedule(50, 1.3, 2000))
   elif kind == "full":
-    _, state, step = dense_gradient_step(model, heads.full_softmax_loss, optax.adam(1e-3))
+    _, state, step = jslide.train.make_dense_train_step(model, heads.full_softmax_loss,
+                                                        tx=optax.adam(1e-3))
   else:
     loss = lambda m, b, key: heads.sampled_softmax_loss(m, b, key, num_sampled=1024,
                                                         proposal="log-uniform")
-    _, state, step = dense_gradient_step(model, loss, optax.adam(1e-3))
+    _, state, step = jslide.train.make_dense_train_step(model, loss, tx=optax.adam(1e-3))
   return median_step_ms(step, state, batch, steps)
 
 
@@ -93,12 +96,11 @@ def ffn_only_ms(kind: str, hidden: int, steps: int) -> float:
   import optax
   from flax import nnx
   import jslide
-  from jslide.nn.training import dense_gradient_step
 
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(TOKENS, D)), jnp.float32)
   target = jnp.asarray(rng.normal(size=(TOKENS, D)), jnp.float32)
-  batch = {"tokens": x, "targets": target, "mask": jnp.ones(TOKENS, bool)}
+  batch = {"tokens": x, "targets": target}
   active = max(1, hidden // 20)
   rngs = nnx.Rngs(0)
   model = {"dense": lambda: jslide.nn.DenseFFN(D, hidden, rngs=rngs),
@@ -106,20 +108,22 @@ def ffn_only_ms(kind: str, hidden: int, steps: int) -> float:
            "block": lambda: jslide.nn.BlockSparseFFN(D, hidden, active=active, rngs=rngs)}[kind]()
 
   def loss(m, b, key):
-    return jnp.mean((m(b["tokens"], key=key) - b["targets"]) ** 2, axis=-1)
+    values = jnp.mean((m(b["tokens"], key=key) - b["targets"]) ** 2, axis=-1)
+    return values, jnp.ones(values.shape, bool)
 
   if kind == "sparse":
-    _, state, step = jslide.nn.make_train_step(
-        model, loss=loss, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True),
+    _, state, step = jslide.train.make_train_step(
+        model, loss, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True),
         dense_tx=optax.adam(1e-3), schedule=jslide.lsh.RebuildSchedule(50, 1.3, 2000))
   else:
-    _, state, step = dense_gradient_step(model, loss, optax.adam(1e-3))
+    _, state, step = jslide.train.make_dense_train_step(model, loss, tx=optax.adam(1e-3))
   return median_step_ms(step, state, batch, steps)
 
 
 def model_ms(cfg, vocab: int, steps: int) -> float:
   import numpy as np
-  from jslide.lm.trainer import RunConfig, batch_of, make_step
+  from jslide.lm import RunConfig
+  from jslide.lm.trainer import batch_of, make_step
   run = RunConfig()
   _, state, step = make_step(cfg.build(vocab, 0), cfg, run)
   win = np.random.default_rng(0).integers(0, vocab, size=(run.batch_size, cfg.context + 1))
@@ -133,7 +137,7 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--json")
   args = p.parse_args(argv)
-  from jslide.lm.trainer import LMConfig
+  from jslide.lm import ModelConfig
   rows = []
 
   def add(part, kind, ms, **extra):
@@ -143,7 +147,7 @@ def main(argv=None):
 
   for kind in ("full", "sampled", "lsh"):
     add("head", kind, head_only_ms(kind, args.vocab, args.steps))
-  base = LMConfig(vocab_size=args.vocab, hidden=1024, ffn="dense")
+  base = ModelConfig(vocab_size=args.vocab, hidden=1024, ffn="dense")
   for kind in ("full", "sampled", "lsh"):
     add("model", kind, model_ms(dataclasses.replace(base, head=kind), args.vocab, args.steps),
         hidden=1024)

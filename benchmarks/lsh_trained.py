@@ -20,7 +20,6 @@ import time
 
 import jax
 
-import jslide
 from _report import write_json
 from jslide import datasets as D, lsh
 from jslide.xc import trainer
@@ -63,7 +62,7 @@ def main():
   p.add_argument("--json")
   args = p.parse_args()
   graphdef, state, _, _ = trainer.load_model(args.ckpt)
-  model = jslide.nn.merge(graphdef, state)
+  model = state.model(graphdef)
   test = D.bundled.load(args.dataset, "test").normalized()
   b = next(iter(D.batches(test, args.examples, max_features=64, max_labels=8, shuffle=False)))
   h = jax.jit(model.encode)(b.feat_ids, b.feat_vals)

@@ -79,11 +79,12 @@ def worker(mode: str, seconds: float) -> dict:
 
   def bce(model, batch, key):
     del key
-    return optax.sigmoid_binary_cross_entropy(model(batch["ids"], batch["dense"]),
-                                              batch["labels"])
+    values = optax.sigmoid_binary_cross_entropy(model(batch["ids"], batch["dense"]),
+                                                batch["labels"])
+    return values, batch["mask"]
 
-  graphdef, state, step = jslide.nn.make_train_step(
-      model, loss=bce, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True),
+  graphdef, state, step = jslide.train.make_train_step(
+      model, bce, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True),
       dense_tx=optax.adam(1e-3))
   del model
   embedding_bytes = sum(x.nbytes for x in jax.tree.leaves(state.tables))

@@ -45,13 +45,13 @@ def main(argv=None):
                     "--valid", valid_txt, "--head", head, "--ffn", args.ffn,
                     "--hidden", str(args.hidden), "--time-limit", str(args.seconds),
                     "--eval-every", "0", "--eval-seconds", str(args.seconds / 4),
-                    "--max-eval-tokens", "16384", "--json", path, "--quiet"], check=True)
+                    "--max-eval-tokens", "16384", "--json", path, "--no-progress"], check=True)
     records.append(path)
   subprocess.run([sys.executable, "-m", "jslide.lm", "plot", *records, "--out",
                   os.path.join(args.out, f"perplexity_{args.ffn}.png")], check=False)
   import json
   loaded = [json.load(open(path)) for path in records]
-  runs = {r["config"]["head"]: r for r in loaded}
+  runs = {r["model"]["head"]: r for r in loaded}
   print(f"\n| head ({args.ffn} FFN) | ms/step | tokens in {args.seconds:.0f} s | "
         "valid ppl | train ppl |")
   print("|---|---:|---:|---:|---:|")
@@ -66,7 +66,7 @@ def main(argv=None):
     subprocess.run([sys.executable, "-m", "jslide.lm", "train", "--train", train_txt,
                     "--valid", valid_txt, "--head", "lsh", "--ffn", args.ffn,
                     "--hidden", str(args.hidden), "--max-steps", str(steps), "--eval-every",
-                    str(steps), "--max-eval-tokens", "16384", "--json", path, "--quiet"],
+                    str(steps), "--max-eval-tokens", "16384", "--json", path, "--no-progress"],
                    check=True)
     same = json.load(open(path))["evals"][-1]
     full = runs["full"]["evals"][-1]

@@ -61,7 +61,7 @@ def embedding_bytes(state) -> int:
 
 def bce(model, batch, key):
   del key
-  return optax.sigmoid_binary_cross_entropy(model(batch["ids"]), batch["labels"])
+  return optax.sigmoid_binary_cross_entropy(model(batch["ids"]), batch["labels"]), batch["mask"]
 
 
 def batches(data, size, rng=None):
@@ -83,7 +83,7 @@ def scores(graphdef, state, data, size=8192):
 @functools.lru_cache(maxsize=None)
 def _predictor(graphdef):
   """The jitted predictor of a model structure (one compilation per configuration)."""
-  return jax.jit(lambda state, ids: jax.nn.sigmoid(jslide.nn.merge(graphdef, state)(ids)))
+  return jax.jit(lambda state, ids: jax.nn.sigmoid(state.model(graphdef)(ids)))
 
 
 def evaluate(graphdef, state, data) -> dict:
@@ -96,8 +96,8 @@ def evaluate(graphdef, state, data) -> dict:
 def run(kind, compression, data, args, seed) -> dict:
   train, valid, test = data
   model = build(kind, compression, train.sizes, args.block, seed)
-  graphdef, state, step = jslide.nn.make_train_step(
-      model, loss=bce, table_tx=jslide.optim.sparse_adam(args.lr, catch_up=True),
+  graphdef, state, step = jslide.train.make_train_step(
+      model, bce, table_tx=jslide.optim.sparse_adam(args.lr, catch_up=True),
       dense_tx=optax.adam(args.lr))
   record = {"kind": kind, "compression": compression, "seed": seed,
             "block": args.block if kind == "robe" else None,
@@ -112,7 +112,7 @@ def run(kind, compression, data, args, seed) -> dict:
       losses.append(metrics["loss"])
     jax.block_until_ready(state)
     seconds = time.perf_counter() - t0
-    state = jslide.nn.catch_up_train_state(state)
+    state = jslide.train.catch_up_train_state(state)
     entry = {"epoch": epoch, "train_loss": float(np.mean(jnp.stack(losses))),
              "seconds": seconds, "valid": evaluate(graphdef, state, valid),
              "test": evaluate(graphdef, state, test)}

@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from jslide import datasets as D
-from jslide.xc import ModelConfig, TrainConfig, train
+from jslide.xc import ModelConfig, RunConfig, train
 
 
 def shared_samples(data: D.XCData, budget: int, batch_size: int) -> int:
@@ -60,12 +60,12 @@ def main():
   train_data, valid_data = train_all.split(0.1, seed=0)
   print(f"{args.dataset}:", train_all.stats())
   model = ModelConfig(train_data.num_features, train_data.num_labels, budget=args.budget)
-  base = TrainConfig(epochs=args.epochs)
+  base = RunConfig(epochs=args.epochs)
   sampled = shared_samples(train_data, args.budget, base.batch_size)
-  configs = {"jslide": base, f"sampled ({sampled} shared)": TrainConfig(epochs=args.epochs,
-                                                                         sampled=sampled)}
+  configs = {"jslide": base, f"sampled ({sampled} shared)": RunConfig(epochs=args.epochs,
+                                                                       sampled=sampled)}
   if not args.skip_dense:
-    configs["dense JAX"] = TrainConfig(epochs=args.epochs, dense=True)
+    configs["dense JAX"] = RunConfig(epochs=args.epochs, dense=True)
   runs = {}
   for name, cfg in configs.items():
     print(f"\n== {name} ==")
@@ -76,12 +76,11 @@ def main():
         f"{train_all.num_labels:,} labels):")
   print(f"{'':22} {'epoch':>5} {'P@1':>7} {'P@3':>7} {'P@5':>7} {'nDCG@5':>7} {'s/epoch':>8}")
   for name, rec in runs.items():
-    sel = rec["selected"]
-    t = sel["test"]
-    sec = sum(e["seconds"] for e in rec["epochs"]) / len(rec["epochs"])
+    sel, t = rec["selected"], rec["test"]
+    sec = sum(e["seconds"] for e in rec["evals"]) / len(rec["evals"])
     print(f"{name:22} {sel['epoch']:>5} {t['P@1']:7.4f} {t['P@3']:7.4f} {t['P@5']:7.4f} "
           f"{t['nDCG@5']:7.4f} {sec:8.1f}")
-  t = runs["jslide"]["selected"]["test"]
+  t = runs["jslide"]["test"]
   print(f"jslide through its inference index: P@1 {t['lsh_P@1']:.4f}, "
         f"{t['labels_scored']:.0f} labels scored per example "
         f"({t['labels_scored'] / train_all.num_labels:.1%}), recall of the exact top 1 "

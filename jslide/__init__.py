@@ -11,8 +11,10 @@ Public API (each name means one thing):
   row-sparse tables), :mod:`jslide.tree` (tree helpers for mixed dense/row-sparse gradients),
   :mod:`jslide.tables` (which leaves are tables), :mod:`jslide.losses`, :mod:`jslide.metrics`,
   :mod:`jslide.initializers`, :mod:`jslide.lsh` (hashing, index, retrieval), :mod:`jslide.nn`
-  (Flax NNX modules and training steps), :mod:`jslide.datasets`, :mod:`jslide.xc` (the
-  extreme-classification trainer, ``python -m jslide.xc``);
+  (Flax NNX modules), :mod:`jslide.train` (training steps, the training loop, run settings,
+  checkpoints: what every application shares), :mod:`jslide.datasets`; the applications
+  :mod:`jslide.xc` (extreme classification, ``python -m jslide.xc``) and :mod:`jslide.lm`
+  (language models, ``python -m jslide.lm``), imported explicitly;
 - threads: :func:`set_num_threads`, :func:`num_threads`, :func:`kernel_isa`.
 
 Plain ``jax.numpy`` versions of the kernels, for tests, live in ``jslide.reference``
@@ -20,7 +22,7 @@ Plain ``jax.numpy`` versions of the kernels, for tests, live in ``jslide.referen
 """
 
 from jslide import (datasets, initializers, kernels, losses, lsh, metrics, nn, optim, tables,
-                    tree)
+                    train, tree)
 from jslide._autodiff import grad, value_and_grad
 from jslide._ffi import kernel_isa, num_threads, set_num_threads
 from jslide._tape import TableRef
@@ -33,6 +35,6 @@ __all__ = [
     "RowSparseGrad", "TableRef", "datasets", "embedding_bag", "grad", "initializers",
     "is_row_sparse", "kernel_isa", "kernels", "losses", "lsh", "metrics", "nn", "num_threads",
     "optim", "robe_embedding_bag", "set_num_threads", "shared_linear", "sparse_linear",
-    "tables", "tree",
+    "tables", "train", "tree",
     "value_and_grad",
 ]

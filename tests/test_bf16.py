@@ -16,6 +16,7 @@ from hypothesis import given, strategies as st
 import jslide
 from jslide import kernels
 from jslide import reference as ref
+from jslide.xc import objectives
 
 from helpers import assert_close, normal, random_ids
 
@@ -35,6 +36,7 @@ def bf16_table(rng, *shape, scale=1.0):
   return normal(rng, *shape, scale=scale).astype(BF16)
 
 
+@pytest.mark.slow
 @given(shapes, st.integers(0, 2**31 - 1))
 def test_gathers_of_bf16_tables_are_float32_maths_on_the_widened_rows(shape, seed):
   r, a, n, d = shape
@@ -198,8 +200,8 @@ def test_a_bf16_model_trains_in_one_donated_step_keeping_its_dtypes(rng, moment_
   assert model.input.kernel.get_value().dtype == BF16
   assert model.output.kernel.get_value().dtype == BF16
   assert model.output.bias.get_value().dtype == jnp.float32
-  _, state, step = jslide.nn.make_train_step(
-      model, table_tx=jslide.optim.sparse_adam(1e-2, catch_up=True, moment_dtype=moment_dtype))
+  _, state, step = jslide.train.make_train_step(
+      model, objectives.active_set_loss(), table_tx=jslide.optim.sparse_adam(1e-2, catch_up=True, moment_dtype=moment_dtype))
   batch = _batch(rng, n_in, n_out)
   dtypes = jax.tree.map(lambda x: x.dtype, state)
   losses = []
@@ -215,7 +217,8 @@ def test_a_bf16_model_trains_in_one_donated_step_keeping_its_dtypes(rng, moment_
 def test_the_dense_baseline_trains_bf16_tables(rng):
   model = jslide.nn.SparseMLP(200, 300, hidden=(16,), budget=32, param_dtype=BF16,
                               rngs=nnx.Rngs(0))
-  _, state, step = jslide.nn.make_dense_train_step(model, tx=optax.adam(1e-2))
+  _, state, step = jslide.train.make_dense_train_step(model, objectives.full_softmax_loss,
+                                                      tx=optax.adam(1e-2))
   batch = _batch(rng, 200, 300)
   first = None
   for i in range(30):

@@ -274,6 +274,7 @@ def test_apply_updates_if_finite_is_apply_if_finite_then_apply_updates(rng):
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 30), r=st.integers(0, 6), a=st.integers(1, 5), d=st.integers(1, 4),
        seed=st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_global_norm_equals_optax_global_norm_of_the_dense_tree(n, r, a, d, seed):
   rng = np.random.default_rng(seed)
   g = jslide.RowSparseGrad(random_ids(rng, n, (r, a), pad_frac=0.3), normal(rng, r, a),

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from jslide.lm import (LMConfig, RunConfig, Vocabulary, read_text, tokenize, train,
+from jslide.lm import (ModelConfig, RunConfig, Vocabulary, read_text, tokenize, train,
                        unigram_log_prior, windows)
 
 SUCCESSORS = 3
@@ -58,7 +58,7 @@ def test_text_files_that_cannot_train_are_refused_by_name(tmp_path):
   with pytest.raises(ValueError, match="too few for one window of context 8"):
     windows(np.arange(5, dtype=np.int32), 8)
   with pytest.raises(ValueError, match="head must be one of"):
-    LMConfig(head="adaptive")
+    ModelConfig(head="adaptive")
 
 
 def test_unigram_log_prior_is_the_smoothed_word_distribution():
@@ -73,14 +73,15 @@ def test_unigram_log_prior_is_the_smoothed_word_distribution():
   with pytest.raises(ValueError, match=r"asked for shape \(5,\)"):
     unigram_log_prior(ids, 6)(None, (5,), np.float32)
   with pytest.raises(ValueError, match="head_bias must be one of"):
-    LMConfig(head_bias="ones")
+    ModelConfig(head_bias="ones")
 
 
+@pytest.mark.slow
 def test_model_starts_at_the_unigram_distribution():
   """With train_ids the untrained model's word biases are the log frequencies, so its exact
   loss on the text starts well below the zero-bias model's (about log V)."""
   ids = np.random.default_rng(0).zipf(1.5, 5000) % 50
-  cfg = LMConfig(**{**TINY, "ffn": "dense"}, head="lsh")
+  cfg = ModelConfig(**{**TINY, "ffn": "dense"}, head="lsh")
   model = cfg.build(50, 0, ids.astype(np.int32))
   bias = np.asarray(model.head.bias.get_value())
   np.testing.assert_allclose(bias, np.asarray(unigram_log_prior(ids, 50)(None, (50,))), rtol=1e-6)
@@ -96,11 +97,12 @@ TINY = dict(vocab_size=100, context=16, features=32, heads=2, layers=1, hidden=1
             ffn="sparse", ffn_active=32, retrieved=8, sampled=16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head,ffn", [("lsh", "sparse"), ("full", "sparse"), ("lsh", "block")])
 def test_tiny_model_learns_the_markov_chain(corpus, head, ffn):
   """Validation perplexity (exact softmax) falls from about the vocabulary size to below 5,
   against a floor of 3 (the chain's entropy rate)."""
-  cfg = LMConfig(**{**TINY, "ffn": ffn}, head=head)
+  cfg = ModelConfig(**{**TINY, "ffn": ffn}, head=head)
   run = RunConfig(epochs=2, batch_size=16, learning_rate=3e-3, eval_every=10_000,
                   max_eval_tokens=4096)
   record = train(str(corpus / "train.txt"), str(corpus / "valid.txt"), cfg, run,
@@ -111,6 +113,7 @@ def test_tiny_model_learns_the_markov_chain(corpus, head, ffn):
   assert last["valid_ppl_exact_ffn"] < 8.0, last
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_is_exact_and_eval_generate_read_it(corpus, tmp_path, capsys):
   from jslide.lm.__main__ import main
 
@@ -123,7 +126,7 @@ def test_checkpoint_resume_is_exact_and_eval_generate_read_it(corpus, tmp_path, 
             "--vocab-size", "100", "--context", "16", "--features", "32", "--heads", "2",
             "--layers", "1", "--hidden", "64", "--ffn", "sparse", "--ffn-active", "16",
             "--retrieved", "8", "--sampled", "16", "--batch-size", "8", "--eval-every", "15",
-            "--max-eval-tokens", "512", "--quiet"]
+            "--max-eval-tokens", "512", "--no-progress"]
   ck = tmp_path / "ck"
   code, _, err = cli("train", *common, "--max-steps", "30", "--json", tmp_path / "whole.json")
   assert code == 0, err
@@ -138,6 +141,12 @@ def test_checkpoint_resume_is_exact_and_eval_generate_read_it(corpus, tmp_path, 
   b = json.loads((tmp_path / "resumed.json").read_text())["evals"]
   assert [e["step"] for e in a] == [e["step"] for e in b] == [15, 30]
   assert a[-1]["valid_ppl"] == b[-1]["valid_ppl"]  # bit-exact continuation
+  # Resuming on another training text would give ids and batches another meaning: refused.
+  other = tmp_path / "other.txt"
+  other.write_text(markov_text(50_000, walk_seed=5))
+  code, _, err = cli("train", "--train", other, *common[2:], "--max-steps", "45", "--ckpt", ck,
+                     "--resume")
+  assert code == 2 and "other data (" in err and "windows 3750 -> 3125" in err, err
   code, out, err = cli("eval", "--ckpt", ck, "--valid", corpus / "valid.txt",
                        "--max-eval-tokens", "512")
   assert code == 0, err
@@ -150,17 +159,17 @@ def test_checkpoint_resume_is_exact_and_eval_generate_read_it(corpus, tmp_path, 
   assert code == 2 and "missing.txt" in err
 
 
+@pytest.mark.slow
 def test_perplexity_counts_every_window_even_fewer_than_a_batch():
   import jax
   import jax.numpy as jnp
-  import jslide
   from jslide.lm import perplexity
   from jslide.lm.trainer import make_step
-  cfg = LMConfig(**{**TINY, "vocab_size": 30})
+  cfg = ModelConfig(**{**TINY, "vocab_size": 30})
   graphdef, state, _ = make_step(cfg.build(30, 0), cfg, RunConfig())
   wins = np.random.default_rng(0).integers(0, 30, size=(3, cfg.context + 1)).astype(np.int32)
   got = perplexity(graphdef, state, wins, batch_size=2)  # a batch of 2, then one of 1
-  model = jslide.nn.merge(graphdef, state)
+  model = state.model(graphdef)
   nll = model.token_nll(jnp.asarray(wins[:, :-1]), jnp.asarray(wins[:, 1:]),
                         key=jax.random.key(0))
   assert math.isclose(got, math.exp(float(nll.mean())), rel_tol=1e-5)

@@ -61,6 +61,7 @@ def test_dwta_collision_rate_rises_with_similarity(rng, relu):
 
 @given(st.integers(1, 20), st.integers(2, 60), st.integers(1, 8), st.integers(1, 6),
        st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_simhash_kernel_matches_numpy(b, d, k, l, seed):
   rng = np.random.default_rng(seed)
   h = lsh.SimHash.init(jax.random.PRNGKey(seed), d, k, l)
@@ -70,6 +71,7 @@ def test_simhash_kernel_matches_numpy(b, d, k, l, seed):
 
 @given(st.integers(1, 20), st.sampled_from([2, 4, 8]), st.integers(1, 5), st.integers(1, 6),
        st.floats(0.0, 0.97), st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_dwta_kernel_matches_numpy_including_densification(b, bin_size, k, l, zero_frac, seed):
   rng = np.random.default_rng(seed)
   d = bin_size * 4

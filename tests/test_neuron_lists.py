@@ -123,6 +123,7 @@ def test_bad_arguments_are_named():
     nl.neuron_list_topk(index, jnp.zeros((2, 5)), w, jnp.zeros(10), 1)
 
 
+@pytest.mark.slow
 def test_lists_find_the_top_label_of_a_trained_layer():
   """On the output layer of a model trained on the WordNet data (one epoch), the lists of
   the training set's labels hold the exact top label of most test examples (the first
@@ -130,12 +131,12 @@ def test_lists_find_the_top_label_of_a_trained_layer():
   they hold it."""
   from jslide import datasets as D
   from jslide.xc import trainer
-  from jslide.xc.config import ModelConfig, TrainConfig
+  from jslide.xc.config import ModelConfig, RunConfig
   train, test = (D.bundled.load("wordnet", s).normalized() for s in ("train", "test"))
   test = test.subset(np.arange(4096))
   cfg = ModelConfig(train.num_features, train.num_labels, inference_lists=256,
                     inference_probes=2, inference_tables=0)
-  run = trainer.train(train, test, cfg, TrainConfig(epochs=1), progress=False,
+  run = trainer.train(train, test, cfg, RunConfig(epochs=1), progress=False,
                       log=lambda *a: None)
   report = run["final"]["test"]
   assert report["labels_scored"] <= 0.05 * train.num_labels

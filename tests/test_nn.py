@@ -11,6 +11,7 @@ from flax import nnx
 
 import jslide
 from jslide import datasets as D
+from jslide.xc.objectives import active_set_loss
 
 from helpers import assert_close, random_ids
 
@@ -46,7 +47,7 @@ def test_full_budget_sparse_model_equals_dense_model_and_gradients(rng):
   logits, ids = model(feat_ids, feat_vals, labels, key=jax.random.PRNGKey(1))
   assert logits.shape == ids.shape == (5, 40)
   assert np.all(np.sort(np.asarray(ids), axis=1) == np.arange(40))  # every neuron active
-  graphdef, tables, params, rest = jslide.nn.split_model(model)
+  graphdef, tables, params, rest = jslide.train.split_model(model)
 
   def sparse_loss(trainable):
     m = nnx.merge(graphdef, *trainable, rest)
@@ -122,10 +123,12 @@ def test_sparse_dense_on_top_of_any_encoder_trains_in_one_step(rng):
   def forward(model, batch, key):
     return model.head(model.encoder(batch["x"]), batch["labels"], key=key)
 
+  loss = jslide.train.active_set_loss(forward)
+
   model = Model(nnx.Rngs(0))
   enc_before = np.asarray(model.encoder.layers[0].kernel.get_value())
-  graphdef, state, step = jslide.nn.make_train_step(
-      model, forward=forward, table_tx=jslide.optim.sparse_adam(0.05),
+  graphdef, state, step = jslide.train.make_train_step(
+      model, loss, table_tx=jslide.optim.sparse_adam(0.05),
       dense_tx=optax.adam(0.05), schedule=jslide.lsh.RebuildSchedule(5, 1.0, 5))
   x = jnp.asarray(rng.normal(size=(32, 10)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 200, size=(32, 1)), jnp.int32)
@@ -137,7 +140,7 @@ def test_sparse_dense_on_top_of_any_encoder_trains_in_one_step(rng):
     rebuilt.append(bool(m["rebuilt"]))
   assert losses[-1] < 0.3 * losses[0], losses
   assert np.flatnonzero(rebuilt).tolist() == [4, 9, 14, 19, 24, 29]
-  trained = jslide.nn.merge(graphdef, state)
+  trained = state.model(graphdef)
   assert not np.allclose(np.asarray(trained.encoder.layers[0].kernel.get_value()), enc_before)
   # the rebuilt index matches the trained weights
   fresh = jslide.lsh.rebuild(trained.head.index.get_value(), trained.head.kernel.get_value())
@@ -154,8 +157,8 @@ def test_train_step_updates_tables_in_place_without_copies():
   n_out, d = 100_000, 32
   model = jslide.nn.SparseMLP(500, n_out, hidden=(d,), budget=64, num_hashes=4, num_tables=4,
                               rngs=nnx.Rngs(0))
-  _, state, step = jslide.nn.make_train_step(
-      model, table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True))
+  _, state, step = jslide.train.make_train_step(
+      model, active_set_loss(), table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True))
   rng = np.random.default_rng(0)
   feat_ids, feat_vals, labels = _batch(rng, n_in=500, n_out=n_out, b=8)
   batch = {"feat_ids": feat_ids, "feat_vals": feat_vals, "labels": labels,
@@ -174,7 +177,7 @@ def test_a_step_with_a_non_finite_gradient_is_skipped_and_reported(rng):
   """A NaN feature value makes every gradient NaN: the donated step returns the state as it
   was (tables, dense params, optimizer state, step count) with metrics["finite"] False,
   instead of a kernel error that would leave the donated state deleted."""
-  _, state, step = jslide.nn.make_train_step(_small_model())
+  _, state, step = jslide.train.make_train_step(_small_model(), active_set_loss())
   feat_ids, feat_vals, labels = _batch(rng)
   batch = {"feat_ids": feat_ids, "feat_vals": feat_vals, "labels": labels,
            "mask": jnp.ones(5, bool)}
@@ -193,6 +196,7 @@ def test_a_step_with_a_non_finite_gradient_is_skipped_and_reported(rng):
   assert int(state.opt_state.total_notfinite) == 1
 
 
+@pytest.mark.slow
 def test_training_on_wordnet_reaches_a_precision_floor():
   """3 epochs on the real WordNet training split; P@1 over the 20,472 labels on the test split."""
   train = D.bundled.load("wordnet", "train").normalized()
@@ -200,14 +204,14 @@ def test_training_on_wordnet_reaches_a_precision_floor():
   model = jslide.nn.SparseMLP(train.num_features, train.num_labels, hidden=(128,), budget=512,
                               num_hashes=5, num_tables=16, batch_negatives=256,
                               rngs=nnx.Rngs(0))
-  graphdef, state, step = jslide.nn.make_train_step(
-      model, table_tx=jslide.optim.sparse_adam(5e-3, catch_up=True),
+  graphdef, state, step = jslide.train.make_train_step(
+      model, active_set_loss(), table_tx=jslide.optim.sparse_adam(5e-3, catch_up=True),
       dense_tx=optax.adam(5e-3), schedule=jslide.lsh.RebuildSchedule(40, 1.5, 400))
   for epoch in range(3):
     for i, b in enumerate(D.batches(train, 512, max_features=64, max_labels=6, epoch=epoch)):
       batch = {"feat_ids": b.feat_ids, "feat_vals": b.feat_vals, "labels": b.labels, "mask": b.mask}
       state, m = step(state, batch, jax.random.PRNGKey(epoch * 1000 + i))
-  model = jslide.nn.merge(graphdef, jslide.nn.catch_up_train_state(state))
+  model = jslide.train.catch_up_train_state(state).model(graphdef)
   top = jax.jit(lambda f, v: jax.lax.top_k(model.output.exact(model.encode(f, v)), 1)[1])
   hits = 0.0
   for b in D.batches(test, 1024, max_features=64, max_labels=6, shuffle=False):

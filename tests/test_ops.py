@@ -37,6 +37,7 @@ def test_kernel_gradients_agree_with_finite_differences(rng):
 
 @given(st.tuples(st.integers(1, 6), st.integers(1, 20), st.integers(1, 30), st.integers(1, 33)),
        st.integers(0, 2**31 - 1), st.booleans())
+@pytest.mark.slow
 def test_sparse_linear_values_and_all_gradients_match_reference(shape, seed, with_bias):
   r, a, n, d = shape
   rng = np.random.default_rng(seed)
@@ -54,6 +55,7 @@ def test_sparse_linear_values_and_all_gradients_match_reference(shape, seed, wit
 
 @given(st.tuples(st.integers(1, 6), st.integers(1, 20), st.integers(1, 30), st.integers(1, 33)),
        st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_embedding_bag_values_and_all_gradients_match_reference(shape, seed):
   r, f, n, d = shape
   rng = np.random.default_rng(seed)

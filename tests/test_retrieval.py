@@ -15,6 +15,7 @@ from helpers import normal
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(2, 40), d=st.integers(1, 12), b=st.integers(1, 5),
        seed=st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_mips_keys_are_unit_and_order_rows_by_the_layer_score(n, d, b, seed):
   rng = np.random.default_rng(seed)
   w = normal(rng, n, d) + 3.0  # a common component, as trained rows have
@@ -114,6 +115,7 @@ def test_fill_false_pads_with_minus_one_and_max_retrieved_caps_the_index(rng):
 @settings(max_examples=25, deadline=None)
 @given(b=st.integers(1, 6), a=st.integers(1, 12), k=st.integers(1, 4),
        seed=st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_recall_of_top_k_matches_a_set_count(b, a, k, seed):
   rng = np.random.default_rng(seed)
   got = rng.integers(-1, 15, size=(b, a))
@@ -176,6 +178,7 @@ def test_top_indices_refuses_bad_input():
     lsh.cluster.top_indices(jnp.zeros(5, jnp.float32), 1)
 
 
+@pytest.mark.slow
 def test_from_rows_starts_every_table_at_keys_of_distinct_rows(rng):
   w, b = normal(rng, 300, 8), normal(rng, 300)
   fam = lsh.ClusterHash.from_rows(jax.random.PRNGKey(0), w, b, num_hashes=5, num_tables=3)
@@ -192,6 +195,7 @@ def test_from_rows_starts_every_table_at_keys_of_distinct_rows(rng):
   assert small.centroids.shape == (1, 32, 10)
 
 
+@pytest.mark.slow
 def test_inference_index_finds_the_top_rows_that_one_table_misses():
   """More tables of independent k-means partitions hold the exact top neuron for more
   queries than the layer's one-table training index, within 5% of the neurons."""

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import jslide
 from jslide.nn import BlockSparseFFN, DenseFFN, SparseFFN, SparseTransformerLM
+from jslide.lm.heads import lsh_softmax_loss
 from jslide.nn.block_ffn import block_sparse_ffn, route_to_blocks
 
 from helpers import assert_close
@@ -34,7 +35,7 @@ def test_sparse_ffn_with_every_neuron_active_equals_the_dense_block_values_and_g
   ffn = SparseFFN(8, 24, active=24, num_hashes=2, rngs=nnx.Rngs(0))
   x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
   key = jax.random.key(3)
-  graphdef, tables, params, rest = jslide.nn.split_model(ffn)
+  graphdef, tables, params, rest = jslide.train.split_model(ffn)
 
   def sparse_loss(trainable, x):
     return jnp.sum(jnp.sin(nnx.merge(graphdef, *trainable, rest)(x, key=key)))
@@ -74,11 +75,12 @@ def test_sparse_ffn_rejects_bad_sizes():
     DenseFFN(4, 0, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_block_ffn_with_every_block_equals_the_dense_block_values_and_gradients(rng):
   ffn = BlockSparseFFN(8, 24, active=24, num_blocks=4, rngs=nnx.Rngs(0))
   assert ffn.blocks_per_token == 4 and ffn.capacity(15) == 15  # all blocks, nothing dropped
   x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
-  graphdef, tables, params, rest = jslide.nn.split_model(ffn)
+  graphdef, tables, params, rest = jslide.train.split_model(ffn)
   assert not jax.tree.leaves(tables)  # dense parameters: every block is used by a batch
 
   def loss(params, x, rest, exact):  # a call moves the route bias: fresh Variables for it
@@ -118,6 +120,7 @@ def _block_ffn_reference(ffn, x):
 @given(t=st.integers(1, 12), blocks=st.integers(1, 6), block=st.integers(1, 5),
        per_token=st.integers(1, 6), factor=st.sampled_from([0.3, 0.7, 1.0, 2.0]),
        seed=st.integers(0, 999))
+@pytest.mark.slow
 def test_block_ffn_computes_each_tokens_best_blocks_while_they_have_room(t, blocks, block,
                                                                          per_token, factor,
                                                                          seed):
@@ -197,6 +200,7 @@ def test_block_ffn_rejects_bad_sizes():
 @settings(max_examples=10)  # each example compiles new shapes
 @given(t=st.integers(1, 9), n=st.integers(1, 40), chunk=st.integers(1, 50),
        seed=st.integers(0, 2**16))
+@pytest.mark.slow
 def test_chunked_softmax_cross_entropy_equals_the_plain_one(t, n, chunk, seed):
   r = np.random.default_rng(seed)
   x = jnp.asarray(r.normal(size=(t, 5)), jnp.float32)
@@ -225,6 +229,7 @@ def _tiny_lm(vocab=50, ffn="sparse", retrieved=49, sampled=8, active=32, context
                              head_sampled=sampled, rngs=nnx.Rngs(seed))
 
 
+@pytest.mark.slow
 @settings(max_examples=10)  # each example compiles new shapes
 @given(t=st.integers(1, 6), s=st.integers(1, 7), n=st.integers(1, 30), seed=st.integers(0, 999))
 def test_shared_linear_equals_a_gather_and_matmul_values_and_row_sparse_gradients(t, s, n, seed):
@@ -285,6 +290,7 @@ def test_log_uniform_sampling_follows_its_proposal():
   np.testing.assert_allclose(freq, q, atol=4 * np.sqrt(q * (1 - q) / s).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ffn", ["sparse", "block"])
 def test_no_position_sees_the_future(rng, ffn):
   model = _tiny_lm(active=8, ffn=ffn)
@@ -299,6 +305,7 @@ def test_no_position_sees_the_future(rng, ffn):
     assert not np.allclose(np.asarray(a[:, 5:]), np.asarray(b[:, 5:]))
 
 
+@pytest.mark.slow
 def test_lm_with_full_budgets_equals_the_exact_model_values_and_gradients(rng):
   """Every word retrieved by the head (so every sampled word is an accidental hit, removed)
   and every FFN neuron active: the sparse training loss is the full-softmax loss, and its
@@ -306,7 +313,7 @@ def test_lm_with_full_budgets_equals_the_exact_model_values_and_gradients(rng):
   model = _tiny_lm()
   tokens = jnp.asarray(rng.integers(0, 50, size=(3, 8)), jnp.int32)
   targets = jnp.asarray(rng.integers(0, 50, size=(3, 8)), jnp.int32)
-  graphdef, tables, params, rest = jslide.nn.split_model(model)
+  graphdef, tables, params, rest = jslide.train.split_model(model)
   key = jax.random.key(2)
 
   def sparse_loss(trainable):
@@ -327,17 +334,14 @@ def test_lm_with_full_budgets_equals_the_exact_model_values_and_gradients(rng):
     assert_close(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_lm_train_step_never_builds_a_tokens_by_vocabulary_array():
   vocab, b, t = 3001, 3, 7
   model = _tiny_lm(vocab=vocab, retrieved=32, sampled=64, active=8)
 
-  def forward(m, batch, key):
-    return m(batch["tokens"], batch["targets"], key=key)
-
-  _, state, step = jslide.nn.make_train_step(model, forward=forward)
+  _, state, step = jslide.train.make_train_step(model, lsh_softmax_loss)
   tokens = jnp.zeros((b, t), jnp.int32)
-  batch = {"tokens": tokens, "targets": tokens, "labels": tokens.reshape(-1, 1),
-           "mask": jnp.ones(b * t, bool)}
+  batch = {"tokens": tokens, "targets": tokens}  # no other keys: the loss reads these
   hlo = step.lower(state, batch, jax.random.key(0)).compile().as_text()
   shapes = [s.split(",") for s in re.findall(r"[a-z]+[0-9]*\[([0-9,]+)\]", hlo)]
   assert [str(vocab), "16"] in shapes  # the tables are there ...
@@ -361,6 +365,7 @@ def test_lm_refuses_bad_tokens_and_sizes():
 
 @given(t=st.integers(1, 5), a=st.integers(1, 6), s=st.integers(1, 9), n=st.integers(1, 12),
        seed=st.integers(0, 999))
+@pytest.mark.slow
 def test_accidental_hit_mask_equals_a_plain_membership_test(t, a, s, n, seed):
   from jslide.nn.softmax_head import _is_in_rows
   r = np.random.default_rng(seed)

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jslide import datasets as D
-from jslide.xc import checkpoint
+from jslide.train import checkpoint
 from jslide.xc.config import ModelConfig
 from jslide.xc.__main__ import main
 
@@ -42,6 +42,7 @@ def _final_state(ckpt):
   return jax.tree.leaves(raw.state), mgr.latest_step()
 
 
+@pytest.mark.slow
 def test_train_resume_is_exact_and_eval_predict_work(small_files, tmp_path):
   train, test = small_files
   straight, split = str(tmp_path / "a"), str(tmp_path / "b")
@@ -57,14 +58,22 @@ def test_train_resume_is_exact_and_eval_predict_work(small_files, tmp_path):
   for x, y in zip(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   record = json.load(open(tmp_path / "a.json"))
-  assert len(record["epochs"]) == 2 and "P@1" in record["final"]["test"]
-  assert record["compile_seconds"] > 0  # compiled ahead, apart from the epochs' seconds
-  assert record["epochs"][1]["train_loss"] < record["epochs"][0]["train_loss"]
+  evals = record["evals"]
+  assert [e["epoch"] for e in evals] == [1, 2] and "valid" in evals[0]
+  assert "test" not in record["final"] or record["selected"] is record["final"]
+  assert record["compile_seconds"] > 0  # compiled ahead, apart from the training seconds
+  assert evals[1]["train_loss"] < evals[0]["train_loss"]
+  # The test split is scored once, at the end, on the selected evaluation's state.
+  selected = record["selected"]
+  assert selected["valid"]["P@1"] == max(e["valid"]["P@1"] for e in evals)
+  assert record["test"] == selected["test"] and "recall@1" in record["test"]
+  assert sum("test" in e for e in evals) == 1
 
   out = tmp_path / "eval.json"
-  assert main(["eval", "--ckpt", straight, "--test", test, "--json", str(out)]) == 0
+  assert main(["eval", "--ckpt", straight + "-best", "--test", test, "--json", str(out)]) == 0
   metrics = json.load(open(out))
-  assert metrics["P@1"] == pytest.approx(record["final"]["test"]["P@1"])
+  for name in ("P@1", "P@5", "lsh_P@1", "recall@1", "training_recall@1", "labels_scored"):
+    assert metrics[name] == pytest.approx(record["test"][name]), name
   pred = tmp_path / "pred.txt"
   assert main(["predict", "--ckpt", straight, "--input", test, "--out", str(pred), "--k", "3"]) == 0
   lines = pred.read_text().splitlines()
@@ -73,6 +82,7 @@ def test_train_resume_is_exact_and_eval_predict_work(small_files, tmp_path):
   assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_continues_the_same_batches(small_files, tmp_path):
   train, _ = small_files
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
@@ -90,16 +100,17 @@ def test_resume_mid_epoch_continues_the_same_batches(small_files, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_errors_are_clear_and_exit_2(small_files, tmp_path, capsys):
   train, test = small_files
   ckpt = str(tmp_path / "c")
   assert main(["train", "--train", train, "--epochs", "1", "--ckpt", ckpt, *ARCH]) == 0
   other = [a if a != "32" else "48" for a in ARCH]
   assert main(["train", "--train", train, "--epochs", "2", "--ckpt", ckpt, "--resume", *other]) == 2
-  assert "another architecture" in capsys.readouterr().err
+  assert "another model (hidden [32] -> [48])" in capsys.readouterr().err
   assert main(["train", "--train", train, "--epochs", "2", "--ckpt", ckpt, "--resume",
                "--lazy-adam", *ARCH]) == 2
-  assert "catch_up=True" in capsys.readouterr().err
+  assert "catch_up True -> False" in capsys.readouterr().err
   empty = tmp_path / "empty.txt"
   empty.write_text("")
   assert main(["train", "--train", str(empty), *ARCH]) == 2
@@ -116,6 +127,7 @@ def test_errors_are_clear_and_exit_2(small_files, tmp_path, capsys):
   assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(small_files, tmp_path, capsys):
   train, _ = small_files
   ckpt = str(tmp_path / "n")
@@ -132,28 +144,28 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(small_files
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_sampled_baseline_and_retrieval_report(small_files, tmp_path):
   """--sampled trains the plain-JAX baseline; a jslide run reports what its index finds."""
   train, test = small_files
   assert main(["train", "--train", train, "--test", test, "--epochs", "1", "--sampled", "50",
                "--json", str(tmp_path / "s.json"), *ARCH]) == 0
-  sampled = json.load(open(tmp_path / "s.json"))["final"]["test"]
+  sampled = json.load(open(tmp_path / "s.json"))["test"]
   assert "P@1" in sampled and "recall@1" not in sampled
   assert main(["train", "--train", train, "--test", test, "--epochs", "1", "--hash", "cluster",
                "--max-retrieved", "20", "--candidates", "32", "--json", str(tmp_path / "c.json"),
                *ARCH]) == 0
-  report = json.load(open(tmp_path / "c.json"))["final"]["test"]
+  report = json.load(open(tmp_path / "c.json"))["test"]
   for name in ("recall@1", "recall@5", "index_share", "labels_scored", "lsh_P@1",
                "training_recall@1", "training_recall@5"):
     assert 0 <= report[name] <= (32 if name == "labels_scored" else 1)
   assert report["index_share"] == pytest.approx(report["labels_scored"] / 32)
-  epoch = json.load(open(tmp_path / "c.json"))["final"]
-  assert epoch["inference_index_seconds"] > 0
+  assert report["inference_index_seconds"] > 0
   # Without an inference index, ranking goes through the training index (no second recall).
   assert main(["train", "--train", train, "--test", test, "--epochs", "1", "--hash", "cluster",
                "--max-retrieved", "20", "--inference-tables", "0", "--candidates", "32",
                "--json", str(tmp_path / "t.json"), *ARCH]) == 0
-  own = json.load(open(tmp_path / "t.json"))["final"]["test"]
+  own = json.load(open(tmp_path / "t.json"))["test"]
   assert "training_recall@1" not in own
   assert own["recall@1"] == pytest.approx(report["training_recall@1"])
 
@@ -173,6 +185,7 @@ def test_inference_candidates_are_at_most_five_percent_of_the_labels():
       ModelConfig(10, 20472, **{name: bad})
 
 
+@pytest.mark.slow
 def test_checkpoints_are_never_silently_lost_or_misread(small_files, tmp_path, capsys):
   """Issue 11, items 1, 3 and 7: a step checkpoint on an epoch's last step, a new run in a
   directory holding another run, a resume whose batches would come in another order."""
@@ -219,10 +232,10 @@ def test_an_unwritable_checkpoint_path_fails_at_once_without_hanging(small_files
     (b"plain text, not gzip", [], "cannot read the file"),            # .gz that is not gzip
     (b"2 5 3\n0 1:1\n\xff\xfe 2:1\n", [], "not UTF-8 text"),
     (b"1 0 3\n0 1:1\n", [], "header declares 0 features"),
-    (b"1 5 3\n0 1:1\n", ["--batch-size", "0"], "batch_size must be a positive int"),
-    (b"1 5 3\n0 1:1\n", ["--batch-size", "-4"], "batch_size must be a positive int"),
-    (b"1 5 3\n0 1:1\n", ["--max-features", "0"], "max_features must be a positive int"),
-    (b"1 5 3\n0 1:1\n", ["--max-labels", "0"], "max_labels must be a positive int"),
+    (b"1 5 3\n0 1:1\n", ["--batch-size", "0"], "batch_size must be an int >= 1"),
+    (b"1 5 3\n0 1:1\n", ["--batch-size", "-4"], "batch_size must be an int >= 1"),
+    (b"1 5 3\n0 1:1\n", ["--max-features", "0"], "max_features must be an int >= 1"),
+    (b"1 5 3\n0 1:1\n", ["--max-labels", "0"], "max_labels must be an int >= 1"),
 ])
 def test_bad_files_and_flags_are_messages_with_exit_2(tmp_path, capsys, content, flags,
                                                      message):
@@ -239,6 +252,7 @@ def test_bad_files_and_flags_are_messages_with_exit_2(tmp_path, capsys, content,
   assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_refuses_k_beyond_the_labels_and_never_leaves_a_partial_file(small_files,
                                                                             tmp_path, capsys):
   """Issue 11, item 11."""
@@ -257,6 +271,7 @@ def test_predict_refuses_k_beyond_the_labels_and_never_leaves_a_partial_file(sma
   assert not (tmp_path / "top.txt.partial").exists()
 
 
+@pytest.mark.slow
 def test_eval_and_predict_rebuild_a_checkpoints_neuron_lists(small_files, tmp_path, capsys):
   """A model trained with --inference-lists ranks through neuron lists at eval and predict
   too, built from the training file as the trainer built them (same data: no validation
@@ -300,6 +315,7 @@ def _largest_file(step_dir):
   return max(files, key=os.path.getsize)
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(small_files, tmp_path,
                                                                           capsys):
   """Issue 11, item 8: flipped bytes used to restore silently (weights of 1e12) and a damaged
@@ -329,6 +345,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(small_f
   assert "no intact checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_is_exact_and_loses_no_checkpoint(small_files,
                                                                                tmp_path):
   """Issue 11: the trainer killed (SIGKILL) 20 times at random points of training and

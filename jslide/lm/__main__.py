@@ -13,70 +13,30 @@ import argparse
 import json
 import sys
 
-from jslide.lm.heads import HEADS, PROPOSALS
-from jslide.lm.trainer import HEAD_BIASES, LMConfig, RunConfig
-from jslide.nn.transformer import FFN_KINDS
-
-_DEFAULTS = LMConfig()
-_RUN = RunConfig()
+from jslide import train as T
+from jslide.lm.config import ModelConfig, RunConfig
 
 
 def _train_parser(sub):
   p = sub.add_parser("train", help="train a model")
   p.add_argument("--train", required=True, help="UTF-8 text file to train on")
   p.add_argument("--valid", required=True, help="UTF-8 text file for validation perplexity")
-  p.add_argument("--vocab-size", type=int, default=_DEFAULTS.vocab_size)
-  p.add_argument("--head", choices=HEADS, default=_DEFAULTS.head)
-  p.add_argument("--ffn", choices=FFN_KINDS, default=_DEFAULTS.ffn)
-  p.add_argument("--ffn-active", type=int, default=None,
-                 help="hidden neurons per token, --ffn sparse or block (default hidden // 20)")
-  p.add_argument("--ffn-capacity", type=float, default=_DEFAULTS.ffn_capacity,
-                 help="--ffn block: tokens a block takes, in multiples of a fair share")
-  p.add_argument("--context", type=int, default=_DEFAULTS.context)
-  p.add_argument("--features", type=int, default=_DEFAULTS.features)
-  p.add_argument("--heads", type=int, default=_DEFAULTS.heads, help="attention heads")
-  p.add_argument("--layers", type=int, default=_DEFAULTS.layers)
-  p.add_argument("--hidden", type=int, default=_DEFAULTS.hidden, help="FFN width")
-  p.add_argument("--retrieved", type=int, default=_DEFAULTS.retrieved,
-                 help="words the lsh head's index retrieves per position")
-  p.add_argument("--sampled", type=int, default=_DEFAULTS.sampled,
-                 help="shared sampled words per step (lsh and sampled heads)")
-  p.add_argument("--proposal", choices=PROPOSALS, default=_DEFAULTS.proposal)
-  p.add_argument("--head-bias", choices=HEAD_BIASES, default=_DEFAULTS.head_bias,
-                 help="the word biases start at the training text's log word frequencies "
-                      "(unigram) or at zero")
-  p.add_argument("--epochs", type=int, default=_RUN.epochs)
-  p.add_argument("--batch-size", type=int, default=_RUN.batch_size)
-  p.add_argument("--lr", type=float, default=_RUN.learning_rate)
-  p.add_argument("--seed", type=int, default=_RUN.seed)
-  p.add_argument("--eval-every", type=int, default=_RUN.eval_every,
-                 help="evaluate every this many steps (0: only by --eval-seconds)")
-  p.add_argument("--eval-seconds", type=float, default=0.0,
-                 help="also evaluate after every this many seconds of training")
-  p.add_argument("--max-eval-tokens", type=int, default=_RUN.max_eval_tokens)
-  p.add_argument("--time-limit", type=float, default=0.0, help="seconds of training")
-  p.add_argument("--max-steps", type=int, default=0)
+  T.add_arguments(p.add_argument_group("model"), ModelConfig)
+  T.add_arguments(p.add_argument_group("run"), RunConfig)
   p.add_argument("--json", help="write the run's record (evaluations, speed) here")
   p.add_argument("--ckpt", help="save checkpoints (orbax) in this directory")
   p.add_argument("--resume", action="store_true", help="continue the checkpoint in --ckpt")
   p.add_argument("--overwrite", action="store_true",
                  help="delete another run's checkpoints in --ckpt")
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--no-progress", dest="progress", action="store_false",
+                 help="no progress bar")
 
 
 def _train(args) -> None:
   from jslide.lm import trainer
-  cfg = LMConfig(vocab_size=args.vocab_size, context=args.context, features=args.features,
-                 heads=args.heads, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
-                 ffn_active=args.ffn_active, ffn_capacity=args.ffn_capacity, head=args.head,
-                 retrieved=args.retrieved, sampled=args.sampled, proposal=args.proposal,
-                 head_bias=args.head_bias)
-  run = RunConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                  seed=args.seed, eval_every=args.eval_every, eval_seconds=args.eval_seconds,
-                  max_eval_tokens=args.max_eval_tokens, time_limit=args.time_limit,
-                  max_steps=args.max_steps)
+  cfg, run = T.from_args(ModelConfig, args), T.from_args(RunConfig, args)
   record = trainer.train(args.train, args.valid, cfg, run, json_path=args.json,
-                         progress=not args.quiet, ckpt=args.ckpt, resume=args.resume,
+                         progress=args.progress, ckpt=args.ckpt, resume=args.resume,
                          overwrite=args.overwrite)
   last = record["evals"][-1]
   print(f"{cfg.head} head, {cfg.ffn} FFN: valid perplexity {last['valid_ppl']:.2f} after "
@@ -84,23 +44,11 @@ def _train(args) -> None:
         f"({record.get('step_ms', float('nan'))} ms/step)")
 
 
-def _load(ckpt: str):
-  """(model config, vocabulary, graphdef, state) of a checkpoint."""
-  from jslide.lm import trainer
-  from jslide.lm.vocab import Vocabulary
-  from jslide.xc import checkpoint
-  meta = checkpoint.read_meta(ckpt)
-  cfg, run = LMConfig(**meta["lm"]), RunConfig(**meta["run"])
-  vocab = Vocabulary(meta["vocab"])
-  graphdef, state, _ = trainer.make_step(cfg.build(len(vocab), run.seed), cfg, run)
-  return cfg, run, vocab, graphdef, trainer.restore(ckpt, state, cfg, run)[0]
-
-
 def _eval(args) -> None:
   import numpy as np
   from jslide.lm import trainer
   from jslide.lm.vocab import read_text, tokenize
-  cfg, run, vocab, graphdef, state = _load(args.ckpt)
+  cfg, run, vocab, graphdef, state = trainer.load(args.ckpt)
   wins = trainer.windows(vocab.encode(tokenize(read_text(args.valid))), cfg.context)
   wins = wins[:max(run.batch_size, args.max_eval_tokens // cfg.context)]
   out = {"valid_ppl": trainer.perplexity(graphdef, state, wins, run.batch_size),
@@ -115,10 +63,10 @@ def _generate(args) -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import jslide
+  from jslide.lm import trainer
   from jslide.lm.vocab import tokenize
-  cfg, _, vocab, graphdef, state = _load(args.ckpt)
-  model = jslide.nn.merge(graphdef, state)
+  cfg, _, vocab, graphdef, state = trainer.load(args.ckpt)
+  model = state.model(graphdef)
   words = [w for w in tokenize(args.prompt) if w != "<eos>"]
   if not words:
     raise ValueError("--prompt has no words")
@@ -144,7 +92,7 @@ def _plot(args) -> None:
   for path in args.runs:
     with open(path) as f:
       record = json.load(f)
-    c = record["config"]
+    c = record["model"]
     label = f"{c['head']} head, {c['ffn']} FFN"
     ax.plot([e["train_s"] for e in record["evals"]], [e["valid_ppl"] for e in record["evals"]],
             marker="o", label=label)
@@ -165,7 +113,7 @@ def main(argv=None) -> int:
   p = sub.add_parser("eval", help="validation perplexity of a checkpoint")
   p.add_argument("--ckpt", required=True)
   p.add_argument("--valid", required=True)
-  p.add_argument("--max-eval-tokens", type=int, default=_RUN.max_eval_tokens)
+  p.add_argument("--max-eval-tokens", type=int, default=RunConfig.max_eval_tokens)
   p = sub.add_parser("generate", help="continue a prompt")
   p.add_argument("--ckpt", required=True)
   p.add_argument("--prompt", required=True)
@@ -177,10 +125,9 @@ def main(argv=None) -> int:
   p.add_argument("runs", nargs="+", help="JSON records written by train --json")
   p.add_argument("--out", required=True)
   args = parser.parse_args(argv)
-  from jslide.xc.checkpoint import CheckpointError
   try:
     {"train": _train, "eval": _eval, "generate": _generate, "plot": _plot}[args.command](args)
-  except (ValueError, CheckpointError, OSError) as e:
+  except (ValueError, T.CheckpointError, T.NonFiniteLossError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

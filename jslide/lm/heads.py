@@ -2,15 +2,17 @@
 
 - ``lsh``: :class:`jslide.nn.SparseTransformerLM`'s own :class:`jslide.nn.SparseSoftmaxHead`
   (the target, the words the LSH index retrieves, and the same shared corrected sample as
-  ``sampled``), trained by :func:`jslide.nn.make_train_step` with row-sparse gradients;
+  ``sampled``), trained by :func:`jslide.train.make_train_step` with row-sparse gradients;
 - ``full``: the exact softmax over the whole vocabulary (the dense baseline);
 - ``sampled``: sampled softmax as a JAX user writes it (Jean et al. 2015; TensorFlow's
   ``sampled_softmax_loss``): the target plus ``num_sampled`` words drawn from a proposal q
   and shared by the batch, each logit corrected by ``- log(num_sampled * q(word))``,
   accidental hits (a sample equal to the target) removed; plain ``jnp.take`` gathers.
 
-The ``full`` and ``sampled`` losses train through :func:`jslide.nn.training.dense_gradient_step`
-(dense gradients, ``optax.adam`` on every parameter).
+The ``full`` and ``sampled`` losses train through :func:`jslide.train.make_dense_train_step`
+(dense gradients, ``optax.adam`` on every parameter). Each loss is ``loss(model, batch, key)
+-> (values f32[B*T], mask bool[B*T])`` for a batch ``{"tokens": int32[B, T], "targets":
+int32[B, T]}``, every position counted.
 """
 
 from __future__ import annotations
@@ -19,22 +21,36 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jslide import losses
 from jslide.nn.softmax_head import PROPOSALS, log_expected_count, sample_words
 
 HEADS = ("lsh", "sampled", "full")
-__all__ = ["HEADS", "PROPOSALS", "full_softmax_loss", "sampled_softmax_loss"]
+__all__ = ["HEADS", "PROPOSALS", "full_softmax_loss", "lsh_softmax_loss",
+           "sampled_softmax_loss"]
+
+
+def _every_position(values):
+  return values, jnp.ones(values.shape, bool)
+
+
+def lsh_softmax_loss(model, batch, key):
+  """The lsh head's loss: the softmax over each position's target, retrieved words and the
+  shared corrected sample (:class:`jslide.nn.SparseSoftmaxHead`)."""
+  logits, ids = model(batch["tokens"], batch["targets"], key=key)
+  targets = batch["targets"].reshape(-1, 1)
+  return _every_position(losses.active_softmax_cross_entropy(logits, ids, targets))
 
 
 def full_softmax_loss(model, batch, key):
-  """f32[B*T]: the exact softmax cross-entropy over the vocabulary (builds [B*T, V] logits:
-  the dense baseline)."""
+  """The exact softmax cross-entropy over the vocabulary (builds [B*T, V] logits: the dense
+  baseline)."""
   h = model.hidden_states(batch["tokens"], key=key).reshape(-1, model.features)
-  return optax.softmax_cross_entropy_with_integer_labels(model.head.exact(h),
-                                                         batch["targets"].reshape(-1))
+  return _every_position(optax.softmax_cross_entropy_with_integer_labels(
+      model.head.exact(h), batch["targets"].reshape(-1)))
 
 
 def sampled_softmax_loss(model, batch, key, *, num_sampled: int, proposal: str):
-  """f32[B*T]: sampled softmax with the logQ correction over ``num_sampled`` shared words."""
+  """Sampled softmax with the logQ correction over ``num_sampled`` shared words."""
   trunk_key, sample_key = jax.random.split(key)
   h = model.hidden_states(batch["tokens"], key=trunk_key).reshape(-1, model.features)
   targets = batch["targets"].reshape(-1)
@@ -47,4 +63,5 @@ def sampled_softmax_loss(model, batch, key, *, num_sampled: int, proposal: str):
   true_logit = (jnp.sum(h * jnp.take(w, targets, axis=0), axis=-1) + jnp.take(b, targets)
                 - log_expected_count(targets, num_sampled, v, proposal))
   logits = jnp.concatenate([true_logit[:, None], sampled_logits], axis=-1)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros_like(targets))
+  return _every_position(optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.zeros_like(targets)))

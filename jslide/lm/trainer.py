@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
+import hashlib
 import math
 import resource
 import time
@@ -13,78 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from tqdm import tqdm
 
 import jslide
-from jslide._checks import positive_int
-from jslide.lm.heads import HEADS, PROPOSALS, full_softmax_loss, sampled_softmax_loss
-from jslide.lm.vocab import Vocabulary, read_text, tokenize, unigram_log_prior
-from jslide.nn.training import dense_gradient_step
-from jslide.xc import checkpoint
-
-
-HEAD_BIASES = ("unigram", "zeros")
-
-
-@dataclasses.dataclass(frozen=True)
-class LMConfig:
-  """The model and how its softmax head and FFNs train."""
-
-  vocab_size: int = 50_000
-  context: int = 64
-  features: int = 256
-  heads: int = 4
-  layers: int = 2
-  hidden: int = 1024
-  ffn: str = "dense"            # "sparse" | "block" | "dense"
-  ffn_active: int | None = None  # None: hidden // 20
-  ffn_capacity: float = 1.5      # block: tokens per block, times a fair share
-  head: str = "lsh"             # "lsh" | "sampled" | "full"
-  retrieved: int = 256          # lsh: words the index retrieves per position
-  sampled: int = 1024           # lsh and sampled: shared sampled words per step
-  proposal: str = "log-uniform"
-  head_bias: str = "unigram"    # word biases start at "unigram" log frequencies, or "zeros"
-
-  def __post_init__(self):
-    if self.head not in HEADS:
-      raise ValueError(f"LMConfig: head must be one of {HEADS}, got {self.head!r}")
-    if self.proposal not in PROPOSALS:
-      raise ValueError(f"LMConfig: proposal must be one of {PROPOSALS}, got {self.proposal!r}")
-    if isinstance(self.retrieved, bool) or not isinstance(self.retrieved, int) \
-        or self.retrieved < 0:
-      raise ValueError(f"LMConfig: retrieved must be an int >= 0, got {self.retrieved!r}")
-    positive_int("LMConfig", "sampled", self.sampled)
-    if self.head_bias not in HEAD_BIASES:
-      raise ValueError(f"LMConfig: head_bias must be one of {HEAD_BIASES}, got "
-                       f"{self.head_bias!r}")
-
-  def build(self, vocab_size: int, seed: int,
-            train_ids: np.ndarray | None = None) -> jslide.nn.SparseTransformerLM:
-    """The model; ``train_ids`` (the encoded training text) sets the ``unigram`` biases
-    (without it they start at zero: for a model whose state a checkpoint replaces)."""
-    bias_init = (unigram_log_prior(train_ids, vocab_size)
-                 if self.head_bias == "unigram" and train_ids is not None
-                 else nnx.initializers.zeros_init())
-    return jslide.nn.SparseTransformerLM(
-        vocab_size, context=self.context, features=self.features, heads=self.heads,
-        layers=self.layers, hidden=self.hidden, ffn=self.ffn, ffn_active=self.ffn_active,
-        ffn_capacity=self.ffn_capacity,
-        head_retrieved=self.retrieved, head_sampled=self.sampled, proposal=self.proposal,
-        head_bias_init=bias_init, rngs=nnx.Rngs(seed))
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-  epochs: int = 1
-  batch_size: int = 16
-  learning_rate: float = 1e-3
-  seed: int = 0
-  eval_every: int = 500          # steps; 0: by eval_seconds only
-  eval_seconds: float = 0.0      # also evaluate after every this many seconds of training
-  max_eval_tokens: int = 32_768  # validation (and training-sample) tokens per evaluation
-  time_limit: float = 0.0        # seconds of training; 0: no limit
-  max_steps: int = 0             # 0: no limit
+from jslide import train as T
+from jslide.lm import heads
+from jslide.lm.config import ModelConfig, RunConfig
+from jslide.lm.vocab import Vocabulary, read_text, tokenize
+from jslide.train import checkpoint
+from jslide.train import config as run_config
 
 
 def windows(ids: np.ndarray, context: int) -> np.ndarray:
@@ -97,37 +33,37 @@ def windows(ids: np.ndarray, context: int) -> np.ndarray:
   return ids[idx]
 
 
-def make_step(model, cfg: LMConfig, run: RunConfig):
-  """(graphdef, state, step) for the configured head (one jit, state donated)."""
+def make_step(model, cfg: ModelConfig, run: RunConfig):
+  """(graphdef, state, step) for the configured head (one jit, state donated). The indices
+  (the lsh head's, the sparse FFNs') are rebuilt on the run's schedule."""
   lr = run.learning_rate
   if cfg.head == "lsh":
-    def forward(m, batch, key):
-      return m(batch["tokens"], batch["targets"], key=key)
-    return jslide.nn.make_train_step(
-        model, table_tx=jslide.optim.sparse_adam(lr, catch_up=True), dense_tx=optax.adam(lr),
-        forward=forward, schedule=jslide.lsh.RebuildSchedule(50, 1.3, 2000))
+    return T.make_train_step(
+        model, heads.lsh_softmax_loss, table_tx=jslide.optim.sparse_adam(lr, catch_up=True),
+        dense_tx=optax.adam(lr), schedule=run.rebuild_schedule())
+  schedule = run.rebuild_schedule() if cfg.ffn == "sparse" else None  # the head's is unused
   if cfg.head == "full":
-    return dense_gradient_step(model, full_softmax_loss, optax.adam(lr))
-  loss = functools.partial(sampled_softmax_loss, num_sampled=cfg.sampled, proposal=cfg.proposal)
-  return dense_gradient_step(model, loss, optax.adam(lr))
+    return T.make_dense_train_step(model, heads.full_softmax_loss, tx=optax.adam(lr),
+                                   schedule=schedule)
+  loss = functools.partial(heads.sampled_softmax_loss, num_sampled=cfg.sampled,
+                           proposal=cfg.proposal)
+  return T.make_dense_train_step(model, loss, tx=optax.adam(lr), schedule=schedule)
 
 
 def batch_of(win: np.ndarray) -> dict:
-  tokens, targets = jnp.asarray(win[:, :-1]), jnp.asarray(win[:, 1:])
-  return {"tokens": tokens, "targets": targets, "labels": targets.reshape(-1, 1),
-          "mask": jnp.ones(targets.size, bool)}
+  return {"tokens": jnp.asarray(win[:, :-1]), "targets": jnp.asarray(win[:, 1:])}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _nll_sum(graphdef, state, tokens, targets, exact_ffn):
-  model = jslide.nn.merge(graphdef, state)
+  model = state.model(graphdef)
   nll = model.token_nll(tokens, targets, key=jax.random.key(0), exact_ffn=exact_ffn)
   return jnp.sum(nll)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _ffn_dropped(graphdef, state, tokens):
-  return jslide.nn.merge(graphdef, state).ffn_dropped_fractions(tokens)
+  return state.model(graphdef).ffn_dropped_fractions(tokens)
 
 
 def perplexity(graphdef, state, wins: np.ndarray, batch_size: int, *,
@@ -149,19 +85,41 @@ def load_corpus(train_path: str, valid_path: str, vocab_size: int):
   return vocab, vocab.encode(train_tokens), vocab.encode(tokenize(read_text(valid_path)))
 
 
-def train(train_path: str, valid_path: str, cfg: LMConfig, run: RunConfig, *,
+def vocabulary_digest(vocab: Vocabulary) -> str:
+  """SHA-256 of the vocabulary's words in order: ids mean the same words iff equal."""
+  return hashlib.sha256("\n".join(vocab.words).encode()).hexdigest()
+
+
+def evaluate(graphdef, state, cfg: ModelConfig, run: RunConfig, valid_w: np.ndarray,
+             train_sample: np.ndarray | None = None) -> dict:
+  """Exact full-softmax perplexity of the validation windows (and of a training sample);
+  with sparse FFNs also computed with every FFN neuron, and for block FFNs the share of
+  block choices the blocks' capacity dropped (first validation batch)."""
+  out = {"valid_ppl": perplexity(graphdef, state, valid_w, run.batch_size)}
+  if train_sample is not None:
+    out["train_ppl"] = perplexity(graphdef, state, train_sample, run.batch_size)
+  if cfg.ffn != "dense":
+    out["valid_ppl_exact_ffn"] = perplexity(graphdef, state, valid_w, run.batch_size,
+                                            exact_ffn=True)
+  if cfg.ffn == "block":
+    out["ffn_dropped"] = [round(float(f), 4) for f in _ffn_dropped(
+        graphdef, state, jnp.asarray(valid_w[:run.batch_size, :-1]))]
+  return out
+
+
+def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
           json_path: str | None = None, progress: bool = True, ckpt: str | None = None,
           resume: bool = False, overwrite: bool = False) -> dict:
-  """Trains per ``cfg``/``run``; returns (and writes to ``json_path``) the run's record.
+  """Trains per ``cfg``/``run`` (:func:`jslide.train.fit`); returns (and writes to
+  ``json_path``) the run's record.
 
   With ``ckpt``, the state is saved (orbax) at every evaluation; ``resume`` continues the
-  latest checkpoint exactly (same batches, keys and rebuilds as an uninterrupted run).
+  latest checkpoint exactly (same batches, keys and rebuilds as an uninterrupted run), and
+  refuses one made on another training text (another vocabulary or number of windows).
   """
-  mgr = None
-  if ckpt:
-    mgr = checkpoint.writable_manager(ckpt)
-    if not resume:
-      checkpoint.refuse_to_overwrite(mgr, ckpt, overwrite)
+  if json_path:
+    T.check_writable(json_path)
+  store = T.Checkpoints(ckpt, resume=resume, overwrite=overwrite, best=False) if ckpt else None
   t0 = time.perf_counter()
   vocab, train_ids, valid_ids = load_corpus(train_path, valid_path, cfg.vocab_size)
   train_w, valid_w = windows(train_ids, cfg.context), windows(valid_ids, cfg.context)
@@ -174,107 +132,58 @@ def train(train_path: str, valid_path: str, cfg: LMConfig, run: RunConfig, *,
   train_sample = train_w[rng.permutation(len(train_w))[:len(valid_w)]]
   model = cfg.build(len(vocab), run.seed, train_ids)
   graphdef, state, step = make_step(model, cfg, run)
-  sparse_ffn_without_schedule = cfg.ffn == "sparse" and cfg.head != "lsh"
-  record = {"config": dataclasses.asdict(cfg), "run": dataclasses.asdict(run),
-            "vocab_size": len(vocab), "train_tokens": int(len(train_ids)),
+  record = {"model": cfg.to_json(), "run": run.to_json(), "vocab_size": len(vocab),
+            "train_tokens": int(len(train_ids)),
             "unknown_share": float(np.mean(train_ids == 0)), "evals": []}
-
-  def evaluate(state, steps, train_s):
-    state = jslide.nn.catch_up_train_state(state)
-    state = jslide.nn.rebuild_train_state(graphdef, state)
-    entry = {"step": steps, "tokens": steps * run.batch_size * cfg.context,
-             "train_s": round(train_s, 2),
-             "valid_ppl": perplexity(graphdef, state, valid_w, run.batch_size),
-             "train_ppl": perplexity(graphdef, state, train_sample, run.batch_size)}
-    if cfg.ffn != "dense":
-      entry["valid_ppl_exact_ffn"] = perplexity(graphdef, state, valid_w, run.batch_size,
-                                                exact_ffn=True)
-    if cfg.ffn == "block":  # what the blocks' capacity cost, on the first validation batch
-      entry["ffn_dropped"] = [round(float(f), 4) for f in _ffn_dropped(
-          graphdef, state, jnp.asarray(valid_w[:run.batch_size, :-1]))]
-    entry["tokens_per_s"] = round(entry["tokens"] / max(train_s, 1e-9), 1)
-    record["evals"].append(entry)
-    tqdm.write(json.dumps(entry))
-    if mgr is not None:
-      checkpoint.save(mgr, state, {"lm": dataclasses.asdict(cfg), "run": dataclasses.asdict(run),
-                                   "train_s": train_s, "record": record, "vocab": vocab.words})
-    return state
-
-  key = jax.random.key(run.seed)
-  steps, train_s, step_times = 0, 0.0, []
-  if resume:
-    state, meta = restore(ckpt, state, cfg, run)
-    steps, train_s, record = int(state.step), meta["train_s"], meta["record"]
+  meta = {"model": cfg.to_json(), "run": run.to_json(), "vocab": vocab.words,
+          "data": {"windows": len(train_w), "vocabulary": vocabulary_digest(vocab)}}
   per_epoch = len(train_w) // run.batch_size
+  tokens_per_step = run.batch_size * cfg.context
 
-  def next_eval_after(seconds):  # the next multiple of eval_seconds
-    return (math.floor(seconds / run.eval_seconds) + 1) * run.eval_seconds
+  def prepare(state):
+    return jslide.train.rebuild_train_state(graphdef, jslide.train.catch_up_train_state(state))
 
-  def finished(steps, seconds):
-    return bool((run.max_steps and steps >= run.max_steps) or
-                (run.time_limit and seconds >= run.time_limit))
+  def evaluate_at(state, entry):
+    tokens = entry["step"] * tokens_per_step
+    out = {"tokens": tokens,
+           "tokens_per_s": round(tokens / max(entry["train_s"], 1e-9), 1)}
+    out.update(evaluate(graphdef, state, cfg, run, valid_w, train_sample))
+    return out
 
-  next_eval_s = next_eval_after(train_s) if run.eval_seconds else 0.0
-  total = per_epoch * run.epochs if not run.max_steps else min(run.max_steps,
-                                                               per_epoch * run.epochs)
-  bar = tqdm(total=total, initial=min(steps, total), unit="step", disable=not progress,
-             dynamic_ncols=True)
-  done = finished(steps, train_s)
-  for epoch in range(steps // per_epoch, run.epochs if not done else 0):
+  def batches(epoch, start):
     order = np.random.default_rng(run.seed + 1 + epoch).permutation(len(train_w))
-    for i in range(steps - epoch * per_epoch, per_epoch):
-      batch = batch_of(train_w[order[i * run.batch_size:(i + 1) * run.batch_size]])
-      started = time.perf_counter()
-      state, metrics = step(state, batch, jax.random.fold_in(key, steps))
-      if sparse_ffn_without_schedule and steps % 200 == 199:
-        state = jslide.nn.rebuild_train_state(graphdef, state)
-      loss = float(metrics["loss"])  # waits for the step
-      if not bool(metrics["finite"]):
-        raise FloatingPointError(f"step {steps}: non-finite loss or gradient; the step was "
-                                 "skipped and training stopped")
-      elapsed = time.perf_counter() - started
-      train_s += elapsed
-      step_times.append(elapsed)
-      steps += 1
-      bar.update(1)
-      bar.set_postfix(loss=f"{loss:.3f}",
-                      tok_s=f"{steps * run.batch_size * cfg.context / train_s:,.0f}")
-      if ((run.eval_every and steps % run.eval_every == 0) or
-          (run.eval_seconds and train_s >= next_eval_s)):
-        state = evaluate(state, steps, train_s)
-        if run.eval_seconds:
-          next_eval_s = next_eval_after(train_s)
-      if finished(steps, train_s):
-        done = True
-        break
-    if done:
-      break
-  bar.close()
-  if not record["evals"] or record["evals"][-1]["step"] != steps:
-    state = evaluate(state, steps, train_s)
-  # The first steps compile; the median is the steady state.
-  if step_times:
-    record["step_ms"] = round(1000 * float(np.median(step_times[min(5, len(step_times) - 1):])),
-                              2)
+    for i in range(start, per_epoch):
+      yield batch_of(train_w[order[i * run.batch_size:(i + 1) * run.batch_size]]), \
+          run.batch_size
+
+  def log(entry):
+    tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in entry.items()))
+
+  result = T.fit(state, step, run=run, key=jax.random.key(run.seed), num_batches=per_epoch,
+                 batches=batches, evaluate=evaluate_at, prepare=prepare, meta=meta,
+                 record=record, store=store, resume=resume, progress=progress, log=log)
+  record = result.record
   record["wall_s"] = round(time.perf_counter() - t0, 1)
   record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
   if json_path:
-    with open(json_path, "w") as f:
-      json.dump(record, f, indent=1)
+    T.write_json(json_path, record)
   return record
 
 
-def restore(ckpt: str, state_like, cfg: LMConfig, run: RunConfig):
-  """(state, meta) of the newest intact checkpoint in ``ckpt``, refusing one made with other
-  settings (its batches, keys or optimizer state would not continue this run)."""
-
-  def check(meta):
-    for name, saved, wanted in (("model", meta["lm"], dataclasses.asdict(cfg)),
-                                ("run", meta["run"], dataclasses.asdict(run))):
-      fixed = {k: v for k, v in wanted.items() if k not in ("epochs", "time_limit", "max_steps")}
-      diff = {k: (saved.get(k), v) for k, v in fixed.items() if saved.get(k) != v}
-      if diff:
-        raise checkpoint.CheckpointError(
-            f"{ckpt}: the checkpoint's {name} settings differ (saved, requested): {diff}")
-
-  return checkpoint.restore_checked(ckpt, state_like, check)
+def load(ckpt: str):
+  """(model config, run config, vocabulary, graphdef, state) of a checkpoint of this
+  trainer (CheckpointError for another's)."""
+  meta = checkpoint.read_meta(ckpt)
+  if "vocab" not in meta or not isinstance(meta.get("model"), dict) \
+      or "vocab_size" not in meta["model"]:
+    raise checkpoint.CheckpointError(f"{ckpt}: not a checkpoint of the language-model trainer "
+                                     "(python -m jslide.lm train)")
+  cfg = run_config.from_json(ModelConfig, meta["model"])
+  run = run_config.from_json(RunConfig, meta["run"])
+  vocab = Vocabulary(meta["vocab"])
+  graphdef, state, _ = make_step(cfg.build(len(vocab), run.seed), cfg, run)
+  state, _ = checkpoint.restore_checked(
+      ckpt, state, lambda m: checkpoint.check_same_run(ckpt, m, {"model": cfg.to_json()},
+                                                       RunConfig))
+  return cfg, run, vocab, graphdef, state

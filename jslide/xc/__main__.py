@@ -16,10 +16,10 @@ import json
 import sys
 
 from jslide import datasets as D
-from jslide.lsh import STRATEGIES
-from jslide.nn.sparse_dense import HASH_FAMILIES
-from jslide.xc import checkpoint, trainer
-from jslide.xc.config import ModelConfig, TrainConfig
+from jslide import train as T
+from jslide.train import checkpoint
+from jslide.xc import trainer
+from jslide.xc.config import ModelConfig, RunConfig
 
 
 def _read(path, fmt, num_features=None, num_labels=None, normalize=True):
@@ -59,78 +59,26 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="command", required=True)
 
-  def data_args(q):
+  def data_args(q, skip_limits=False):
     q.add_argument("--format", choices=["auto", "xc", "libsvm"], default="auto")
     q.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="use raw feature values (default: log(1+v), unit L2 norm per example)")
-    q.add_argument("--max-features", type=int, default=64, help="features kept per example")
-    q.add_argument("--max-labels", type=int, default=8, help="labels kept per example")
+    if not skip_limits:  # train takes them from RunConfig
+      T.add_arguments(q, RunConfig, skip=[f for f in RunConfig.__dataclass_fields__
+                                         if f not in ("max_features", "max_labels")])
 
   t = sub.add_parser("train", help="train (default data: the bundled WordNet hypernyms)")
   t.add_argument("--dataset", choices=sorted(D.bundled.NAMES), default="wordnet",
                  help="bundled dataset used without --train (default: wordnet)")
   t.add_argument("--train", help="training file (XC repository or multi-label libsvm format)")
-  t.add_argument("--test", help="test file, evaluated after every epoch")
+  t.add_argument("--test", help="test file, scored at the end of the run (--test-each-eval: "
+                                "at every evaluation)")
   t.add_argument("--num-features", type=int, help="feature dimension (libsvm files)")
   t.add_argument("--num-labels", type=int, help="label count (libsvm files)")
-  data_args(t)
-  d = ModelConfig(num_features=0, num_labels=0)
-  tc = TrainConfig()
-  t.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden))
-  t.add_argument("--budget", type=int, default=d.budget, help="active output neurons per example")
-  t.add_argument("--candidates", type=int, default=d.candidates,
-                 help="labels retrieved and rescored per example at inference through the index "
-                      "(default: the budget, at most 5%% of the labels)")
-  t.add_argument("--inference-tables", type=int, default=d.inference_tables,
-                 help="k-means tables of the index built for inference (0: use the training "
-                      "index)")
-  t.add_argument("--inference-hashes", type=int, default=d.inference_hashes,
-                 help="K of the inference index, 2^K buckets a table (default: the training "
-                      "index's)")
-  t.add_argument("--inference-lists", type=int, default=d.inference_lists,
-                 help="regions of the hidden space whose neuron lists the trainer's sparse "
-                      "inference reads (0: the k-means index)")
-  t.add_argument("--inference-probes", type=int, default=d.inference_probes,
-                 help="neuron lists each example reads")
-  t.add_argument("--hash", dest="hash_family", choices=list(HASH_FAMILIES),
-                 default=d.hash_family)
-  t.add_argument("--num-hashes", type=int, default=d.num_hashes,
-                 help="K: hashes per table (cluster: 2^K buckets); default per family")
-  t.add_argument("--num-tables", type=int, default=d.num_tables,
-                 help="L: hash tables; default per family")
-  t.add_argument("--bin-size", type=int, default=d.bin_size, help="DWTA bin size")
-  t.add_argument("--strategy", choices=sorted(STRATEGIES), default=d.strategy,
-                 help="retrieval strategy (default: ranked for --hash cluster, else vanilla)")
-  t.add_argument("--fill-group", type=int, default=d.fill_group,
-                 help="consecutive examples sharing one random fill (shared negatives)")
-  t.add_argument("--max-retrieved", type=int, default=d.max_retrieved,
-                 help="of the budget, ids taken from the index at most, the rest random "
-                      "(default: budget/4)")
-  t.add_argument("--batch-negatives", type=int, default=d.batch_negatives,
-                 help="of the budget, slots for other labels of the batch (default: budget/4)")
-  t.add_argument("--param-dtype", choices=["float32", "bfloat16"], default=d.param_dtype,
-                 help="dtype of the input and output tables (bfloat16: half the memory "
-                      "traffic; updates rounded stochastically)")
-  t.add_argument("--moment-dtype", choices=["float32", "bfloat16"], default=d.moment_dtype,
-                 help="dtype of the tables' Adam moments (default float32)")
-  t.add_argument("--epochs", type=int, default=tc.epochs)
-  t.add_argument("--valid-fraction", type=float, default=0.1,
-                 help="training examples held out to select the best epoch (0: none)")
-  t.add_argument("--batch-size", type=int, default=tc.batch_size)
-  t.add_argument("--lr", type=float, default=tc.learning_rate)
-  t.add_argument("--loss", choices=["softmax", "bce"], default=tc.loss)
-  t.add_argument("--dense", action="store_true", help="dense output layer baseline")
-  t.add_argument("--sampled", type=int, default=0, metavar="S",
-                 help="sampled-softmax baseline: the batch's labels plus S uniform labels "
-                      "shared by the batch, plain JAX gathers, optax.adam on everything")
-  t.add_argument("--lazy-adam", dest="catch_up", action="store_false",
-                 help="lazy Adam for tables (default: catch-up Adam, equal to dense Adam)")
-  t.add_argument("--rebuild-initial", type=int, default=tc.rebuild_initial)
-  t.add_argument("--rebuild-growth", type=float, default=tc.rebuild_growth)
-  t.add_argument("--rebuild-max", type=int, default=tc.rebuild_max)
-  t.add_argument("--seed", type=int, default=tc.seed)
+  data_args(t, skip_limits=True)
+  T.add_arguments(t.add_argument_group("model"), ModelConfig)
+  T.add_arguments(t.add_argument_group("run"), RunConfig)
   t.add_argument("--ckpt", help="checkpoint directory (orbax)")
-  t.add_argument("--ckpt-every", type=int, default=0, help="also checkpoint every N steps")
   t.add_argument("--overwrite", action="store_true",
                  help="start a new run in a --ckpt directory that holds another run's "
                       "checkpoints (deletes them)")
@@ -167,35 +115,23 @@ def main(argv=None) -> int:
   try:
     if args.command == "train":
       train, test = _load_train_test(args)
-      model_cfg = ModelConfig(
-          train.num_features, train.num_labels, hidden=tuple(args.hidden), budget=args.budget,
-          hash_family=args.hash_family, num_hashes=args.num_hashes, num_tables=args.num_tables,
-          bin_size=args.bin_size, strategy=args.strategy, fill_group=args.fill_group,
-          batch_negatives=args.batch_negatives, max_retrieved=args.max_retrieved,
-          param_dtype=args.param_dtype, moment_dtype=args.moment_dtype,
-          candidates=args.candidates, inference_tables=args.inference_tables,
-          inference_hashes=args.inference_hashes, inference_lists=args.inference_lists,
-          inference_probes=args.inference_probes)
-      cfg = TrainConfig(
-          epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss,
-          dense=args.dense, sampled=args.sampled, catch_up=args.catch_up,
-          rebuild_initial=args.rebuild_initial,
-          rebuild_growth=args.rebuild_growth, rebuild_max=args.rebuild_max,
-          max_features=args.max_features, max_labels=args.max_labels, seed=args.seed,
-          checkpoint_every=args.ckpt_every)
+      model_cfg = T.from_args(ModelConfig, args, num_features=train.num_features,
+                              num_labels=train.num_labels)
+      cfg = T.from_args(RunConfig, args)
       print(f"data: {train.stats()}")
       kind = (" (dense output layer)" if args.dense else
               f" (sampled softmax, {args.sampled} shared labels)" if args.sampled else "")
       print(f"model: {model_cfg}{kind}")
       valid = None
-      if args.valid_fraction:
-        train, valid = train.split(args.valid_fraction, seed=0)
+      if cfg.valid_fraction:
+        train, valid = train.split(cfg.valid_fraction, seed=0)
       trainer.train(train, test, model_cfg, cfg, valid_data=valid, checkpoint_dir=args.ckpt,
                     resume=args.resume, overwrite=args.overwrite, json_path=args.json,
                     progress=args.progress)
     elif args.command == "eval":
-      meta = checkpoint.read_meta(args.ckpt)
-      dims = ModelConfig.from_json(meta["model"])
+      if args.json:
+        T.check_writable(args.json)
+      dims = trainer.load_model_config(args.ckpt)
       data = (_read(args.test, args.format, dims.num_features, dims.num_labels, args.normalize)
               if args.test else D.bundled.load(args.dataset, "test").normalized())
       train = _lists_training_data(args, dims, bundled=args.dataset if not args.test else None)
@@ -203,18 +139,17 @@ def main(argv=None) -> int:
                                  max_labels=args.max_labels, train_data=train)
       print(json.dumps(metrics, indent=2))
       if args.json:
-        with open(args.json, "w") as f:
-          json.dump(metrics, f, indent=2)
+        T.write_json(args.json, metrics)
     else:
-      meta = checkpoint.read_meta(args.ckpt)
-      dims = ModelConfig.from_json(meta["model"])
+      T.check_writable(args.out, "--out")
+      dims = trainer.load_model_config(args.ckpt)
       data = _read(args.input, args.format, dims.num_features, dims.num_labels, args.normalize)
       train = (_lists_training_data(args, dims, bundled=args.dataset) if args.via_lsh
                else None)
       n = trainer.predict(args.ckpt, data, args.out, k=args.k, max_features=args.max_features,
                           exact=not args.via_lsh, train_data=train)
       print(f"wrote top-{args.k} labels for {n} inputs to {args.out}")
-  except (D.XCFormatError, checkpoint.CheckpointError, trainer.NonFiniteLossError,
+  except (D.XCFormatError, checkpoint.CheckpointError, T.NonFiniteLossError,
           FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

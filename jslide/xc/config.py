@@ -3,48 +3,61 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax.numpy as jnp
 from flax import nnx
 
 import jslide
-from jslide.nn.sparse_dense import default_num_hashes
+from jslide.lsh import STRATEGIES
+from jslide.nn.sparse_dense import HASH_FAMILIES, default_num_hashes
+from jslide.train import config as run_config
+from jslide.train.config import option
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Everything that fixes the model's architecture (checked when resuming or evaluating)."""
+  """Everything that fixes the model's architecture (checked when resuming or evaluating).
+  Each field is also an option of ``python -m jslide.xc train``."""
 
-  num_features: int
-  num_labels: int
-  hidden: tuple[int, ...] = (128,)
-  budget: int = 1024
-  hash_family: str = "cluster"
-  num_hashes: int | None = None  # None: per family (cluster: about 20 rows a bucket; else 5)
-  num_tables: int | None = None  # None: per family (cluster: 1; else 16)
-  bin_size: int = 8
-  strategy: str | None = None  # None: the hash family's default
-  fill_group: int | None = 1
-  batch_negatives: int | None = None  # None: budget // 4
-  max_retrieved: int | None = None  # ids from the index at most; None: budget // 4
-  param_dtype: str = "float32"  # the tables (input and output kernels): or "bfloat16"
-  moment_dtype: str | None = None  # the tables' Adam moments; None: float32
-  # Labels retrieved and rescored per example at inference (eval and predict through the
-  # index); None: the budget, capped at 5% of the labels.
-  candidates: int | None = None
-  # Inference (eval and predict through the index) uses an index of its own, k-means with
-  # this many tables (0: the training index), 2^inference_hashes buckets each (None: as many
-  # as the training index, or about 20 rows a bucket).
-  inference_tables: int = 6
-  inference_hashes: int | None = None
-  # The trainer's sparse inference: neuron lists (jslide.lsh.NeuronLists) over this many
-  # regions of the hidden space, fitted to the training set after every epoch, each query
-  # reading its inference_probes nearest (0, the default: the k-means index above; 1,024 with 4
-  # probes is 7-9x faster and a little less exact, docs/lsh.md). Eval and predict from a
-  # checkpoint build them from the training file they are given (--train).
-  inference_lists: int = 0
-  inference_probes: int = 2
+  num_features: int = option(0, "input features (from the data)", cli=False)
+  num_labels: int = option(0, "labels (from the data)", cli=False)
+  hidden: tuple[int, ...] = option((128,), "widths of the hidden ReLU layers")
+  budget: int = option(1024, "active output neurons per example in training")
+  hash_family: str = option("cluster", "hash family of the output layer's index",
+                            flag="--hash", choices=HASH_FAMILIES)
+  num_hashes: int | None = option(None, "K: hashes per table (cluster: 2^K buckets); default "
+                                  "per family (cluster: about 20 rows a bucket; else 5)")
+  num_tables: int | None = option(None, "L: hash tables; default per family (cluster: 1; "
+                                  "else 16)")
+  bin_size: int = option(8, "DWTA bin size")
+  strategy: str | None = option(None, "retrieval strategy (default: ranked for --hash "
+                                "cluster, else vanilla)", choices=sorted(STRATEGIES))
+  fill_group: int | None = option(1, "consecutive examples sharing one random fill (shared "
+                                  "negatives)")
+  batch_negatives: int | None = option(None, "of the budget, slots for other labels of the "
+                                       "batch (default: budget/4)")
+  max_retrieved: int | None = option(None, "of the budget, ids taken from the index at most, "
+                                     "the rest random (default: budget/4)")
+  param_dtype: str = option("float32", "dtype of the input and output tables (bfloat16: half "
+                            "the memory traffic; updates rounded stochastically)",
+                            choices=("float32", "bfloat16"))
+  moment_dtype: str | None = option(None, "dtype of the tables' Adam moments (default "
+                                    "float32)", choices=("float32", "bfloat16"))
+  candidates: int | None = option(None, "labels retrieved and rescored per example at "
+                                  "inference through the index (default: the budget, at "
+                                  "most 5%% of the labels)")
+  inference_tables: int = option(6, "k-means tables of the index built for inference (0: "
+                                 "use the training index)")
+  inference_hashes: int | None = option(None, "K of the inference index, 2^K buckets a table "
+                                        "(default: the training index's)")
+  # Neuron lists (jslide.lsh.NeuronLists) over this many regions of the hidden space, fitted
+  # to the training set, each query reading its inference_probes nearest (0, the default:
+  # the k-means index above; 1,024 with 4 probes is 7-9x faster and a little less exact,
+  # docs/lsh.md). Eval and predict from a checkpoint build them from the training file they
+  # are given (--train).
+  inference_lists: int = option(0, "regions of the hidden space whose neuron lists sparse "
+                                "inference reads (0: the k-means index)")
+  inference_probes: int = option(2, "neuron lists each example reads")
 
   def __post_init__(self):
     for name in ("param_dtype", "moment_dtype"):
@@ -90,44 +103,51 @@ class ModelConfig:
         param_dtype=jnp.dtype(self.param_dtype), rngs=nnx.Rngs(seed))
 
   def to_json(self) -> dict:
-    return dataclasses.asdict(self)
+    return run_config.to_json(self)
 
   @classmethod
   def from_json(cls, d: dict) -> "ModelConfig":
-    # Checkpoints from before a field existed get the value that build used then.
-    old = {"fill_group": 1, "batch_negatives": 0, "max_retrieved": d.get("budget", 0),
-           "param_dtype": "float32", "moment_dtype": None}
-    return cls(**{**old, **d, "hidden": tuple(d["hidden"])})
+    return run_config.from_json(cls, d)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  epochs: int = 5
-  batch_size: int = 256
-  learning_rate: float = 5e-3
-  loss: str = "softmax"
-  dense: bool = False
-  sampled: int = 0  # > 0: the sampled-softmax baseline with that many shared uniform labels
-  catch_up: bool = True  # sparse_adam(catch_up=...): rows keep pace with dense Adam
-  rebuild_initial: int = 50
-  rebuild_growth: float = 1.3
-  rebuild_max: int = 2000
-  max_features: int = 64
-  max_labels: int = 8
-  seed: int = 0
-  checkpoint_every: int = 0  # steps; 0: at the end of each epoch only
+class RunConfig(run_config.RunConfig):
+  """How an extreme-classification run trains and evaluates (:class:`jslide.train.RunConfig`
+  and the fields below). Evaluation scores the validation split (exact P@k) at every
+  evaluation and the test split, with the inference index's diagnostics, once at the end
+  on the selected state (``test_each_eval``: at every evaluation too)."""
+
+  epochs: int = option(5, "passes over the training data", resumable=True)
+  batch_size: int = option(256, "examples per step")
+  learning_rate: float = option(5e-3, "Adam's learning rate", flag="--lr", resumable=True)
+  loss: str = option("softmax", "loss over the active set", choices=("softmax", "bce"))
+  dense: bool = option(False, "the dense baseline: every label scored, optax.adam on every "
+                       "parameter")
+  sampled: int = option(0, "the sampled-softmax baseline: the batch's labels plus S uniform "
+                        "labels shared by the batch, plain JAX gathers, optax.adam on "
+                        "everything (0: off)", metavar="S")
+  catch_up: bool = option(True, "lazy Adam for tables (default: catch-up Adam, equal to "
+                          "dense Adam)", flag="--lazy-adam")
+  max_features: int = option(64, "features kept per example")
+  max_labels: int = option(8, "labels kept per example")
+  valid_fraction: float = option(0.1, "training examples held out to select the best "
+                                 "evaluation (command line; 0: none)")
+  test_each_eval: bool = option(False, "score the test split and the inference index at "
+                                "every evaluation, not only at the end", resumable=True)
 
   def __post_init__(self):
-    for name in ("batch_size", "max_features", "max_labels"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"TrainConfig: {name} must be a positive int, got {value!r}")
-    for name in ("epochs", "sampled", "checkpoint_every"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"TrainConfig: {name} must be an int >= 0, got {value!r}")
-    if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-      raise ValueError(f"TrainConfig: learning_rate must be finite and > 0, got "
-                       f"{self.learning_rate!r}")
+    super().__post_init__()
+    for name in ("max_features", "max_labels"):
+      run_config.check_int(self, name, 1)
+    run_config.check_int(self, "sampled", 0)
+    run_config.check_choice(self, "loss", ("softmax", "bce"))
+    if not 0 <= self.valid_fraction < 1:
+      raise ValueError(f"RunConfig: valid_fraction must lie in [0, 1), got "
+                       f"{self.valid_fraction!r}")
     if self.dense and self.sampled:
-      raise ValueError("TrainConfig: dense and sampled are two different baselines; pick one")
+      raise ValueError("RunConfig: dense and sampled are two different baselines; pick one")
+
+  @property
+  def sparse(self) -> bool:
+    """Whether this run trains with jslide's index (not a baseline)."""
+    return not (self.dense or self.sampled)

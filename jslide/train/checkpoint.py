@@ -13,11 +13,17 @@ import hashlib
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import jax
-import orbax.checkpoint as ocp
 
-from jslide.xc.config import ModelConfig
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
+
+
+def _ocp():
+  import orbax.checkpoint as ocp  # 1.6 s to import: only when checkpoints are used
+  return ocp
 
 
 class CheckpointError(ValueError):
@@ -25,6 +31,7 @@ class CheckpointError(ValueError):
 
 
 def manager(directory: str) -> ocp.CheckpointManager:
+  ocp = _ocp()
   return ocp.CheckpointManager(os.path.abspath(directory),
                                options=ocp.CheckpointManagerOptions(max_to_keep=2))
 
@@ -58,19 +65,6 @@ def refuse_to_overwrite(mgr: ocp.CheckpointManager, directory: str, overwrite: b
     mgr.delete(step)
 
 
-def check_data_order(directory: str, saved: dict | None, current: dict) -> None:
-  """CheckpointError when what fixes the order of the batches (batch size, seed, examples,
-  features and labels kept) differs from the run being resumed: resuming would skip or
-  repeat examples."""
-  if saved is None:
-    return
-  diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
-  if diff:
-    listed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(diff.items()))
-    raise CheckpointError(f"{directory}: the checkpoint's run read its data in another order "
-                          f"({listed}); resume with the same settings")
-
-
 def save(mgr: ocp.CheckpointManager, state, meta: dict) -> None:
   """Saves state at its step with meta (model config, epoch, next batch, flags).
 
@@ -81,8 +75,9 @@ def save(mgr: ocp.CheckpointManager, state, meta: dict) -> None:
   step = int(state.step)
   if step in mgr.all_steps():
     mgr.delete(step)
-  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                         meta=ocp.args.JsonSave(meta)), force=True)
+  args = _ocp().args
+  mgr.save(step, args=args.Composite(state=args.StandardSave(state), meta=args.JsonSave(meta)),
+           force=True)
   mgr.wait_until_finished()
   _write_checksums(str(mgr.directory), step)
 
@@ -111,7 +106,7 @@ def _write_checksums(directory: str, step: int) -> None:
   with open(path + ".tmp", "w") as f:
     json.dump(_digests(os.path.join(directory, str(step))), f)
   os.replace(path + ".tmp", path)  # atomic: a crash leaves the old file or the new one
-  kept = {str(s) for s in ocp.CheckpointManager(directory).all_steps()}
+  kept = {str(s) for s in _ocp().CheckpointManager(directory).all_steps()}
   for name in os.listdir(os.path.join(directory, "checksums")):
     if name.endswith(".json") and name[:-5] not in kept:
       os.remove(os.path.join(directory, "checksums", name))
@@ -170,7 +165,8 @@ def restore_newest_intact(directory: str, load):
 
 
 def _load_meta(mgr: ocp.CheckpointManager, step: int) -> dict:
-  return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  args = _ocp().args
+  return mgr.restore(step, args=args.Composite(meta=args.JsonRestore())).meta
 
 
 def read_meta(directory: str) -> dict:
@@ -182,37 +178,32 @@ def restore_checked(directory: str, state_like, check_meta):
   """(state, meta) of the newest intact checkpoint, the state shaped like ``state_like``.
   ``check_meta(meta)`` raises CheckpointError for a checkpoint this run cannot continue, and
   runs before the state is read."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+  abstract = jax.tree.map(_ocp().utils.to_shape_dtype_struct, state_like)
 
   def load(mgr, step):
     meta = _load_meta(mgr, step)
     check_meta(meta)
-    restored = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
+    args = _ocp().args
+    restored = mgr.restore(step, args=args.Composite(state=args.StandardRestore(abstract)))
     return restored.state, meta
 
   return restore_newest_intact(directory, load)[0]
 
 
-def restore(directory: str, state_like, config: ModelConfig, dense: bool,
-            catch_up: bool = False, sampled: int = 0):
-  """(state, meta) of the newest intact checkpoint, after checking it was made by this
-  architecture and optimizer."""
-
-  def check(meta):
-    saved = ModelConfig.from_json(meta["model"])
-    if saved != config:
-      raise CheckpointError(f"{directory}: checkpoint is for another architecture:\n"
-                            f"  saved:     {saved}\n  requested: {config}")
-    if bool(meta.get("dense")) != dense:
-      raise CheckpointError(f"{directory}: checkpoint was trained with "
-                            f"dense={meta.get('dense')}")
-    if int(meta.get("sampled", 0)) != sampled:
-      raise CheckpointError(f"{directory}: checkpoint was trained with "
-                            f"sampled={meta.get('sampled', 0)}")
-    if not (dense or sampled) and bool(meta.get("catch_up", False)) != catch_up:
-      raise CheckpointError(f"{directory}: checkpoint was trained with "
-                            f"catch_up={meta.get('catch_up', False)} (its optimizer state "
-                            "differs)")
-
-  return restore_checked(directory, state_like, check)
+def check_same_run(directory: str, meta: dict, wanted: dict, run_cls) -> None:
+  """CheckpointError unless the checkpoint's ``meta`` continues the run ``wanted``
+  (``{"model": ..., "run": ..., "data": ...}``, as :func:`jslide.train.fit` saves them):
+  the same model and data, and the same run settings but those a resumed run may change
+  (``resumable`` in :func:`jslide.train.option`: epochs, limits, how often to evaluate)."""
+  from jslide.train.config import changed_on_resume
+  for section, what in (("model", "another model"), ("data", "other data"),
+                        ("run", "other run settings")):
+    saved, want = meta.get(section) or {}, wanted.get(section) or {}
+    if section == "run":
+      diff = changed_on_resume(run_cls, saved, want)
+    else:
+      diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
+    if diff:
+      listed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(diff.items()))
+      raise CheckpointError(f"{directory}: the checkpoint is of a run with {what} ({listed}); "
+                            "resume with the same settings, or start over with --overwrite")

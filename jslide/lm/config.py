@@ -1,0 +1,85 @@
+"""The settings of a language-model run: the model, and how it trains (each field also an
+option of ``python -m jslide.lm train``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from flax import nnx
+
+import jslide
+from jslide.lm.heads import HEADS, PROPOSALS
+from jslide.lm.vocab import unigram_log_prior
+from jslide.nn.transformer import FFN_KINDS
+from jslide.train import config as run_config
+from jslide.train.config import option
+
+HEAD_BIASES = ("unigram", "zeros")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The model and how its softmax head and FFNs train."""
+
+  vocab_size: int = option(50_000, "words in the vocabulary (the most frequent of the "
+                           "training text, <unk> for the rest)")
+  context: int = option(64, "tokens a position sees")
+  features: int = option(256, "model width")
+  heads: int = option(4, "attention heads")
+  layers: int = option(2, "transformer blocks")
+  hidden: int = option(1024, "FFN width")
+  ffn: str = option("dense", "FFN kind", choices=FFN_KINDS)
+  ffn_active: int | None = option(None, "hidden neurons per token, --ffn sparse or block "
+                                  "(default hidden // 20)")
+  ffn_capacity: float = option(1.5, "--ffn block: tokens a block takes, in multiples of a "
+                               "fair share")
+  head: str = option("lsh", "softmax head", choices=HEADS)
+  retrieved: int = option(256, "words the lsh head's index retrieves per position")
+  sampled: int = option(1024, "shared sampled words per step (lsh and sampled heads)")
+  proposal: str = option("log-uniform", "distribution of the sampled words", choices=PROPOSALS)
+  head_bias: str = option("unigram", "the word biases start at the training text's log word "
+                          "frequencies (unigram) or at zero", choices=HEAD_BIASES)
+
+  def __post_init__(self):
+    for name, choices in (("head", HEADS), ("proposal", PROPOSALS), ("ffn", FFN_KINDS),
+                          ("head_bias", HEAD_BIASES)):
+      run_config.check_choice(self, name, choices)
+    for name in ("vocab_size", "context", "features", "heads", "layers", "hidden", "sampled"):
+      run_config.check_int(self, name, 1)
+    run_config.check_int(self, "retrieved", 0)
+    if self.ffn_active is not None:
+      run_config.check_int(self, "ffn_active", 1, self.hidden)
+    run_config.check_float(self, "ffn_capacity", 0.0, strict=True)
+
+  def build(self, vocab_size: int, seed: int,
+            train_ids: np.ndarray | None = None) -> jslide.nn.SparseTransformerLM:
+    """The model; ``train_ids`` (the encoded training text) sets the ``unigram`` biases
+    (without it they start at zero: for a model whose state a checkpoint replaces)."""
+    bias_init = (unigram_log_prior(train_ids, vocab_size)
+                 if self.head_bias == "unigram" and train_ids is not None
+                 else nnx.initializers.zeros_init())
+    return jslide.nn.SparseTransformerLM(
+        vocab_size, context=self.context, features=self.features, heads=self.heads,
+        layers=self.layers, hidden=self.hidden, ffn=self.ffn, ffn_active=self.ffn_active,
+        ffn_capacity=self.ffn_capacity,
+        head_retrieved=self.retrieved, head_sampled=self.sampled, proposal=self.proposal,
+        head_bias_init=bias_init, rngs=nnx.Rngs(seed))
+
+  def to_json(self) -> dict:
+    return run_config.to_json(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(run_config.RunConfig):
+  """How a language model trains (:class:`jslide.train.RunConfig` and the field below): by
+  default one epoch of windows of ``context + 1`` tokens, evaluated every 500 steps."""
+
+  eval_every: int = option(500, "also evaluate every this many steps (0: at the end of each "
+                           "epoch only)")
+  max_eval_tokens: int = option(32_768, "validation (and training-sample) tokens per "
+                                "evaluation", resumable=True)
+
+  def __post_init__(self):
+    super().__post_init__()
+    run_config.check_int(self, "max_eval_tokens", 1)

@@ -1,0 +1,255 @@
+"""The training loop every application shares: epochs of batches through a jitted step,
+evaluation when the run config says, checkpoints, best-evaluation selection, limits,
+progress, and a stop with the state intact on a non-finite loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jslide.train import checkpoint
+from jslide.train.config import RunConfig
+from jslide.train.step import TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss or gradient (the step was skipped)."""
+
+
+@dataclasses.dataclass
+class Position:
+  """Where a run stands: epochs finished, the next batch of the current epoch, the training
+  seconds so far. Saved with every checkpoint; a resumed run starts from it."""
+
+  epoch: int = 0
+  next_batch: int = 0
+  train_s: float = 0.0
+
+
+class Checkpoints:
+  """A run's checkpoint directory (and, for a run that selects its best evaluation, the
+  ``<directory>-best`` beside it), opened for writing before any training: a directory that
+  cannot be written fails now, and a new run refuses to delete another run's checkpoints
+  unless ``overwrite``."""
+
+  def __init__(self, directory: str, *, resume: bool, overwrite: bool, best: bool):
+    self.directory = directory
+    self.mgr = checkpoint.writable_manager(directory)
+    self.best_directory = directory.rstrip("/") + "-best" if best else None
+    self.best_mgr = checkpoint.writable_manager(self.best_directory) if best else None
+    if not resume:
+      checkpoint.refuse_to_overwrite(self.mgr, directory, overwrite)
+      if self.best_mgr:  # goes with the run
+        checkpoint.refuse_to_overwrite(self.best_mgr, self.best_directory, overwrite=True)
+
+  def save(self, state, meta: dict) -> None:
+    checkpoint.save(self.mgr, state, meta)
+
+  def save_best(self, state, meta: dict) -> None:
+    checkpoint.save(self.best_mgr, state, meta)
+
+  def restore(self, state_like, wanted: dict, run_cls):
+    """(state, meta) of the newest intact checkpoint, refused (CheckpointError) unless it
+    continues the run ``wanted`` (:func:`jslide.train.checkpoint.check_same_run`)."""
+    return checkpoint.restore_checked(
+        self.directory, state_like,
+        lambda meta: checkpoint.check_same_run(self.directory, meta, wanted, run_cls))
+
+  def restore_best(self, state_like):
+    return checkpoint.restore_checked(self.best_directory, state_like, lambda meta: None)[0]
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: TrainState     # the final state (prepared: caught up, indices rebuilt)
+  best: Any             # the selected evaluation's (tables, params, rest), or the final's
+  record: dict
+
+
+def _evaluated_part(state: TrainState):
+  """What evaluation reads of a state (no optimizer state), copied: the training steps
+  donate, and so overwrite, the state's own buffers."""
+  return jax.tree.map(jnp.copy, state._replace(opt_state=None))
+
+
+def fit(state: TrainState, step: Callable, *, run: RunConfig, key, num_batches: int,
+        batches: Callable[[int, int], Iterable[tuple[Any, int]]],
+        evaluate: Callable[[TrainState, dict], dict], prepare: Callable | None = None,
+        meta: dict, record: dict, store: Checkpoints | None = None,
+        select: Callable[[dict], float] | None = None, resume: bool = False,
+        progress: bool = True, log: Callable[[dict], None] = print,
+        unit: str = "ex") -> FitResult:
+  """Trains ``state`` by ``step`` as ``run`` says; returns the final and the selected state.
+
+  Args:
+    step: ``step(state, batch, key) -> (state, metrics)`` (:func:`make_train_step`); step i
+      (counted over the run) gets ``fold_in(key, i)``.
+    num_batches: steps per epoch.
+    batches: ``batches(epoch, start)`` yields ``(batch, examples in it)`` for the epoch's
+      batches from ``start`` on, in the same order on every call.
+    evaluate: ``evaluate(state, entry)``, the metrics of a prepared state (its optimizer
+      state left out), merged into the evaluation's ``entry`` (given so far: epoch, step,
+      train_s, ...).
+    prepare: the state ready for evaluation and saving (catch-up Adam, index rebuilds);
+      timed as training. Training continues from the prepared state.
+    meta: ``{"model": ..., "run": ..., "data": ...}`` saved with every checkpoint, and
+      checked when resuming (:func:`jslide.train.checkpoint.check_same_run`).
+    record: the run's record; each evaluation appends its entry to ``record["evals"]``
+      (epoch, step, train_s, seconds and train_loss since the last evaluation, examples per
+      second, then what ``evaluate`` returned).
+    store: the checkpoint directories; with ``resume``, training continues from the newest
+      intact checkpoint, exactly (same batches, keys and rebuilds).
+    select: a score of an entry (higher is better): the best evaluation is
+      ``record["selected"]``, its state kept (``<store>-best``) and returned as ``best``.
+    log: called with every entry.
+
+  Raises NonFiniteLossError at the first step whose loss or gradient is not finite; the
+  step is skipped, so the state and the last checkpoint are the last good ones.
+  """
+  prepare = prepare or (lambda s: s)
+  record.setdefault("evals", [])
+  position = Position()
+  if resume:
+    if store is None:
+      raise ValueError("fit: resume needs a checkpoint directory")
+    state, saved = store.restore(state, meta, type(run))
+    position = Position(**saved["position"])
+    record.update(saved["record"])
+  best = None
+  if record.get("selected") and store is not None and store.best_mgr is not None:
+    best = store.restore_best  # read when needed: the run may select a later evaluation
+
+  steps_done = int(state.step)
+  run_key = key
+  t_start = time.perf_counter()   # training time since the last pause
+  since = {"examples": 0, "loss_sum": 0.0, "seconds": 0.0}
+  step_seconds: list[float] = []
+  last_eval_step = record["evals"][-1]["step"] if record["evals"] else -1
+  next_eval_s = (math.floor(position.train_s / run.eval_seconds) + 1) * run.eval_seconds \
+      if run.eval_seconds else math.inf
+
+  def position_meta(epoch, next_batch, train_s):
+    return {**meta, "position": dataclasses.asdict(Position(epoch, next_batch, train_s)),
+            "record": record}
+
+  def train_seconds():
+    return position.train_s + (time.perf_counter() - t_start)
+
+  def finished():
+    return bool((run.max_steps and steps_done >= run.max_steps) or
+                (run.time_limit and train_seconds() >= run.time_limit))
+
+  total = num_batches * run.epochs
+  if run.max_steps:
+    total = min(total, run.max_steps)
+  bar = tqdm(total=total, initial=min(steps_done, total), unit="step", disable=not progress,
+             dynamic_ncols=True)
+  pending = None  # the last step's (metrics, examples, step index), not yet read back
+
+  def check(pending):
+    """Reads one step's metrics back (waiting for it); stops on a non-finite loss."""
+    m, n, i = pending
+    where = (f"at step {i + 1} (epoch {i // num_batches + 1}, batch {i % num_batches}); "
+             "stopping. The last good checkpoint (if any) is kept. Try a lower learning rate.")
+    loss = float(m["loss"])
+    if not bool(m["finite"]):  # the step was skipped: the state is the last good one
+      raise NonFiniteLossError(f"non-finite loss or gradient {where}")
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(f"loss became {loss} {where}")
+    since["examples"] += n
+    since["loss_sum"] += loss * n
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}")
+
+  def evaluation(state, epoch_done: int, next_batch: int):
+    """Prepares, evaluates, records, selects and saves; returns the prepared state."""
+    nonlocal t_start, best, last_eval_step, next_eval_s
+    state = prepare(state)
+    jax.block_until_ready(state)
+    train_s = train_seconds()
+    seconds = train_s - since["seconds"]
+    entry = {"epoch": epoch_done + (next_batch / num_batches if next_batch else 0),
+             "step": steps_done, "train_s": round(train_s, 3), "seconds": round(seconds, 3),
+             "train_loss": since["loss_sum"] / max(since["examples"], 1),
+             "examples_per_s": round(since["examples"] / seconds, 1) if seconds > 0 else 0.0}
+    entry.update(evaluate(state._replace(opt_state=None), dict(entry)))
+    record["evals"].append(entry)
+    log(entry)
+    m = position_meta(epoch_done, next_batch, train_s)
+    if select is not None and (record.get("selected") is None or
+                               select(entry) > select(record["selected"])):
+      record["selected"] = entry
+      best = _evaluated_part(state)
+      if store is not None and store.best_mgr is not None:
+        store.save_best(state, m)
+    if store is not None:
+      store.save(state, m)
+    since.update(examples=0, loss_sum=0.0, seconds=train_s)
+    last_eval_step = steps_done
+    if run.eval_seconds:
+      next_eval_s = (math.floor(train_s / run.eval_seconds) + 1) * run.eval_seconds
+    position.train_s, t_start = train_s, time.perf_counter()  # evaluation is not training
+    return state
+
+  since["seconds"] = position.train_s
+  epoch, start = position.epoch, position.next_batch
+  done = finished()
+  while epoch < run.epochs and not done:
+    bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
+    i = start
+    for i, (batch, n) in enumerate(batches(epoch, start), start=start):
+      t0 = time.perf_counter()
+      state, m = step(state, batch, jax.random.fold_in(run_key, steps_done))
+      # The previous step's loss is read while this one runs (dispatch is asynchronous),
+      # so the host's batch building and bookkeeping overlap the computation.
+      if pending is not None:
+        check(pending)
+      pending = (m, n, steps_done)
+      steps_done += 1
+      at_end = i + 1 == num_batches
+      due = ((run.eval_every and steps_done % run.eval_every == 0) or
+             train_seconds() >= next_eval_s)
+      save_due = store is not None and run.checkpoint_every and \
+          steps_done % run.checkpoint_every == 0
+      done = finished()
+      if due or save_due or done or at_end:
+        check(pending)  # a step is evaluated or saved only once known to be good
+        pending = None
+      step_seconds.append(time.perf_counter() - t0)
+      if at_end:
+        break
+      if due or done:
+        state = evaluation(state, epoch, i + 1)
+        if done:
+          break
+      elif save_due:
+        paused = time.perf_counter()
+        store.save(state, position_meta(epoch, i + 1, train_seconds()))
+        t_start += time.perf_counter() - paused  # saving is not training
+    else:
+      if pending is not None:
+        check(pending)
+        pending = None
+    if i + 1 >= num_batches:  # the epoch is complete
+      epoch, start = epoch + 1, 0
+      if last_eval_step != steps_done:
+        state = evaluation(state, epoch, 0)
+    else:
+      start = i + 1
+    done = done or finished()
+  bar.close()
+  if last_eval_step != steps_done or not record["evals"]:
+    state = evaluation(state, epoch, start)
+  if step_seconds:  # the first steps compile; the median is the steady state
+    record["step_ms"] = round(1e3 * float(np.median(step_seconds[min(5, len(step_seconds) - 1):])),
+                              3)
+  if callable(best):
+    best = _evaluated_part(best(state))
+  return FitResult(state, best if best is not None else _evaluated_part(state), record)

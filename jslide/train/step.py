@@ -1,0 +1,211 @@
+"""Jitted training steps for Flax NNX models with row-sparse tables and LSH indices.
+
+A step is built from a model and a loss ``loss(model, batch, key) -> (values, mask)``: the
+per-example losses f32[...] and which of them count, bool[...] of the same shape (padding
+rows False). The step minimizes their masked mean; the batch is whatever the loss reads.
+Every module of the model that holds an :class:`jslide.nn.Index` is rebuilt on the step's
+:class:`jslide.lsh.RebuildSchedule`, whatever its class.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jslide import losses, lsh, optim
+from jslide._autodiff import value_and_grad
+from jslide.nn.variables import Index, Table
+
+# (tables, dense params): tables get row-sparse gradients, the rest dense ones.
+TABLES_FIRST = (True, False)
+
+Loss = Callable[[nnx.Module, Any, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+class TrainState(NamedTuple):
+  """A model split for training, with its optimizer and rebuild state."""
+
+  tables: nnx.State        # every Table
+  params: nnx.State        # every other nnx.Param
+  rest: nnx.State          # everything else (LSH indices, counters)
+  opt_state: Any
+  rebuild: lsh.RebuildState
+  step: jax.Array          # int32 steps taken
+
+  def model(self, graphdef) -> nnx.Module:
+    """The model this state holds (``graphdef`` from the step builder)."""
+    return nnx.merge(graphdef, self.tables, self.params, self.rest)
+
+
+def split_model(model: nnx.Module):
+  """(graphdef, tables, params, rest) of a model."""
+  return nnx.split(model, Table, nnx.Param, ...)
+
+
+def _holds_index(module: nnx.Module) -> bool:
+  return any(isinstance(v, Index) for v in vars(module).values())
+
+
+def rebuild_indices(model: nnx.Module) -> None:
+  """Rebuilds the index of every module of ``model`` that holds an :class:`jslide.nn.Index`
+  (its ``rebuild_index()``, from its current weights). A module holding an index without a
+  ``rebuild_index`` method is refused (TypeError), so no index silently goes stale."""
+  for _, module in nnx.iter_modules(model):
+    if _holds_index(module):
+      rebuild = getattr(module, "rebuild_index", None)
+      if not callable(rebuild):
+        raise TypeError(f"{type(module).__name__} holds an Index but has no rebuild_index() "
+                        "method: training cannot keep its index up to date")
+      rebuild()
+
+
+def masked_mean(values, mask):
+  """The mean of ``values`` f32[...] where ``mask`` (bool, same shape) is True (0 when none
+  is)."""
+  mask = mask.astype(values.dtype)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def active_set_loss(forward: Callable, per_example: Callable = losses.active_softmax_cross_entropy,
+                    *, labels: str = "labels", mask: str = "mask") -> Loss:
+  """The loss of a model that scores an active set per example.
+
+  ``forward(model, batch, key) -> (logits f32[B, A], active ids int32[B, A])``;
+  ``per_example(logits, ids, batch[labels])`` gives f32[B] (default
+  :func:`jslide.losses.active_softmax_cross_entropy`; or
+  :func:`jslide.losses.active_binary_cross_entropy`), counted where ``batch[mask]``.
+  """
+
+  def loss(model, batch, key):
+    logits, ids = forward(model, batch, key)
+    return per_example(logits, ids, batch[labels]), batch[mask]
+
+  return loss
+
+
+def _check_loss(fn: str, loss) -> None:
+  if not callable(loss):
+    raise TypeError(f"{fn}: loss must be a callable loss(model, batch, key) -> (values, mask), "
+                    f"got {loss!r}")
+
+
+def _loss_and_state(graphdef, loss: Loss) -> Callable:
+  """``loss_fn(trainable, rest, batch, key) -> (loss, rest)``, for ``has_aux=True``: the
+  masked mean of ``loss(model, batch, key)`` and the state the forward moved (a
+  :class:`jslide.nn.RouteBias`)."""
+
+  def loss_fn(trainable, rest, batch, key):
+    # Fresh Variables: NNX lets a forward pass move a Variable only at the trace level it
+    # was made at, and a non-differentiated argument of jax.grad keeps the outer one.
+    model = nnx.merge(graphdef, *trainable, jax.tree.map(lambda x: x, rest))
+    values, mask = loss(model, batch, key)
+    if jnp.shape(values) != jnp.shape(mask):
+      raise ValueError(f"the loss returned values of shape {jnp.shape(values)} and a mask of "
+                       f"shape {jnp.shape(mask)}; they must match")
+    return masked_mean(values, mask), split_model(model)[3]
+
+  return loss_fn
+
+
+def _skip_nonfinite(tx) -> optim.FiniteStep:
+  # A step with a NaN or inf gradient changes nothing (metrics["finite"] is False), so the
+  # caller can stop with the state intact; the kernels would refuse it with an error.
+  return optim.apply_updates_if_finite(tx, max_consecutive_errors=jnp.iinfo(jnp.int32).max - 1)
+
+
+def _rebuilding(graphdef, schedule: lsh.RebuildSchedule | None):
+  """``rebuild(state_before, tables, params, rest) -> (due, rebuild_state, rest)``."""
+
+  def rebuild_all(tables, params, rest):
+    model = nnx.merge(graphdef, tables, params, rest)
+    rebuild_indices(model)
+    return split_model(model)[3]
+
+  def rebuild(state, tables, params, rest):
+    if schedule is None:
+      return jnp.zeros([], bool), state.rebuild, rest
+    due, rebuild_state = schedule.update(state.rebuild, state.step)
+    rest = jax.lax.cond(due, rebuild_all, lambda t, p, r: r, tables, params, rest)
+    return due, rebuild_state, rest
+
+  return rebuild
+
+
+def _build(model, loss, tx, schedule, gradient):
+  graphdef, tables, params, rest = split_model(model)
+  state = TrainState(tables, params, rest, tx.init((tables, params)),
+                     (schedule or lsh.RebuildSchedule()).init(), jnp.zeros([], jnp.int32))
+  loss_fn = _loss_and_state(graphdef, loss)
+  rebuild = _rebuilding(graphdef, schedule)
+
+  def step(state: TrainState, batch, key):
+    trainable = (state.tables, state.params)
+    (value, rest), grads = gradient(loss_fn)(trainable, state.rest, batch, key)
+    (tables, params), opt_state = tx.apply(grads, state.opt_state, trainable)
+    due, rebuild_state, rest = rebuild(state, tables, params, rest)
+    new = TrainState(tables, params, rest, opt_state, rebuild_state, state.step + 1)
+    return new, {"loss": value, "rebuilt": due, "finite": opt_state.last_finite}
+
+  return graphdef, state, jax.jit(step, donate_argnums=(0,))
+
+
+def make_train_step(model: nnx.Module, loss: Loss, *,
+                    table_tx: optax.GradientTransformation | None = None,
+                    dense_tx: optax.GradientTransformation | None = None,
+                    schedule: lsh.RebuildSchedule | None = lsh.RebuildSchedule()):
+  """``(graphdef, state, step)`` where ``step(state, batch, key) -> (state, metrics)``.
+
+  ``loss(model, batch, key) -> (values, mask)``: per-example losses and the mask of those
+  that count (:func:`active_set_loss` builds one for a model scoring an active set). The
+  step is one ``jax.jit`` with the whole state donated: tables are updated in place by
+  ``table_tx`` (default ``sparse_adam(1e-3, catch_up=True)``, docs/design.md) from
+  row-sparse gradients, every other parameter by ``dense_tx`` (default
+  ``optax.adam(1e-3)``), and every index of the model is rebuilt when ``schedule`` says so
+  (through ``lax.cond``: no retracing; None: never).
+
+  A step whose gradients are not all finite is skipped (:func:`jslide.optim.apply_if_finite`):
+  the state comes back unchanged and ``metrics["finite"]`` is False. ``metrics["loss"]`` is
+  the masked mean, ``metrics["rebuilt"]`` whether the indices were rebuilt after the step.
+  """
+  _check_loss("make_train_step", loss)
+  tx = _skip_nonfinite(optim.partition(table_tx or optim.sparse_adam(1e-3, catch_up=True),
+                                       dense_tx or optax.adam(1e-3), TABLES_FIRST))
+  gradient = functools.partial(value_and_grad, tables=TABLES_FIRST, has_aux=True)
+  return _build(model, loss, tx, schedule, gradient)
+
+
+def make_dense_train_step(model: nnx.Module, loss: Loss, *,
+                          tx: optax.GradientTransformation | None = None,
+                          schedule: lsh.RebuildSchedule | None = None):
+  """:func:`make_train_step` with dense gradients: every parameter, tables included, is
+  updated by ``tx`` (default ``optax.adam(1e-3)``) from ``jax.value_and_grad``; the
+  baselines a JAX user writes. Indices are rebuilt on ``schedule`` (default None: never,
+  for a baseline that does not read them)."""
+  _check_loss("make_dense_train_step", loss)
+  gradient = functools.partial(jax.value_and_grad, has_aux=True)
+  return _build(model, loss, _skip_nonfinite(tx or optax.adam(1e-3)), schedule, gradient)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def catch_up_train_state(state: TrainState) -> TrainState:
+  """The state with every table row brought up to date by :func:`jslide.optim.catch_up`
+  (a no-op without ``sparse_adam(..., catch_up=True)``).
+
+  O(N D): call it before evaluating or saving, not every step. ``state`` is donated.
+  """
+  (tables, params), opt_state = optim.catch_up((state.tables, state.params), state.opt_state)
+  return state._replace(tables=tables, params=params, opt_state=opt_state)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def rebuild_train_state(graphdef, state: TrainState) -> TrainState:
+  """The state with every LSH index rebuilt from the current weights (``state`` donated):
+  before evaluating or serving, so retrieval sees the weights it scores."""
+  model = state.model(graphdef)
+  rebuild_indices(model)
+  return state._replace(rest=split_model(model)[3])
