@@ -174,3 +174,37 @@ def test_perplexity_counts_every_window_even_fewer_than_a_batch():
                         key=jax.random.key(0))
   assert math.isclose(got, math.exp(float(nll.mean())), rel_tol=1e-5)
   assert got > 10  # an untrained model over 30 words, not the exp(0) of no windows
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "batch_size must be an int >= 1"),
+    (["--context", "0"], "context must be an int >= 1"),
+    (["--time-limit", "-5"], "time_limit must be a finite number >= 0"),
+    (["--epochs", "-1"], "epochs must be an int >= 0"),
+    (["--ffn-active", "0"], "ffn_active must be an int in [1, 1024]"),
+])
+def test_bad_settings_are_one_line_errors_before_any_work(corpus, capsys, flags, message):
+  """Issue 33, items 8 and 10: tracebacks (ZeroDivisionError) or silently accepted values."""
+  from jslide.lm.__main__ import main
+  code = main(["train", "--train", str(corpus / "train.txt"), "--valid",
+               str(corpus / "valid.txt"), "--no-progress", *flags])
+  err = capsys.readouterr().err
+  assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_a_diverging_run_is_a_one_line_error(corpus, tmp_path, capsys):
+  from jslide.lm.__main__ import main
+  code = main(["train", "--train", str(corpus / "train.txt"), "--valid",
+               str(corpus / "valid.txt"), "--vocab-size", "100", "--context", "16",
+               "--features", "32", "--heads", "2", "--layers", "1", "--hidden", "64",
+               "--ffn", "dense", "--retrieved", "8", "--sampled", "16", "--batch-size", "8",
+               "--max-steps", "20", "--lr", "1e30", "--no-progress",
+               "--json", str(tmp_path / "missing" / "r.json")])
+  assert code == 2 and "the folder" in capsys.readouterr().err  # checked before training
+  code = main(["train", "--train", str(corpus / "train.txt"), "--valid",
+               str(corpus / "valid.txt"), "--vocab-size", "100", "--context", "16",
+               "--features", "32", "--heads", "2", "--layers", "1", "--hidden", "64",
+               "--ffn", "dense", "--retrieved", "8", "--sampled", "16", "--batch-size", "8",
+               "--max-steps", "20", "--lr", "1e30", "--no-progress"])
+  err = capsys.readouterr().err
+  assert code == 2 and ("non-finite" in err or "loss became" in err), err

@@ -237,3 +237,31 @@ def test_dense_steps_rebuild_indices_on_their_schedule(rng):
                                                                   jnp.ones(2, bool)))
   with pytest.raises(ValueError, match="values of shape .* and a mask of shape"):
     bad(state, batch, jax.random.PRNGKey(0))
+
+
+def test_a_sigint_stops_after_the_step_in_flight_with_the_state_saved(tmp_path):
+  import os
+  import signal
+  import threading
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("signals reach the main thread only")
+  x, y = _regression()
+  graphdef, state, step = _linear_step()
+  run = T.RunConfig(epochs=3, batch_size=16)
+
+  def batches(epoch, start):
+    for i in range(start, 4):
+      if epoch == 1 and i == 2:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while step 7 is dispatched
+      yield {"x": x[:16], "y": y[:16], "mask": np.ones(16, bool)}, 16
+
+  store = T.Checkpoints(str(tmp_path / "c"), resume=False, overwrite=False, best=False)
+  handler = signal.getsignal(signal.SIGINT)
+  result = T.fit(state, step, run=run, key=jax.random.PRNGKey(0), num_batches=4,
+                 batches=batches, evaluate=lambda s, e: {}, meta={"run": run.to_json()},
+                 record={}, store=store, progress=False, log=lambda e: None)
+  assert result.interrupted and result.record["interrupted"]["step"] == 7
+  assert [e["step"] for e in result.record["evals"]] == [4]  # no evaluation after the stop
+  meta = T.checkpoint.read_meta(str(tmp_path / "c"))
+  assert meta["position"]["epoch"] == 1 and meta["position"]["next_batch"] == 3
+  assert signal.getsignal(signal.SIGINT) is handler  # restored

@@ -394,3 +394,35 @@ def test_sigkill_at_random_points_then_resume_is_exact_and_loses_no_checkpoint(s
   assert step_a == step_b
   for x, y in zip(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_sigint_saves_where_the_run_stands_writes_the_record_and_exits_130(small_files,
+                                                                          tmp_path):
+  """Issue 33, item 7: Ctrl-C used to give exit 130 with several tracebacks from orbax's
+  threads, no checkpoint and no record. Now: the step in flight finishes, the state is
+  saved, the JSON record says where it stopped, one line says so, exit 130; resuming
+  finishes the run as if it had never stopped."""
+  train, _ = small_files
+  flags = ["--train", train, "--epochs", "40", *ARCH]
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  assert main(["train", *flags, "--ckpt", full]) == 0
+  record = tmp_path / "cut.json"
+  proc = subprocess.Popen([sys.executable, "-m", "jslide.xc", "train", *flags, "--ckpt", cut,
+                           "--json", str(record)], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  for line in proc.stdout:  # training has started once the step is compiled
+    if "compiled" in line:
+      break
+  time.sleep(1.0)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-2000:]
+  assert "Traceback" not in err
+  stopped = json.load(open(record))["interrupted"]["step"]
+  assert f"interrupted at step {stopped}; saved in {cut}" in out
+  assert 0 < stopped < 440 and _final_state(cut)[1] == stopped
+  assert not [n for n in os.listdir(cut) if "tmp" in n]
+  assert main(["train", *flags, "--ckpt", cut, "--resume"]) == 0
+  for x, y in zip(_final_state(full)[0], _final_state(cut)[0]):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -32,12 +32,14 @@ def _train_parser(sub):
                  help="no progress bar")
 
 
-def _train(args) -> None:
+def _train(args) -> int | None:
   from jslide.lm import trainer
   cfg, run = T.from_args(ModelConfig, args), T.from_args(RunConfig, args)
   record = trainer.train(args.train, args.valid, cfg, run, json_path=args.json,
                          progress=args.progress, ckpt=args.ckpt, resume=args.resume,
                          overwrite=args.overwrite)
+  if record.get("interrupted"):
+    return 130
   last = record["evals"][-1]
   print(f"{cfg.head} head, {cfg.ffn} FFN: valid perplexity {last['valid_ppl']:.2f} after "
         f"{last['tokens']:,} tokens, {last['train_s']:.1f} s of training "
@@ -126,11 +128,15 @@ def main(argv=None) -> int:
   p.add_argument("--out", required=True)
   args = parser.parse_args(argv)
   try:
-    {"train": _train, "eval": _eval, "generate": _generate, "plot": _plot}[args.command](args)
+    code = {"train": _train, "eval": _eval, "generate": _generate,
+            "plot": _plot}[args.command](args)
   except (ValueError, T.CheckpointError, T.NonFiniteLossError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  return 0
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    return 130
+  return code or 0
 
 
 if __name__ == "__main__":

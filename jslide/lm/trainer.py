@@ -164,6 +164,9 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
                  batches=batches, evaluate=evaluate_at, prepare=prepare, meta=meta,
                  record=record, store=store, resume=resume, progress=progress, log=log)
   record = result.record
+  if result.interrupted:
+    tqdm.write(f"interrupted at step {record['interrupted']['step']}" +
+               (f"; saved in {ckpt} (continue with --resume)" if ckpt else ""))
   record["wall_s"] = round(time.perf_counter() - t0, 1)
   record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
   if json_path:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterable
 
@@ -71,6 +73,30 @@ class FitResult:
   state: TrainState     # the final state (prepared: caught up, indices rebuilt)
   best: Any             # the selected evaluation's (tables, params, rest), or the final's
   record: dict
+  interrupted: bool = False  # stopped by SIGINT: the state saved, not evaluated
+
+
+class _StopOnSigint:
+  """While training: the first SIGINT (Ctrl-C) asks the loop to stop after the step in
+  flight, with the state saved; a second one interrupts at once (KeyboardInterrupt). Only
+  in the main thread, where Python delivers signals."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+    signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
 
 
 def _evaluated_part(state: TrainState):
@@ -111,7 +137,10 @@ def fit(state: TrainState, step: Callable, *, run: RunConfig, key, num_batches: 
     log: called with every entry.
 
   Raises NonFiniteLossError at the first step whose loss or gradient is not finite; the
-  step is skipped, so the state and the last checkpoint are the last good ones.
+  step is skipped, so the state and the last checkpoint are the last good ones. A SIGINT
+  (Ctrl-C) stops the run after the step in flight: the state is saved where it stands,
+  ``record["interrupted"]`` says so, and the result has ``interrupted`` set (a second
+  SIGINT interrupts at once).
   """
   prepare = prepare or (lambda s: s)
   record.setdefault("evals", [])
@@ -201,55 +230,68 @@ def fit(state: TrainState, step: Callable, *, run: RunConfig, key, num_batches: 
   since["seconds"] = position.train_s
   epoch, start = position.epoch, position.next_batch
   done = finished()
-  while epoch < run.epochs and not done:
-    bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
-    i = start
-    for i, (batch, n) in enumerate(batches(epoch, start), start=start):
-      t0 = time.perf_counter()
-      state, m = step(state, batch, jax.random.fold_in(run_key, steps_done))
-      # The previous step's loss is read while this one runs (dispatch is asynchronous),
-      # so the host's batch building and bookkeeping overlap the computation.
-      if pending is not None:
-        check(pending)
-      pending = (m, n, steps_done)
-      steps_done += 1
-      at_end = i + 1 == num_batches
-      due = ((run.eval_every and steps_done % run.eval_every == 0) or
-             train_seconds() >= next_eval_s)
-      save_due = store is not None and run.checkpoint_every and \
-          steps_done % run.checkpoint_every == 0
-      done = finished()
-      if due or save_due or done or at_end:
-        check(pending)  # a step is evaluated or saved only once known to be good
-        pending = None
-      step_seconds.append(time.perf_counter() - t0)
-      if at_end:
-        break
-      if due or done:
-        state = evaluation(state, epoch, i + 1)
-        if done:
+  interrupted = False
+  with _StopOnSigint() as sigint:
+    while epoch < run.epochs and not done:
+      bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
+      i = start
+      for i, (batch, n) in enumerate(batches(epoch, start), start=start):
+        t0 = time.perf_counter()
+        state, m = step(state, batch, jax.random.fold_in(run_key, steps_done))
+        # The previous step's loss is read while this one runs (dispatch is asynchronous),
+        # so the host's batch building and bookkeeping overlap the computation.
+        if pending is not None:
+          check(pending)
+        pending = (m, n, steps_done)
+        steps_done += 1
+        at_end = i + 1 == num_batches
+        due = ((run.eval_every and steps_done % run.eval_every == 0) or
+               train_seconds() >= next_eval_s)
+        save_due = store is not None and run.checkpoint_every and \
+            steps_done % run.checkpoint_every == 0
+        done = finished()
+        interrupted = sigint.requested
+        if due or save_due or done or at_end or interrupted:
+          check(pending)  # a step is evaluated or saved only once known to be good
+          pending = None
+        step_seconds.append(time.perf_counter() - t0)
+        if at_end or (interrupted and not due):
           break
-      elif save_due:
-        paused = time.perf_counter()
-        store.save(state, position_meta(epoch, i + 1, train_seconds()))
-        t_start += time.perf_counter() - paused  # saving is not training
-    else:
-      if pending is not None:
-        check(pending)
-        pending = None
-    if i + 1 >= num_batches:  # the epoch is complete
-      epoch, start = epoch + 1, 0
-      if last_eval_step != steps_done:
-        state = evaluation(state, epoch, 0)
-    else:
-      start = i + 1
-    done = done or finished()
+        if due or done:
+          state = evaluation(state, epoch, i + 1)
+          if done or interrupted:
+            break
+        elif save_due:
+          paused = time.perf_counter()
+          store.save(state, position_meta(epoch, i + 1, train_seconds()))
+          t_start += time.perf_counter() - paused  # saving is not training
+      else:
+        if pending is not None:
+          check(pending)
+          pending = None
+      if interrupted:
+        # Saved where it stands (an epoch's last step without its evaluation: the resumed
+        # run evaluates first).
+        start = i + 1
+        if store is not None and last_eval_step != steps_done:
+          store.save(state, position_meta(epoch, start, train_seconds()))
+        break
+      if i + 1 >= num_batches:  # the epoch is complete
+        epoch, start = epoch + 1, 0
+        if last_eval_step != steps_done:
+          state = evaluation(state, epoch, 0)
+      else:
+        start = i + 1
+      done = done or finished()
   bar.close()
-  if last_eval_step != steps_done or not record["evals"]:
+  if interrupted:
+    record["interrupted"] = {"step": steps_done, "train_s": round(train_seconds(), 3)}
+  elif last_eval_step != steps_done or not record["evals"]:
     state = evaluation(state, epoch, start)
   if step_seconds:  # the first steps compile; the median is the steady state
     record["step_ms"] = round(1e3 * float(np.median(step_seconds[min(5, len(step_seconds) - 1):])),
                               3)
   if callable(best):
     best = _evaluated_part(best(state))
-  return FitResult(state, best if best is not None else _evaluated_part(state), record)
+  return FitResult(state, best if best is not None else _evaluated_part(state), record,
+                   interrupted)

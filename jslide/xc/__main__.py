@@ -125,9 +125,12 @@ def main(argv=None) -> int:
       valid = None
       if cfg.valid_fraction:
         train, valid = train.split(cfg.valid_fraction, seed=0)
-      trainer.train(train, test, model_cfg, cfg, valid_data=valid, checkpoint_dir=args.ckpt,
-                    resume=args.resume, overwrite=args.overwrite, json_path=args.json,
-                    progress=args.progress)
+      record = trainer.train(train, test, model_cfg, cfg, valid_data=valid,
+                             checkpoint_dir=args.ckpt, resume=args.resume,
+                             overwrite=args.overwrite, json_path=args.json,
+                             progress=args.progress)
+      if record.get("interrupted"):
+        return 130
     elif args.command == "eval":
       if args.json:
         T.check_writable(args.json)
@@ -153,6 +156,9 @@ def main(argv=None) -> int:
           FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    return 130
   return 0
 
 

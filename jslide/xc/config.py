@@ -132,6 +132,9 @@ class RunConfig(run_config.RunConfig):
   max_labels: int = option(8, "labels kept per example")
   valid_fraction: float = option(0.1, "training examples held out to select the best "
                                  "evaluation (command line; 0: none)")
+  time_ranking: bool = option(False, "also time exact ranking and ranking through the "
+                              "inference index on the test split (exact_ms, lsh_ms)",
+                              resumable=True)
   test_each_eval: bool = option(False, "score the test split and the inference index at "
                                 "every evaluation, not only at the end", resumable=True)
 

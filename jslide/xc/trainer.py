@@ -256,7 +256,8 @@ TIMED_BATCHES = 8
 
 def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_features: int,
                    max_labels: int, candidates: int, ks=(1, 3, 5),
-                   with_lsh: bool = True, index=None, lists=None) -> dict:
+                   with_lsh: bool = True, index=None, lists=None,
+                   time_ranking: bool = True) -> dict:
   """P@k and nDCG@k over all labels (exact), and with ``with_lsh`` through the index
   (``lists``, neuron lists; else ``index``, an inference index, or None: the model's own):
 
@@ -266,9 +267,10 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
     one each training step queries), with ``index`` given;
   - ``index_share``: retrieved labels / candidates (no labels forced, no random fill);
   - ``labels_scored``: labels scored per example through the index (neuron lists: the
-    scores computed, a label in two of an example's lists counting twice); ``exact_ms`` and
-    ``lsh_ms``: time per batch of exact ranking and of retrieval + rescoring, each alone,
-    on up to ``TIMED_BATCHES`` batches (after one that compiles).
+    scores computed, a label in two of an example's lists counting twice);
+  - with ``time_ranking``, ``exact_ms`` and ``lsh_ms``: time per batch of exact ranking and
+    of retrieval + rescoring, each alone, on up to ``TIMED_BATCHES`` batches (after one that
+    compiles).
 
   One jitted pass per batch computes every metric from one encoding of it.
   """
@@ -287,7 +289,7 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
       sums[name] = sums.get(name, 0.0) + float(v)
   out = {name: v / len(data) for name, v in sums.items()}
   out["num_labels"] = data.num_labels
-  if with_lsh:
+  if with_lsh and time_ranking:
     out.update(_ranking_ms(graphdef, state, batches[:TIMED_BATCHES + 1], kmax, candidates,
                            index, lists is not None))
   return out
@@ -377,6 +379,12 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
                  record=record, store=store, select=select, resume=resume, progress=progress,
                  log=lambda e: log(_format_entry(e)))
   record = result.record
+  if result.interrupted:
+    log(f"interrupted at step {record['interrupted']['step']}" +
+        (f"; saved in {checkpoint_dir} (continue with --resume)" if checkpoint_dir else ""))
+    if json_path:
+      T.write_json(json_path, record)
+    return record
   if resume:
     log(f"resumed from {checkpoint_dir}")
   chosen = record.get("selected") or record["evals"][-1]
@@ -414,7 +422,8 @@ def _evaluate_run(graphdef, model_cfg: ModelConfig, cfg: RunConfig, train_data, 
     seconds = time.perf_counter() - t1
   out = evaluate_state(graphdef, state, data, batch_size=1024, max_features=cfg.max_features,
                        max_labels=cfg.max_labels, candidates=model_cfg.inference_candidates(),
-                       with_lsh=with_lsh, index=index, lists=lists)
+                       with_lsh=with_lsh, index=index, lists=lists,
+                       time_ranking=cfg.time_ranking)
   if seconds is not None and (lists is not None or index is not None):
     out["inference_index_seconds"] = seconds
   return out
