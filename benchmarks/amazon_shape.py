@@ -10,8 +10,8 @@ batch's labels plus S uniform labels shared by the batch, ``jnp.take`` gathers,
 ``optax.adam`` over every parameter (:func:`jslide.xc.objectives.sampled_softmax_loss`). Data are
 generated at that shape (power-law labels, 1 to 5 per example; the real Amazon-670K cannot
 be downloaded here). Each mode runs in its own subprocess so peak resident memory is its
-own. On these random weights the index returns about 2.5% of the budget (the ``index
-share`` column: ids retrieved / budget, with no labels forced and no fill), so nearly all
+own. On these random weights the index returns about 2.5% of the active set (the ``index
+share`` column: ids retrieved / active, with no labels forced and no fill), so nearly all
 of each active set is random fill: ``--fill-groups 1`` draws it per example
 (SLIDE's padding), ``G`` once per G consecutive examples (shared negatives), which cuts the
 rows the optimizer touches a step from ~400K to ~400K / G.
@@ -56,9 +56,9 @@ def worker(mode: str, seconds: float, fill_group: int, rebuild_initial: int,
   import jslide
   from jslide.xc import objectives
 
-  budget = int(round(0.005 * N_OUT))
-  model = jslide.nn.SparseMLP(N_IN, N_OUT, hidden=(HIDDEN,), budget=budget, hash_family="dwta",
-                              num_hashes=6, num_tables=50, bin_size=8, fill_group=fill_group,
+  active = int(round(0.005 * N_OUT))
+  model = jslide.nn.SparseMLP(N_IN, N_OUT, hidden=(HIDDEN,), active=active, hash_family="dwta",
+                              num_hashes=6, num_hash_tables=50, bin_size=8, fill_group=fill_group,
                               rngs=nnx.Rngs(0))
   if mode == "dense":
     graphdef, state, step = jslide.train.make_dense_train_step(
@@ -89,10 +89,10 @@ def worker(mode: str, seconds: float, fill_group: int, rebuild_initial: int,
     net = state.model(graphdef)
     b = batches[0]
     found = net.output.retrieve(net.encode(b["feat_ids"], b["feat_vals"]), key=key) >= 0
-    share = float(found.sum(1).mean()) / budget
+    share = float(found.sum(1).mean()) / active
   return {"mode": mode, "index_share": share, "steps": n, "seconds": elapsed,
           "examples_per_second": n * BATCH / elapsed,
-          "ms_per_step": 1e3 * elapsed / n, "index_rebuilds": rebuilds, "budget": budget,
+          "ms_per_step": 1e3 * elapsed / n, "index_rebuilds": rebuilds, "active": active,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "last_loss": float(m["loss"])}
 

@@ -4,7 +4,7 @@ Weights are "trained-like": rows in clusters of 100 (a unit center plus noise, w
 cosine about 0.9), queries near cluster centers. For each N: time to build the index of the
 whole table, time to query a batch (hash + retrieve), and recall of each query's exact
 top-10 rows by inner product within the returned active set; brute force is
-``jax.lax.top_k(x @ w.T, k)`` (k = 10 and k = budget), jitted, on the same data.
+``jax.lax.top_k(x @ w.T, k)`` (k = 10 and k = active), jitted, on the same data.
 
     python benchmarks/lsh_retrieval.py --json results/lsh_retrieval.json
 """
@@ -54,7 +54,7 @@ def main():
   p.add_argument("--family", choices=["dwta", "simhash"], default="dwta")
   p.add_argument("--k", type=int, default=4, help="hashes per table (DWTA: 3 bits each)")
   p.add_argument("--l", type=int, default=50)
-  p.add_argument("--budget", type=int, default=2048)
+  p.add_argument("--active", type=int, default=2048)
   p.add_argument("--strategy", default="topk", choices=sorted(lsh.STRATEGIES))
   p.add_argument("--json")
   args = p.parse_args()
@@ -62,7 +62,7 @@ def main():
   key = jax.random.PRNGKey(0)
   print(f"d={D} B={B} family={args.family} K={args.k} L={args.l} strategy={args.strategy} "
         f"cores={os.cpu_count()} isa={jslide.kernel_isa()}")
-  print(f"{'N':>10} {'budget':>7} {'build ms':>9} {'index MB':>9} {'query ms':>9} "
+  print(f"{'N':>10} {'active':>7} {'build ms':>9} {'index MB':>9} {'query ms':>9} "
         f"{'top10 ms':>9} {'topB ms':>9} {'x top10':>8} {'x topB':>7} {'recall@10':>9}")
   rows = []
   for n in args.n:
@@ -74,20 +74,20 @@ def main():
     brute10 = jax.jit(lambda x, w: jax.lax.top_k(x @ w.T, 10)[1])
     exact10 = brute10(x, w)
     top10_ms = median_ms(brute10, x, w, repeats=5)
-    for budget in sorted({args.budget, max(1, n // 100)}):
-      q = jax.jit(lambda index, x, key: lsh.query(index, x, budget=budget, key=key,
+    for active in sorted({args.active, max(1, n // 100)}):
+      q = jax.jit(lambda index, x, key: lsh.query(index, x, active=active, key=key,
                                                   strategy=args.strategy))
       query_ms = median_ms(q, index, x, key, repeats=5)
-      bruteb = jax.jit(lambda x, w: jax.lax.top_k(x @ w.T, budget)[1])
+      bruteb = jax.jit(lambda x, w: jax.lax.top_k(x @ w.T, active)[1])
       topb_ms = median_ms(bruteb, x, w, repeats=3)
       row = {"n": n, "d": D, "batch": B, "family": args.family, "k": args.k, "l": args.l,
-             "strategy": args.strategy, "budget": budget, "build_ms": build_ms,
+             "strategy": args.strategy, "active": active, "build_ms": build_ms,
              "index_mb": index.nbytes() / 2**20, "query_ms": query_ms,
              "brute_top10_ms": top10_ms, "brute_topbudget_ms": topb_ms,
              "speedup_vs_top10": top10_ms / query_ms, "speedup_vs_topbudget": topb_ms / query_ms,
              "recall_at_10": recall_at_10(q(index, x, key), exact10)}
       rows.append(row)
-      print(f"{n:>10,} {budget:>7} {build_ms:>9.0f} {row['index_mb']:>9.0f} {query_ms:>9.2f} "
+      print(f"{n:>10,} {active:>7} {build_ms:>9.0f} {row['index_mb']:>9.0f} {query_ms:>9.2f} "
             f"{top10_ms:>9.1f} {topb_ms:>9.1f} {row['speedup_vs_top10']:>7.0f}x "
             f"{row['speedup_vs_topbudget']:>6.0f}x {row['recall_at_10']:>9.3f}", flush=True)
   # SLIDE's Amazon-670K output layer: N=670,091, DWTA K=6 (bin 8: 2^18 buckets), L=50.

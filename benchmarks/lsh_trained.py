@@ -3,7 +3,7 @@
 Loads a checkpoint of ``python -m jslide.xc train --ckpt DIR`` (any hash family: only its
 weights are used), encodes the first ``--examples`` test examples of its dataset, and for
 each hash family builds an index over the trained output rows (with their biases) and
-retrieves at most ``--budget`` labels per example (no labels forced, no random fill). The
+retrieves at most ``--active`` labels per example (no labels forced, no random fill). The
 k-means indices are fitted fresh, 6 Lloyd steps from random centroids. It
 reports the recall of the exact top-1 and top-5 labels within what was retrieved, the labels
 retrieved per example, and build and query time; exact scoring of every label (``h @ W.T +
@@ -57,7 +57,7 @@ def main():
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--ckpt", required=True)
   p.add_argument("--dataset", choices=sorted(D.bundled.NAMES), default="wordnet")
-  p.add_argument("--budget", type=int, default=1024, help="labels retrieved per example at most")
+  p.add_argument("--active", type=int, default=1024, help="labels retrieved per example at most")
   p.add_argument("--examples", type=int, default=4096)
   p.add_argument("--json")
   args = p.parse_args()
@@ -69,8 +69,8 @@ def main():
   w, bias = model.output.kernel.get_value(), model.output.bias.get_value()
   top, t_exact = _timed(jax.jit(lambda h: jax.lax.top_k(h @ w.T + bias, 5)[1]), h)
   n = w.shape[0]
-  print(f"{args.dataset}: {n:,} labels, {h.shape[0]:,} test examples, budget {args.budget} "
-        f"({args.budget / n:.1%} of the labels); exact scoring {1e3 * t_exact:.1f} ms")
+  print(f"{args.dataset}: {n:,} labels, {h.shape[0]:,} test examples, active {args.active} "
+        f"({args.active / n:.1%} of the labels); exact scoring {1e3 * t_exact:.1f} ms")
   print(f"{'family':>30} {'strategy':>8} {'recall@1':>9} {'recall@5':>9} {'retrieved':>10} "
         f"{'build s':>8} {'query ms':>9}")
   key = jax.random.PRNGKey(1)
@@ -79,7 +79,7 @@ def main():
   for name, make, strategy in FAMILIES:
     index, t_build = _timed(jax.jit(lsh.build), make(key, w.shape[1]), w, bias)
     query = jax.jit(lambda index, h, strategy=strategy: lsh.query(
-        index, h, budget=args.budget, key=key, strategy=strategy, fill=False))
+        index, h, active=args.active, key=key, strategy=strategy, fill=False))
     ids, t_query = _timed(query, index, h)
     row = {"family": name, "strategy": strategy,
            "recall@1": float(lsh.recall_of_top_k(ids, top[:, :1]).mean()),

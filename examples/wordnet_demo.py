@@ -36,13 +36,13 @@ from jslide import datasets as D
 from jslide.xc import ModelConfig, RunConfig, train
 
 
-def shared_samples(data: D.XCData, budget: int, batch_size: int) -> int:
+def shared_samples(data: D.XCData, active: int, batch_size: int) -> int:
   """Uniform labels for the sampled baseline so that, with a batch's distinct labels, it
-  scores about ``budget`` labels per example, as jslide does."""
+  scores about ``active`` labels per example, as jslide does."""
   distinct = [np.unique(b.labels[b.labels >= 0]).size
               for _, b in zip(range(20), D.batches(data, batch_size, max_features=64,
                                                    max_labels=8, seed=0, epoch=0))]
-  return max(1, budget - int(round(np.mean(distinct))))
+  return max(1, active - int(round(np.mean(distinct))))
 
 
 def main():
@@ -50,7 +50,7 @@ def main():
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--dataset", choices=sorted(D.bundled.NAMES), default="wordnet")
   p.add_argument("--epochs", type=int, default=3)
-  p.add_argument("--budget", type=int, default=1024, help="labels scored per example")
+  p.add_argument("--active", type=int, default=1024, help="labels scored per example")
   p.add_argument("--skip-dense", action="store_true")
   p.add_argument("--json")
   args = p.parse_args()
@@ -59,9 +59,9 @@ def main():
   test_data = D.bundled.load(args.dataset, "test").normalized()
   train_data, valid_data = train_all.split(0.1, seed=0)
   print(f"{args.dataset}:", train_all.stats())
-  model = ModelConfig(train_data.num_features, train_data.num_labels, budget=args.budget)
+  model = ModelConfig(train_data.num_features, train_data.num_labels, active=args.active)
   base = RunConfig(epochs=args.epochs)
-  sampled = shared_samples(train_data, args.budget, base.batch_size)
+  sampled = shared_samples(train_data, args.active, base.batch_size)
   configs = {"jslide": base, f"sampled ({sampled} shared)": RunConfig(epochs=args.epochs,
                                                                        sampled=sampled)}
   if not args.skip_dense:

@@ -339,10 +339,10 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
               const int32_t* force, int64_t num_force, const QueryConfig& cfg, uint64_t example,
               int32_t* out, QueryScratch& s) {
   Rng rng{cfg.seed ^ (example * 0xd1342543de82ef95ull)};
-  const int64_t budget = cfg.budget, n = cfg.num_rows;
-  s.chosen.Reserve(n, budget);
+  const int64_t active = cfg.active, n = cfg.num_rows;
+  s.chosen.Reserve(n, active);
   int64_t filled = 0;
-  for (int64_t i = 0; i < num_force && filled < budget; ++i)
+  for (int64_t i = 0; i < num_force && filled < active; ++i)
     if (force[i] >= 0 && s.chosen.Add(force[i])) out[filled++] = force[i];
 
   // Reads table t's bucket codes[t] (at most max_per_bucket ids, from a random start,
@@ -352,7 +352,7 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
   const int64_t per_bucket = cfg.max_per_bucket;
   const int64_t width = cfg.num_buckets + 1;
   auto read_bucket = [&](int64_t t, auto&& visit) {
-    const int64_t table = t % cfg.num_tables;
+    const int64_t table = t % cfg.num_hash_tables;
     const int32_t* o = offsets + table * width;
     const int32_t code = codes[t];
     const int64_t begin = o[code], size = o[code + 1] - o[code];
@@ -366,7 +366,7 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
     }
     return true;
   };
-  const int64_t room = std::min(budget - filled, cfg.max_retrieved);
+  const int64_t room = std::min(active - filled, cfg.retrieved);
   if (cfg.strategy == QueryStrategy::kRanked) {
     // The codes come best first: each new id is taken as it is read, and reading stops once
     // the room is filled (forced ids found in the buckets are skipped, not counted).
@@ -374,7 +374,7 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
     constexpr int64_t kAhead = 4;  // buckets are scattered over ids: fetch a few ahead
     for (int64_t t = 0; t < cfg.num_probes && filled < enough; ++t) {
       if (t + kAhead < cfg.num_probes) {
-        const int64_t ahead = (t + kAhead) % cfg.num_tables;
+        const int64_t ahead = (t + kAhead) % cfg.num_hash_tables;
         const int32_t begin = offsets[ahead * width + codes[t + kAhead]];
         if (begin >= 0 && begin < n) __builtin_prefetch(ids + ahead * n + begin);
       }
@@ -388,7 +388,7 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
     // Size the counter to what this query reads, so it stays in cache.
     int64_t to_read = 0;
     for (int64_t t = 0; t < cfg.num_probes; ++t) {
-      const int32_t* o = offsets + (t % cfg.num_tables) * width;
+      const int32_t* o = offsets + (t % cfg.num_hash_tables) * width;
       to_read += std::min<int64_t>(std::max<int64_t>(o[codes[t] + 1] - o[codes[t]], 0),
                                    per_bucket);
     }
@@ -446,30 +446,30 @@ bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
 
   // Fill with uniform random ids not yet chosen, so the softmax always has negatives. The
   // examples of a fill group draw from the same sequence, so the group's fill touches about
-  // `budget` distinct rows instead of group * budget (sampled softmax's shared negatives).
+  // `active` distinct rows instead of group * active (sampled softmax's shared negatives).
   if (cfg.fill_group > 1)
     rng.state = cfg.seed ^ ((example / static_cast<uint64_t>(cfg.fill_group) + 1) *
                             0x5bd1e9955bd1e995ull);
-  if (cfg.fill && filled < budget) {
-    if (n <= 4 * budget) {
+  if (cfg.fill && filled < active) {
+    if (n <= 4 * active) {
       // Small tables: a uniform random subset of the ids not chosen yet.
       s.candidates.clear();
       for (int64_t id = 0; id < n; ++id)
         if (!s.chosen.Contains(static_cast<int32_t>(id))) s.candidates.push_back(static_cast<int32_t>(id));
       const int64_t c = static_cast<int64_t>(s.candidates.size());
-      for (int64_t i = 0; i < c && filled < budget; ++i) {
+      for (int64_t i = 0; i < c && filled < active; ++i) {
         const int64_t j = i + static_cast<int64_t>(rng.Below(c - i));
         std::swap(s.candidates[i], s.candidates[j]);
         out[filled++] = s.candidates[i];
       }
     } else {
-      while (filled < budget) {  // at least 3/4 of the draws are new, so this ends quickly
+      while (filled < active) {  // at least 3/4 of the draws are new, so this ends quickly
         const int32_t id = static_cast<int32_t>(rng.Below(n));
         if (s.chosen.Add(id)) out[filled++] = id;
       }
     }
   }
-  for (; filled < budget; ++filled) out[filled] = -1;
+  for (; filled < active; ++filled) out[filled] = -1;
   return true;
 }
 

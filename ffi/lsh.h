@@ -57,11 +57,11 @@ enum class QueryStrategy : int32_t { kVanilla = 0, kTopK = 1, kThreshold = 2, kR
 
 struct QueryConfig {
   int64_t num_rows;     // N
-  int64_t num_tables;   // L
+  int64_t num_hash_tables;   // L
   int64_t num_probes;   // codes per query: probes * L, column t probing table t % L
   int64_t num_buckets;  // buckets per table
-  int64_t budget;       // active ids per example
-  int64_t max_retrieved;  // ids taken from the buckets at most (the rest is forced or fill)
+  int64_t active;       // active ids per example
+  int64_t retrieved;  // ids taken from the buckets at most (the rest is forced or fill)
   QueryStrategy strategy;
   int64_t threshold;    // for kThreshold
   int64_t max_per_bucket;  // ids read from one bucket at most
@@ -131,7 +131,7 @@ struct QueryScratch {
 };
 
 // Active ids of one example: forced ids, then retrieved ids per the strategy, then uniform
-// random ids, all distinct; -1 pads only when N < budget. out: [budget].
+// random ids, all distinct; -1 pads only when N < active. out: [active].
 // Returns false (and writes nothing more) if a bucket's offsets fall outside [0, N].
 bool QueryOne(const int32_t* codes, const int32_t* offsets, const int32_t* ids,
               const int32_t* force, int64_t num_force, const QueryConfig& cfg, uint64_t example,

@@ -227,9 +227,9 @@ ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, Any w, F32 bias, S32 lists,
 }
 
 ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 force, U32 seed,
-                     int64_t budget, int64_t strategy, int64_t threshold,
+                     int64_t active, int64_t strategy, int64_t threshold,
                      int64_t max_per_bucket, int64_t fill_group, int64_t fill,
-                     int64_t max_retrieved,
+                     int64_t retrieved,
                      ffi::ResultBuffer<ffi::S32> out) {
   const char* k = "jslide_lsh_query";
   if (codes.dimensions().size() != 2 || offsets.dimensions().size() != 2 ||
@@ -243,17 +243,17 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 
                       "[L, buckets + 1] and ids [L, N] disagree on L");
   if (force.dimensions()[0] != b) return Invalid(k, "force_ids must have one row per query");
   if (seed.element_count() != 2) return Invalid(k, "seed must hold 2 uint32");
-  if (budget < 1) return Invalid(k, "budget must be >= 1");
+  if (active < 1) return Invalid(k, "active must be >= 1");
   if (strategy < 0 || strategy > 3) return Invalid(k, "unknown strategy");
   if (max_per_bucket < 1) return Invalid(k, "max_per_bucket must be >= 1");
   if (fill_group < 1) return Invalid(k, "fill_group must be >= 1");
-  if (out->dimensions().size() != 2 || out->dimensions()[0] != b || out->dimensions()[1] != budget)
-    return Invalid(k, "result must be [B, budget]");
+  if (out->dimensions().size() != 2 || out->dimensions()[0] != b || out->dimensions()[1] != active)
+    return Invalid(k, "result must be [B, active]");
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "codes", codes.typed_data(), codes.element_count(), 0, num_buckets));
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "force_ids", force.typed_data(), force.element_count(), -1, n));
   const uint32_t* sp = seed.typed_data();
-  if (max_retrieved < 0) return Invalid(k, "max_retrieved must be >= 0");
-  const QueryConfig cfg{n, l, num_codes, num_buckets, budget, max_retrieved,
+  if (retrieved < 0) return Invalid(k, "retrieved must be >= 0");
+  const QueryConfig cfg{n, l, num_codes, num_buckets, active, retrieved,
                         static_cast<QueryStrategy>(strategy),
                         threshold, max_per_bucket, fill_group, fill != 0,
                         (uint64_t{sp[0]} << 32) | sp[1]};
@@ -264,7 +264,7 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 
     for (int64_t r = begin; r < end; ++r)
       if (!QueryOne(codes.typed_data() + r * num_codes, offsets.typed_data(), ids.typed_data(),
                     force.typed_data() + r * f, f, cfg, static_cast<uint64_t>(r),
-                    out->typed_data() + r * budget, scratch)) {
+                    out->typed_data() + r * active, scratch)) {
         corrupt.store(true);
         return;
       }
@@ -340,13 +340,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideLshQuery, jslide::QueryImpl,
                                   .Arg<jslide::S32>()  // ids
                                   .Arg<jslide::S32>()  // force
                                   .Arg<jslide::U32>()  // seed
-                                  .Attr<int64_t>("budget")
+                                  .Attr<int64_t>("active")
                                   .Attr<int64_t>("strategy")
                                   .Attr<int64_t>("threshold")
                                   .Attr<int64_t>("max_per_bucket")
                                   .Attr<int64_t>("fill_group")
                                   .Attr<int64_t>("fill")
-                                  .Attr<int64_t>("max_retrieved")
+                                  .Attr<int64_t>("retrieved")
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
 namespace jslide {

@@ -78,6 +78,15 @@ def int32_ids(fn: str, name: str, ids, num_rows: int | None = None, ndim: int | 
   return ids
 
 
+def features_last(fn: str, name: str, x, features: int):
+  """x, after a ValueError unless its last axis has ``features`` entries (a wrong width
+  would otherwise be read as more, shorter rows)."""
+  if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != features:
+    raise ValueError(f"{fn}: {name} must have {features} features on its last axis, got "
+                     f"shape {tuple(jnp.shape(x))}")
+  return x
+
+
 def positive_int(fn: str, name: str, value) -> int:
   if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
     raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jslide._checks import float32_array, int32_ids
+from jslide._checks import float32_array, int32_ids, table_array
+from jslide.ops import sparse_linear
 
 
 def _check_active(fn, logits, active_ids, labels):
@@ -85,11 +86,13 @@ def chunked_softmax_cross_entropy(x, w, b, targets, *, chunk_size: int = 8192):
   large-vocabulary model.
 
   Args:
-    x: f32[T, d]. w: f32[N, d]. b: f32[N]. targets: int[T] in [-1, N) (-1: padding, loss 0).
+    x: f32[T, d]. w: f32 or bf16[N, d]. b: f32[N]. targets: int[T] in [-1, N) (-1: padding,
+      loss 0). Out-of-range targets are an error under ``jit`` too: the target logit is a
+      :func:`jslide.sparse_linear` gather, whose kernel checks the ids.
   """
   fn = "chunked_softmax_cross_entropy"
   x = float32_array(fn, "x", x, ndim=2)
-  w = float32_array(fn, "w", w, ndim=2)
+  w = table_array(fn, "w", w, ndim=2)
   b = float32_array(fn, "b", b, ndim=1)
   n, d = w.shape
   if x.shape[1] != d or b.shape != (n,):
@@ -108,13 +111,12 @@ def chunked_softmax_cross_entropy(x, w, b, targets, *, chunk_size: int = 8192):
 
   def accumulate(carry, block):
     top, total = carry
-    logits = x @ block[0].T + block[1]
+    logits = x @ block[0].T.astype(x.dtype) + block[1]
     new_top = jnp.maximum(top, jnp.max(logits, axis=-1))
     total = total * jnp.exp(top - new_top) + jnp.sum(jnp.exp(logits - new_top[:, None]), -1)
     return (new_top, total), None
 
   start = (jnp.full(x.shape[:1], -jnp.inf, x.dtype), jnp.zeros(x.shape[:1], x.dtype))
   (top, total), _ = jax.lax.scan(accumulate, start, (w_blocks, b_blocks))
-  safe = jnp.maximum(targets, 0)
-  target_logit = jnp.sum(x * jnp.take(w, safe, axis=0), axis=-1) + jnp.take(b, safe)
+  target_logit = sparse_linear(x, w, b, targets[:, None])[:, 0]
   return jnp.where(targets >= 0, top + jnp.log(total) - target_logit, 0.0)

@@ -195,8 +195,8 @@ def _batch(rng, n_in, n_out, b=8):
 @pytest.mark.parametrize("moment_dtype", [None, BF16])
 def test_a_bf16_model_trains_in_one_donated_step_keeping_its_dtypes(rng, moment_dtype):
   n_in, n_out = 300, 2_000
-  model = jslide.nn.SparseMLP(n_in, n_out, hidden=(32,), budget=64, hash_family="cluster",
-                              num_hashes=6, num_tables=1, param_dtype=BF16, rngs=nnx.Rngs(0))
+  model = jslide.nn.SparseMLP(n_in, n_out, hidden=(32,), active=64, hash_family="cluster",
+                              num_hashes=6, num_hash_tables=1, param_dtype=BF16, rngs=nnx.Rngs(0))
   assert model.input.kernel.get_value().dtype == BF16
   assert model.output.kernel.get_value().dtype == BF16
   assert model.output.bias.get_value().dtype == jnp.float32
@@ -215,7 +215,7 @@ def test_a_bf16_model_trains_in_one_donated_step_keeping_its_dtypes(rng, moment_
 
 
 def test_the_dense_baseline_trains_bf16_tables(rng):
-  model = jslide.nn.SparseMLP(200, 300, hidden=(16,), budget=32, param_dtype=BF16,
+  model = jslide.nn.SparseMLP(200, 300, hidden=(16,), active=32, param_dtype=BF16,
                               rngs=nnx.Rngs(0))
   _, state, step = jslide.train.make_dense_train_step(model, objectives.full_softmax_loss,
                                                       tx=optax.adam(1e-2))
@@ -236,7 +236,7 @@ def test_other_dtypes_are_refused_with_the_argument_named(rng):
     kernels.sparse_adam_rows(jnp.zeros((5, 4), BF16), jnp.zeros((5, 4)), jnp.zeros((5, 4), BF16),
                              ids, jnp.zeros((2, 3)), x, **HYPER)
   with pytest.raises(TypeError, match="param_dtype must be float32 or bfloat16"):
-    jslide.nn.SparseDense(4, 8, budget=4, param_dtype=jnp.float16, rngs=nnx.Rngs(0))
+    jslide.nn.SparseDense(4, 8, active=4, param_dtype=jnp.float16, rngs=nnx.Rngs(0))
   with pytest.raises(TypeError, match="moment_dtype must be float32 or bfloat16"):
     jslide.optim.sparse_adam(1e-3, moment_dtype=jnp.float16)
 

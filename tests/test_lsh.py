@@ -121,8 +121,8 @@ def test_empty_buckets_and_tiny_tables():
   w = np.zeros((3, 8), np.float32)  # all rows hash alike: most buckets empty
   index = lsh.build(lsh.SimHash.init(KEY, 8, 4, 3), w)
   assert int((np.diff(np.asarray(index.offsets), axis=1) == 0).sum()) == 3 * 15
-  q = lsh.query(index, np.ones((2, 8), np.float32), budget=5, key=KEY)
-  # N = 3 < budget = 5: all 3 rows, then -1 padding at the end
+  q = lsh.query(index, np.ones((2, 8), np.float32), active=5, key=KEY)
+  # N = 3 < active = 5: all 3 rows, then -1 padding at the end
   assert np.all(np.sort(np.asarray(q)[:, :3], axis=1) == [0, 1, 2])
   assert np.all(np.asarray(q)[:, 3:] == -1)
 
@@ -145,7 +145,7 @@ def test_query_forced_ids_no_duplicates_determinism(rng, strategy):
   force = rng.integers(0, n, size=(10, 3)).astype(np.int32)
   force[0, 1] = force[0, 0]  # a duplicate forced id
   force[1, 2] = -1           # padding in the forced ids
-  f = jax.jit(lambda idx, x, key, force: lsh.query(idx, x, budget=64, key=key,
+  f = jax.jit(lambda idx, x, key, force: lsh.query(idx, x, active=64, key=key,
                                                    strategy=strategy, force_ids=force))
   q = np.asarray(f(index, x, KEY, force))
   _check_rows(q, n)
@@ -163,7 +163,7 @@ def test_vanilla_takes_the_whole_union_when_it_fits(rng):
   index = lsh.build(lsh.SimHash.init(KEY, d, 10, 4), w)  # 1024 buckets: small buckets
   x = rng.normal(size=(5, d)).astype(np.float32)
   counts = ref.bucket_counts(index, index.hasher.hash(x))
-  q = np.asarray(lsh.query(index, x, budget=200, key=KEY))
+  q = np.asarray(lsh.query(index, x, active=200, key=KEY))
   for r in range(5):
     union = set(counts[r])
     assert len(union) < 200
@@ -176,20 +176,20 @@ def test_topk_and_threshold_prefer_ids_in_more_tables(rng):
   index = lsh.build(lsh.SimHash.init(KEY, d, 4, l), w)  # 16 buckets: ~250 rows each
   x = w[:6]
   counts = ref.bucket_counts(index, index.hasher.hash(x))
-  budget = 40
+  active = 40
   # Buckets hold ~250 rows: lift the per-bucket cap so counts are exact.
-  top = np.asarray(lsh.query(index, x, budget=budget, key=KEY, strategy="topk",
+  top = np.asarray(lsh.query(index, x, active=active, key=KEY, strategy="topk",
                              max_per_bucket=n))
-  thr = np.asarray(lsh.query(index, x, budget=budget, key=KEY, strategy="threshold",
+  thr = np.asarray(lsh.query(index, x, active=active, key=KEY, strategy="threshold",
                              threshold=l - 2, max_per_bucket=n))
   for r in range(6):
     c = counts[r]
     assert c[r] == l  # the row itself is in all its buckets
     got = sorted((c.get(i, 0) for i in top[r]), reverse=True)
-    best = sorted(c.values(), reverse=True)[:budget]
+    best = sorted(c.values(), reverse=True)[:active]
     assert got == best  # exactly the highest counts
     strong = {i for i, v in c.items() if v >= l - 2}
-    if len(strong) <= budget:
+    if len(strong) <= active:
       assert strong <= set(thr[r].tolist())
 
 
@@ -197,7 +197,7 @@ def test_bucket_cap_bounds_what_is_read(rng):
   n, d = 5000, 8
   w = np.ones((n, d), np.float32)  # every row in one bucket per table
   index = lsh.build(lsh.SimHash.init(KEY, d, 4, 3), w)
-  q = np.asarray(lsh.query(index, w[:4], budget=10, key=KEY, strategy="topk",
+  q = np.asarray(lsh.query(index, w[:4], active=10, key=KEY, strategy="topk",
                            max_per_bucket=7))
   _check_rows(q, n)
   assert q.shape == (4, 10) and np.all(q >= 0)
@@ -212,7 +212,7 @@ def test_planted_clusters_recall(rng):
   queries = (centers[:50] + 0.1 * rng.normal(size=(50, d)) / np.sqrt(d)).astype(np.float32)
   top10 = np.argsort(-(queries @ w.T), axis=1)[:, :10]
   index = lsh.build(lsh.SimHash.init(KEY, d, 8, 16), w)
-  q = np.asarray(lsh.query(index, queries, budget=100, key=KEY, strategy="topk"))  # 1% of N
+  q = np.asarray(lsh.query(index, queries, active=100, key=KEY, strategy="topk"))  # 1% of N
   recall = np.mean([len(set(top10[i]) & set(q[i])) / 10 for i in range(50)])
   assert recall >= 0.9, recall
 
@@ -255,59 +255,59 @@ def test_lsh_bad_input(rng):
     lsh.SimHash.init(KEY, 16, 25, 3)
   with pytest.raises(ValueError, match="exceeds 24"):
     lsh.DWTA.init(KEY, 64, 9, 3, bin_size=8)
-  with pytest.raises(ValueError, match="num_tables"):
+  with pytest.raises(ValueError, match="num_hash_tables"):
     lsh.DWTA.init(KEY, 16, 2, 1000)
   with pytest.raises(ValueError, match="power of two"):
     lsh.DWTA.init(KEY, 16, 2, 3, bin_size=6)
-  with pytest.raises(ValueError, match="budget=2 is smaller than the 3 forced"):
-    lsh.query(index, x, budget=2, key=KEY, force_ids=np.zeros((2, 3), np.int32))
+  with pytest.raises(ValueError, match="active=2 is smaller than the 3 forced"):
+    lsh.query(index, x, active=2, key=KEY, force_ids=np.zeros((2, 3), np.int32))
   with pytest.raises(ValueError, match="force_ids holds 100"):
-    lsh.query(index, x, budget=8, key=KEY, force_ids=np.full((2, 1), 100, np.int32))
+    lsh.query(index, x, active=8, key=KEY, force_ids=np.full((2, 1), 100, np.int32))
   with pytest.raises(ValueError, match="strategy"):
-    lsh.query(index, x, budget=8, key=KEY, strategy="best")
+    lsh.query(index, x, active=8, key=KEY, strategy="best")
   with pytest.raises(ValueError, match="threshold=4 exceeds"):
-    lsh.query(index, x, budget=8, key=KEY, strategy="threshold", threshold=4)
+    lsh.query(index, x, active=8, key=KEY, strategy="threshold", threshold=4)
   with pytest.raises(ValueError, match="built for dim=16"):
-    lsh.query(index, np.ones((2, 8), np.float32), budget=8, key=KEY)
+    lsh.query(index, np.ones((2, 8), np.float32), active=8, key=KEY)
   with pytest.raises(TypeError, match="x must be float32"):
-    lsh.query(index, np.ones((2, 16), np.int32), budget=8, key=KEY)
+    lsh.query(index, np.ones((2, 16), np.int32), active=8, key=KEY)
   with pytest.raises(ValueError, match=r"built for a table of shape \(100, 16\)"):
     lsh.rebuild(index, np.ones((99, 16), np.float32))
   with pytest.raises(TypeError, match="does not hash sparse inputs"):
     lsh.query_sparse(index, np.zeros((1, 2), np.int32), np.ones((1, 2), np.float32),
-                     budget=4, key=KEY)
+                     active=4, key=KEY)
   # A corrupt index is an error from the kernel, not an out-of-bounds read.
   bad = lsh.LSHIndex(hasher=h, offsets=index.offsets.at[:, 1:].set(10**6), ids=index.ids)
   with pytest.raises(jax.errors.JaxRuntimeError, match="corrupt index"):
-    jax.block_until_ready(jax.jit(lambda i, x: lsh.query(i, x, budget=8, key=KEY))(bad, x))
+    jax.block_until_ready(jax.jit(lambda i, x: lsh.query(i, x, active=8, key=KEY))(bad, x))
   # So is a row id outside [0, N) in the buckets (issue 11, item 12): never an active id.
   bad_ids = lsh.LSHIndex(hasher=h, offsets=index.offsets, ids=index.ids.at[:, :].set(10**6))
   with pytest.raises(jax.errors.JaxRuntimeError, match="corrupt index"):
-    jax.block_until_ready(jax.jit(lambda i, x: lsh.query(i, x, budget=8, key=KEY))(bad_ids, x))
+    jax.block_until_ready(jax.jit(lambda i, x: lsh.query(i, x, active=8, key=KEY))(bad_ids, x))
   # Traced out-of-range forced ids are caught by the kernel.
   with pytest.raises(jax.errors.JaxRuntimeError, match="force_ids holds 500"):
-    jax.block_until_ready(jax.jit(lambda f: lsh.query(index, x, budget=8, key=KEY,
+    jax.block_until_ready(jax.jit(lambda f: lsh.query(index, x, active=8, key=KEY,
                                                       force_ids=f))(np.full((2, 1), 500)))
 
 
 def test_fill_groups_share_their_negatives(rng):
-  n, d, b, budget = 50_000, 16, 32, 200
+  n, d, b, active = 50_000, 16, 32, 200
   w = rng.normal(size=(n, d)).astype(np.float32)
   index = lsh.build(lsh.SimHash.init(KEY, d, 16, 2), w)  # 65,536 buckets: almost no hits
   x = rng.normal(size=(b, d)).astype(np.float32)
-  per = np.asarray(lsh.query(index, x, budget=budget, key=KEY))
-  shared = np.asarray(lsh.query(index, x, budget=budget, key=KEY, fill_group=None))
-  grouped = np.asarray(lsh.query(index, x, budget=budget, key=KEY, fill_group=8))
+  per = np.asarray(lsh.query(index, x, active=active, key=KEY))
+  shared = np.asarray(lsh.query(index, x, active=active, key=KEY, fill_group=None))
+  grouped = np.asarray(lsh.query(index, x, active=active, key=KEY, fill_group=8))
   _check_rows(grouped, n)
   _check_rows(shared, n)
-  assert shared.shape == (b, budget) and np.all(shared >= 0)
+  assert shared.shape == (b, active) and np.all(shared >= 0)
   hits = ref.bucket_counts(index, index.hasher.hash(x))
   retrieved = set().union(*(set(c) for c in hits))
-  assert len(retrieved) < 0.2 * b * budget  # the buckets return few ids: most is fill
-  # Per-example fill touches ~b * budget rows; shared fill one budget's worth plus the hits.
-  assert len(np.unique(per)) > 0.9 * b * budget
-  assert len(np.unique(shared)) <= budget + len(retrieved)
-  # Groups of 8: four groups, each sharing one budget's worth of fill.
-  assert 3.5 * budget < len(np.unique(grouped)) <= 4 * budget + len(retrieved)
+  assert len(retrieved) < 0.2 * b * active  # the buckets return few ids: most is fill
+  # Per-example fill touches ~b * active rows; shared fill one active set's worth plus the hits.
+  assert len(np.unique(per)) > 0.9 * b * active
+  assert len(np.unique(shared)) <= active + len(retrieved)
+  # Groups of 8: four groups, each sharing one active set's worth of fill.
+  assert 3.5 * active < len(np.unique(grouped)) <= 4 * active + len(retrieved)
   with pytest.raises(ValueError, match="fill_group must be a positive int"):
-    lsh.query(index, x, budget=budget, key=KEY, fill_group=0)
+    lsh.query(index, x, active=active, key=KEY, fill_group=0)

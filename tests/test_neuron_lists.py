@@ -135,7 +135,7 @@ def test_lists_find_the_top_label_of_a_trained_layer():
   train, test = (D.bundled.load("wordnet", s).normalized() for s in ("train", "test"))
   test = test.subset(np.arange(4096))
   cfg = ModelConfig(train.num_features, train.num_labels, inference_lists=256,
-                    inference_probes=2, inference_tables=0)
+                    inference_probes=2, inference_hash_tables=0)
   run = trainer.train(train, test, cfg, RunConfig(epochs=1), progress=False,
                       log=lambda *a: None)
   report = run["final"]["test"]

@@ -1,5 +1,6 @@
-"""NNX modules: shapes, sparse == dense when the budget covers every neuron, training."""
+"""NNX modules: shapes, sparse == dense when the active set covers every neuron, training."""
 
+import dataclasses
 import re
 
 import jax
@@ -29,9 +30,9 @@ def _dense_loss(model, feat_ids, feat_vals, labels):
   return jslide.losses.softmax_cross_entropy(logits, labels).mean()
 
 
-def _small_model(n_in=60, n_out=40, budget=40):
-  return jslide.nn.SparseMLP(n_in, n_out, hidden=(16,), budget=budget, num_hashes=2,
-                             num_tables=4, bin_size=4, rngs=nnx.Rngs(0))
+def _small_model(n_in=60, n_out=40, active=40):
+  return jslide.nn.SparseMLP(n_in, n_out, hidden=(16,), active=active, num_hashes=2,
+                             num_hash_tables=4, bin_size=4, rngs=nnx.Rngs(0))
 
 
 def _batch(rng, n_in=60, n_out=40, b=5):
@@ -41,7 +42,7 @@ def _batch(rng, n_in=60, n_out=40, b=5):
   return feat_ids, feat_vals, labels
 
 
-def test_full_budget_sparse_model_equals_dense_model_and_gradients(rng):
+def test_full_active_set_sparse_model_equals_dense_model_and_gradients(rng):
   model = _small_model()
   feat_ids, feat_vals, labels = _batch(rng)
   logits, ids = model(feat_ids, feat_vals, labels, key=jax.random.PRNGKey(1))
@@ -67,7 +68,7 @@ def test_full_budget_sparse_model_equals_dense_model_and_gradients(rng):
 
 
 def test_table_and_index_variables_filter_and_labels_are_forced(rng):
-  model = _small_model(n_out=300, budget=8)
+  model = _small_model(n_out=300, active=8)
   paths = lambda kind: {p for p, _ in nnx.to_flat_state(nnx.state(model, kind))}
   assert paths(jslide.nn.Table) == {("input", "kernel"), ("output", "kernel"), ("output", "bias")}
   assert paths(jslide.nn.Index) == {("output", "index")}
@@ -90,21 +91,21 @@ def test_batch_negatives_join_every_active_set(rng):
   few = np.asarray(jslide.nn.sparse_dense.batch_label_sample(labels, 4, jax.random.PRNGKey(3)))
   assert len(set(few)) == 4 and set(few) <= batch_labels
 
-  layer = jslide.nn.SparseDense(16, n_out, budget=30, num_hashes=2, num_tables=4, bin_size=4,
+  layer = jslide.nn.SparseDense(16, n_out, active=30, num_hashes=2, num_hash_tables=4, bin_size=4,
                                 batch_negatives=12, rngs=nnx.Rngs(0))
   x = jnp.asarray(rng.random((b, 16)), jnp.float32)
   ids = np.asarray(layer.active_ids(x, labels, key=jax.random.PRNGKey(0)))
   for r in range(b):
     assert batch_labels <= set(ids[r])  # own labels and the rest of the batch's
     assert len(set(ids[r])) == 30
-  with pytest.raises(ValueError, match=r"batch_negatives must be an int in \[0, budget=30\)"):
-    jslide.nn.SparseDense(16, n_out, budget=30, batch_negatives=30, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"batch_negatives must be an int in \[0, active=30\)"):
+    jslide.nn.SparseDense(16, n_out, active=30, batch_negatives=30, rngs=nnx.Rngs(0))
 
 
 def test_topk_rescoring_and_exact_mode(rng):
   # Four k-means buckets, all probed: the index retrieves every row, so topk must be exact.
-  model = jslide.nn.SparseMLP(60, 50, hidden=(16,), budget=50, hash_family="cluster",
-                              num_hashes=2, num_tables=1, rngs=nnx.Rngs(0))
+  model = jslide.nn.SparseMLP(60, 50, hidden=(16,), active=50, hash_family="cluster",
+                              num_hashes=2, num_hash_tables=1, rngs=nnx.Rngs(0))
   h = jnp.asarray(rng.random((3, 16)), jnp.float32)
   scores, ids = model.output.topk(h, 5, key=jax.random.PRNGKey(0))
   exact = model.output.exact(h)
@@ -117,7 +118,7 @@ def test_sparse_dense_on_top_of_any_encoder_trains_in_one_step(rng):
   class Model(nnx.Module):
     def __init__(self, rngs):
       self.encoder = nnx.Sequential(nnx.Linear(10, 16, rngs=rngs), jax.nn.tanh)
-      self.head = jslide.nn.SparseDense(16, 200, budget=20, num_hashes=2, num_tables=4,
+      self.head = jslide.nn.SparseDense(16, 200, active=20, num_hashes=2, num_hash_tables=4,
                                         bin_size=4, rngs=rngs)
 
   def forward(model, batch, key):
@@ -155,7 +156,7 @@ def test_train_step_updates_tables_in_place_without_copies():
   on a copy; and the 1-D bias reaches the kernels as it is (a reshape to [N, 1] around the
   in-place call made XLA copy it, and its moments, every step)."""
   n_out, d = 100_000, 32
-  model = jslide.nn.SparseMLP(500, n_out, hidden=(d,), budget=64, num_hashes=4, num_tables=4,
+  model = jslide.nn.SparseMLP(500, n_out, hidden=(d,), active=64, num_hashes=4, num_hash_tables=4,
                               rngs=nnx.Rngs(0))
   _, state, step = jslide.train.make_train_step(
       model, active_set_loss(), table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True))
@@ -201,8 +202,8 @@ def test_training_on_wordnet_reaches_a_precision_floor():
   """3 epochs on the real WordNet training split; P@1 over the 20,472 labels on the test split."""
   train = D.bundled.load("wordnet", "train").normalized()
   test = D.bundled.load("wordnet", "test").normalized()
-  model = jslide.nn.SparseMLP(train.num_features, train.num_labels, hidden=(128,), budget=512,
-                              num_hashes=5, num_tables=16, batch_negatives=256,
+  model = jslide.nn.SparseMLP(train.num_features, train.num_labels, hidden=(128,), active=512,
+                              num_hashes=5, num_hash_tables=16, batch_negatives=256,
                               rngs=nnx.Rngs(0))
   graphdef, state, step = jslide.train.make_train_step(
       model, active_set_loss(), table_tx=jslide.optim.sparse_adam(5e-3, catch_up=True),
@@ -222,3 +223,48 @@ def test_training_on_wordnet_reaches_a_precision_floor():
   # Predicting the most frequent label scores 0.7%; measured here: 0.278 (0.232 with lazy
   # Adam and no batch negatives).
   assert p1 > FLOOR, p1
+
+
+def test_modules_take_k_and_l_from_the_hash_family_unless_told(rng):
+  """Each default is written once, in jslide.lsh.FAMILIES; a family object of one's own is
+  taken as it is."""
+  dwta = jslide.lsh.hash_family("dwta")
+  layer = jslide.nn.SparseDense(8, 100, active=10, rngs=nnx.Rngs(0))
+  hasher = layer.index.get_value().hasher
+  assert isinstance(hasher, jslide.lsh.DWTA)
+  assert (hasher.num_hashes, hasher.num_hash_tables) == (dwta.fixed_hashes, dwta.num_hash_tables)
+  ffn = jslide.nn.SparseFFN(8, 640, active=16, rngs=nnx.Rngs(0))  # cluster: ~20 rows a bucket
+  assert ffn.index.get_value().num_buckets == 2 ** jslide.lsh.rows_per_bucket_hashes(640) == 32
+  head = jslide.nn.SparseSoftmaxHead(8, 300, retrieved=4, sampled=8, num_hash_tables=3,
+                                     num_hashes=4, rngs=nnx.Rngs(0))
+  assert head.index.get_value().hasher.num_hash_tables == 3
+  wide = dataclasses.replace(dwta, name="dwta-8", num_hash_tables=8)
+  layer = jslide.nn.SparseDense(8, 100, active=10, hash_family=wide, rngs=nnx.Rngs(0))
+  assert layer.index.get_value().hasher.num_hash_tables == 8
+  with pytest.raises(ValueError, match="hash family must be one of"):
+    jslide.nn.SparseDense(8, 100, active=10, hash_family="minhash", rngs=nnx.Rngs(0))
+
+
+def test_the_softmax_head_trains_a_bfloat16_kernel(rng):
+  head = jslide.nn.SparseSoftmaxHead(16, 500, retrieved=8, sampled=16,
+                                     param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert head.kernel.get_value().dtype == jnp.bfloat16
+  assert head.bias.get_value().dtype == jnp.float32
+  h = jnp.asarray(rng.normal(size=(6, 16)), jnp.float32)
+  t = jnp.arange(6, dtype=jnp.int32)
+
+  def loss(m, b, key):
+    logits, ids = m(b["h"], b["t"], key=key)
+    values = jslide.losses.active_softmax_cross_entropy(logits, ids, b["t"][:, None])
+    return values, jnp.ones(values.shape, bool)
+
+  _, state, step = jslide.train.make_train_step(head, loss,
+                                                table_tx=jslide.optim.sparse_adam(3e-2))
+  losses = []
+  for i in range(40):
+    state, m = step(state, {"h": h, "t": t}, jax.random.PRNGKey(i))
+    losses.append(float(m["loss"]))
+  assert state.tables["kernel"].get_value().dtype == jnp.bfloat16
+  assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+  with pytest.raises(TypeError, match="param_dtype must be float32 or bfloat16"):
+    jslide.nn.SparseSoftmaxHead(16, 50, param_dtype=jnp.float16, rngs=nnx.Rngs(0))

@@ -75,12 +75,12 @@ def test_cluster_probes_come_best_first(rng):
     np.testing.assert_allclose(got[:, 0], scores[:, t].max(axis=1), rtol=1e-6)
 
 
-def test_ranked_query_reads_buckets_in_probe_order_and_stops_at_the_budget(rng):
+def test_ranked_query_reads_buckets_in_probe_order_and_stops_at_the_active_size(rng):
   w, b, index = _cluster_index(rng, probes=16)
   x = normal(rng, 5, 8)
   codes = np.asarray(index.hasher.hash(x))
   offsets, ids = np.asarray(index.offsets)[0], np.asarray(index.ids)[0]
-  got = np.asarray(lsh.query(index, x, budget=100, key=jax.random.PRNGKey(0),
+  got = np.asarray(lsh.query(index, x, active=100, key=jax.random.PRNGKey(0),
                              strategy="ranked", fill=False))
   for r in range(5):
     want = np.concatenate([ids[offsets[c]:offsets[c + 1]] for c in codes[r]])[:100]
@@ -90,26 +90,26 @@ def test_ranked_query_reads_buckets_in_probe_order_and_stops_at_the_budget(rng):
 def test_all_probes_find_every_row_and_exact_top_k(rng):
   w, b, index = _cluster_index(rng, n=200, probes=16)  # 16 probes of 16 buckets: all rows
   x = normal(rng, 6, 8)
-  got = lsh.query(index, x, budget=200, key=jax.random.PRNGKey(0), strategy="ranked",
+  got = lsh.query(index, x, active=200, key=jax.random.PRNGKey(0), strategy="ranked",
                   fill=False)
   top = jax.lax.top_k(x @ w.T + b, 5)[1]
   np.testing.assert_array_equal(np.asarray(lsh.recall_of_top_k(got, top)), 1.0)
 
 
-def test_fill_false_pads_with_minus_one_and_max_retrieved_caps_the_index(rng):
+def test_fill_false_pads_with_minus_one_and_retrieved_caps_the_index(rng):
   w, b, index = _cluster_index(rng, probes=2)
   x = normal(rng, 4, 8)
   key = jax.random.PRNGKey(3)
-  bare = np.asarray(lsh.query(index, x, budget=500, key=key, strategy="ranked", fill=False))
+  bare = np.asarray(lsh.query(index, x, active=500, key=key, strategy="ranked", fill=False))
   found = (bare >= 0).sum(1)
   assert np.all(found < 500) and np.all(bare[:, -1] == -1)
   assert all(np.all(bare[r, :found[r]] >= 0) for r in range(4))
-  capped = np.asarray(lsh.query(index, x, budget=500, key=key, strategy="ranked",
-                                max_retrieved=10))
+  capped = np.asarray(lsh.query(index, x, active=500, key=key, strategy="ranked",
+                                retrieved=10))
   np.testing.assert_array_equal(capped[:, :10], bare[:, :10])  # then random fill
   assert np.all(capped >= 0) and all(len(set(r)) == 500 for r in capped)
-  with pytest.raises(ValueError, match="max_retrieved"):
-    lsh.query(index, x, budget=5, key=key, max_retrieved=-1)
+  with pytest.raises(ValueError, match="retrieved"):
+    lsh.query(index, x, active=5, key=key, retrieved=-1)
 
 
 @settings(max_examples=25, deadline=None)
@@ -181,7 +181,7 @@ def test_top_indices_refuses_bad_input():
 @pytest.mark.slow
 def test_from_rows_starts_every_table_at_keys_of_distinct_rows(rng):
   w, b = normal(rng, 300, 8), normal(rng, 300)
-  fam = lsh.ClusterHash.from_rows(jax.random.PRNGKey(0), w, b, num_hashes=5, num_tables=3)
+  fam = lsh.ClusterHash.from_rows(jax.random.PRNGKey(0), w, b, num_hashes=5, num_hash_tables=3)
   keys = np.asarray(lsh.mips_keys(w, b))
   cent = np.asarray(fam.centroids)
   assert cent.shape == (3, 32, 10)
@@ -191,7 +191,7 @@ def test_from_rows_starts_every_table_at_keys_of_distinct_rows(rng):
     assert len(set(match.tolist())) == 32
   assert not np.allclose(cent[0], cent[1])
   small = lsh.ClusterHash.from_rows(jax.random.PRNGKey(0), w[:10], b[:10], num_hashes=5,
-                                    num_tables=1)  # fewer rows than buckets: rows repeat
+                                    num_hash_tables=1)  # fewer rows than buckets: rows repeat
   assert small.centroids.shape == (1, 32, 10)
 
 
@@ -204,8 +204,8 @@ def test_inference_index_finds_the_top_rows_that_one_table_misses():
   import jslide
 
   rng = np.random.default_rng(0)
-  layer = jslide.nn.SparseDense(32, 4096, budget=204, hash_family="cluster", num_hashes=8,
-                                num_tables=1, rngs=nnx.Rngs(0))
+  layer = jslide.nn.SparseDense(32, 4096, active=204, hash_family="cluster", num_hashes=8,
+                                num_hash_tables=1, rngs=nnx.Rngs(0))
   w = rng.normal(size=(4096, 32)).astype(np.float32)
   layer.kernel.set_value(jnp.asarray(w))
   layer.rebuild_index()
@@ -214,12 +214,12 @@ def test_inference_index_finds_the_top_rows_that_one_table_misses():
   top = jax.lax.top_k(layer.exact(x), 1)[1]
   key = jax.random.PRNGKey(1)
   own = lsh.recall_of_top_k(layer.retrieve(x, key=key), top)
-  index = layer.build_inference_index(jax.random.PRNGKey(2), num_tables=6)
-  assert index.num_tables == 6 and index.num_buckets == 256
+  index = layer.build_inference_index(jax.random.PRNGKey(2), num_hash_tables=6)
+  assert index.num_hash_tables == 6 and index.num_buckets == 256
   found = lsh.recall_of_top_k(layer.retrieve(x, key=key, index=index), top)
   assert float(found.mean()) >= 0.9 and float(found.mean()) > float(own.mean()) + 0.1
   scores, ids = layer.topk(x, 1, key=key, index=index)  # rescored exactly
   hit = np.asarray(found) == 1
   np.testing.assert_array_equal(np.asarray(ids)[hit, 0], np.asarray(top)[hit, 0])
   warm = layer.build_inference_index(key, previous=index, iters=1)  # keeps tables, probes
-  assert (warm.num_tables, warm.hasher.probes) == (6, index.hasher.probes)
+  assert (warm.num_hash_tables, warm.hasher.probes) == (6, index.hasher.probes)

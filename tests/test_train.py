@@ -101,7 +101,7 @@ class _Indexed(nnx.Module):
   """A module of no class the framework knows that holds an index."""
 
   def __init__(self, rngs):
-    self.layer = jslide.nn.SparseDense(8, 64, budget=16, num_hashes=2, num_tables=2,
+    self.layer = jslide.nn.SparseDense(8, 64, active=16, num_hashes=2, num_hash_tables=2,
                                        bin_size=4, rngs=rngs)
     self.rebuilds = nnx.Variable(jnp.zeros([], jnp.int32))
     self.index = self.layer.index  # the same Index, held here too
@@ -219,7 +219,7 @@ def test_fit_stops_at_a_non_finite_loss_with_the_last_good_state():
 
 
 def test_dense_steps_rebuild_indices_on_their_schedule(rng):
-  model = jslide.nn.SparseMLP(30, 50, hidden=(8,), budget=10, num_hashes=2, num_tables=2,
+  model = jslide.nn.SparseMLP(30, 50, hidden=(8,), active=10, num_hashes=2, num_hash_tables=2,
                               bin_size=4, rngs=nnx.Rngs(0))
   from jslide.xc.objectives import full_softmax_loss
   _, state, step = T.make_dense_train_step(model, full_softmax_loss, tx=optax.adam(0.1),

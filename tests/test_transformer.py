@@ -1,5 +1,5 @@
 """Transformer modules: SparseFFN, the chunked exact softmax, causal masking, the LM's sparse
-head, each equal to a dense reference when the budget covers every neuron."""
+head, each equal to a dense reference when the active set covers every neuron."""
 
 import re
 
@@ -306,7 +306,7 @@ def test_no_position_sees_the_future(rng, ffn):
 
 
 @pytest.mark.slow
-def test_lm_with_full_budgets_equals_the_exact_model_values_and_gradients(rng):
+def test_lm_with_full_active_sets_equals_the_exact_model_values_and_gradients(rng):
   """Every word retrieved by the head (so every sampled word is an accidental hit, removed)
   and every FFN neuron active: the sparse training loss is the full-softmax loss, and its
   row-sparse gradients (embedding, FFN tables, head) equal jax.grad of the exact model."""
@@ -363,6 +363,20 @@ def test_lm_refuses_bad_tokens_and_sizes():
     _tiny_lm(ffn="wide")
 
 
+def test_an_ffn_constructor_stands_for_a_kind():
+  """A block takes any ffn(features, hidden, *, rngs): a kind's module with settings of its
+  own, or a module of one's own."""
+  import functools
+  model = SparseTransformerLM(50, context=8, features=16, heads=2, layers=1, hidden=64,
+                              ffn=functools.partial(BlockSparseFFN, active=8,
+                                                    capacity_factor=2.0),
+                              head_retrieved=4, head_sampled=8, rngs=nnx.Rngs(0))
+  ffn = model.blocks[0].ffn
+  assert isinstance(ffn, BlockSparseFFN) and ffn.capacity_factor == 2.0
+  tokens = jnp.zeros((2, 8), jnp.int32)
+  assert model.token_nll(tokens, tokens, key=jax.random.key(0)).shape == (2, 8)
+
+
 @given(t=st.integers(1, 5), a=st.integers(1, 6), s=st.integers(1, 9), n=st.integers(1, 12),
        seed=st.integers(0, 999))
 @pytest.mark.slow
@@ -374,3 +388,39 @@ def test_accidental_hit_mask_equals_a_plain_membership_test(t, a, s, n, seed):
   want = np.array([[w in set(row) for w in words] for row in ids])
   np.testing.assert_array_equal(np.asarray(_is_in_rows(jnp.asarray(words), jnp.asarray(ids))),
                                 want)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: BlockSparseFFN(8, 64, rngs=nnx.Rngs(0)),
+    lambda: SparseFFN(8, 64, active=8, rngs=nnx.Rngs(0)),
+    lambda: DenseFFN(8, 64, rngs=nnx.Rngs(0)),
+])
+def test_ffns_refuse_inputs_of_another_width(make):
+  """Issue 33, item 2: BlockSparseFFN(8, 64) on inputs of width 16 returned (4, 16), each
+  row taken as two tokens; SparseFFN failed with a reshape error."""
+  ffn = make()
+  x = jnp.ones((2, 16), jnp.float32)
+  with pytest.raises(ValueError, match="x must have 8 features on its last axis, got shape "
+                                       r"\(2, 16\)"):
+    ffn(x, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="8 features on its last axis"):
+    ffn.exact(x)
+  assert ffn(jnp.ones((2, 3, 8)), key=jax.random.key(0)).shape == (2, 3, 8)
+
+
+def test_an_out_of_range_target_is_an_error_under_jit_too(rng):
+  """Issue 33, item 3: under jit an out-of-range target gave a NaN loss (eager calls raised)
+  in chunked_softmax_cross_entropy, SparseSoftmaxHead.nll and token_nll."""
+  w = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+  b, x = jnp.zeros(5), jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)
+  loss = jax.jit(lambda t: jslide.losses.chunked_softmax_cross_entropy(x, w, b, t,
+                                                                       chunk_size=2))
+  ok = loss(jnp.asarray([1, -1], jnp.int32))
+  assert np.isfinite(np.asarray(ok)).all() and float(ok[1]) == 0.0
+  for bad in (5, -2):
+    with pytest.raises(Exception, match=r"holds .* expected \[-1, 5\)"):
+      jax.block_until_ready(loss(jnp.asarray([1, bad], jnp.int32)))
+  model = _tiny_lm(vocab=50)
+  nll = jax.jit(lambda t: model.token_nll(t[:, :-1], t[:, 1:], key=jax.random.key(0)))
+  with pytest.raises(Exception, match=r"holds 50 .* expected \[-1, 50\)"):
+    jax.block_until_ready(nll(jnp.asarray([[1, 2, 50]], jnp.int32)))

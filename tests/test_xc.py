@@ -32,7 +32,7 @@ def small_files(tmp_path_factory):
   return str(d / "train.txt"), str(d / "test.txt")
 
 
-ARCH = ["--hidden", "32", "--budget", "64", "--num-hashes", "2", "--num-tables", "4",
+ARCH = ["--hidden", "32", "--active", "64", "--num-hashes", "2", "--num-hash-tables", "4",
         "--batch-size", "128", "--no-progress", "--rebuild-initial", "3", "--batch-negatives", "16"]
 
 
@@ -153,7 +153,7 @@ def test_sampled_baseline_and_retrieval_report(small_files, tmp_path):
   sampled = json.load(open(tmp_path / "s.json"))["test"]
   assert "P@1" in sampled and "recall@1" not in sampled
   assert main(["train", "--train", train, "--test", test, "--epochs", "1", "--hash", "cluster",
-               "--max-retrieved", "20", "--candidates", "32", "--json", str(tmp_path / "c.json"),
+               "--retrieved", "20", "--candidates", "32", "--json", str(tmp_path / "c.json"),
                *ARCH]) == 0
   report = json.load(open(tmp_path / "c.json"))["test"]
   for name in ("recall@1", "recall@5", "index_share", "labels_scored", "lsh_P@1",
@@ -163,7 +163,7 @@ def test_sampled_baseline_and_retrieval_report(small_files, tmp_path):
   assert report["inference_index_seconds"] > 0
   # Without an inference index, ranking goes through the training index (no second recall).
   assert main(["train", "--train", train, "--test", test, "--epochs", "1", "--hash", "cluster",
-               "--max-retrieved", "20", "--inference-tables", "0", "--candidates", "32",
+               "--retrieved", "20", "--inference-hash-tables", "0", "--candidates", "32",
                "--json", str(tmp_path / "t.json"), *ARCH]) == 0
   own = json.load(open(tmp_path / "t.json"))["test"]
   assert "training_recall@1" not in own
@@ -171,15 +171,15 @@ def test_sampled_baseline_and_retrieval_report(small_files, tmp_path):
 
 
 def test_inference_candidates_are_at_most_five_percent_of_the_labels():
-  """Sparse inference scores the budget, capped at 5% of the labels, unless told otherwise."""
-  assert ModelConfig(10, 20472, budget=1024).inference_candidates() == 1023
-  assert ModelConfig(10, 18160, budget=1024).inference_candidates() == 908
-  assert ModelConfig(10, 100_000, budget=1024).inference_candidates() == 1024
-  assert ModelConfig(10, 20472, budget=1024, candidates=2000).inference_candidates() == 2000
+  """Sparse inference scores the active, capped at 5% of the labels, unless told otherwise."""
+  assert ModelConfig(10, 20472, active=1024).inference_candidates() == 1023
+  assert ModelConfig(10, 18160, active=1024).inference_candidates() == 908
+  assert ModelConfig(10, 100_000, active=1024).inference_candidates() == 1024
+  assert ModelConfig(10, 20472, active=1024, candidates=2000).inference_candidates() == 2000
   for bad in (0, 20473, 1.5, True):
     with pytest.raises(ValueError, match="candidates must be an int"):
       ModelConfig(10, 20472, candidates=bad)
-  for name, bad in (("inference_tables", -1), ("inference_tables", 2.0), ("inference_hashes", 0),
+  for name, bad in (("inference_hash_tables", -1), ("inference_hash_tables", 2.0), ("inference_hashes", 0),
                     ("inference_lists", -1), ("inference_probes", 0)):
     with pytest.raises(ValueError, match=name):
       ModelConfig(10, 20472, **{name: bad})

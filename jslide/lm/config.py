@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 import jslide
+from jslide.lm import heads
 from jslide.lm.heads import HEADS, PROPOSALS
 from jslide.lm.vocab import unigram_log_prior
 from jslide.nn.transformer import FFN_KINDS
@@ -65,6 +66,14 @@ class ModelConfig:
         ffn_capacity=self.ffn_capacity,
         head_retrieved=self.retrieved, head_sampled=self.sampled, proposal=self.proposal,
         head_bias_init=bias_init, rngs=nnx.Rngs(seed))
+
+  def head_objective(self):
+    """The head's training objective (:mod:`jslide.lm.heads`), with this config's settings."""
+    if self.head == "lsh":
+      return heads.LSHHead()
+    if self.head == "sampled":
+      return heads.SampledHead(self.sampled, self.proposal)
+    return heads.FullHead()
 
   def to_json(self) -> dict:
     return run_config.to_json(self)

@@ -17,16 +17,19 @@ int32[B, T]}``, every position counted.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 
-from jslide import losses
+from jslide import losses, lsh, optim
 from jslide.nn.softmax_head import PROPOSALS, log_expected_count, sample_words
+from jslide.train.step import make_dense_train_step, make_train_step
 
-HEADS = ("lsh", "sampled", "full")
-__all__ = ["HEADS", "PROPOSALS", "full_softmax_loss", "lsh_softmax_loss",
-           "sampled_softmax_loss"]
+__all__ = ["FullHead", "HEADS", "LSHHead", "PROPOSALS", "SampledHead", "full_softmax_loss",
+           "lsh_softmax_loss", "sampled_softmax_loss"]
 
 
 def _every_position(values):
@@ -65,3 +68,47 @@ def sampled_softmax_loss(model, batch, key, *, num_sampled: int, proposal: str):
   logits = jnp.concatenate([true_logit[:, None], sampled_logits], axis=-1)
   return _every_position(optax.softmax_cross_entropy_with_integer_labels(
       logits, jnp.zeros_like(targets)))
+
+
+@dataclasses.dataclass(frozen=True)
+class LSHHead:
+  """jslide's head: the model's :class:`jslide.nn.SparseSoftmaxHead` (its ``retrieved`` and
+  ``sampled`` words set when the model is built), row-sparse gradients, sparse Adam with
+  catch-up for the tables, ``optax.adam`` for the rest."""
+
+  uses_head_index = True
+
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None):
+    return make_train_step(model, lsh_softmax_loss,
+                           table_tx=optim.sparse_adam(learning_rate, catch_up=True),
+                           dense_tx=optax.adam(learning_rate), schedule=schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledHead:
+  """Sampled softmax as a JAX user writes it: ``num_sampled`` words from ``proposal`` shared
+  by the batch, dense gradients, ``optax.adam`` on every parameter."""
+
+  num_sampled: int = 1024
+  proposal: str = "log-uniform"
+  uses_head_index = False
+
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None):
+    loss = functools.partial(sampled_softmax_loss, num_sampled=self.num_sampled,
+                             proposal=self.proposal)
+    return make_dense_train_step(model, loss, tx=optax.adam(learning_rate), schedule=schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class FullHead:
+  """The exact softmax over the whole vocabulary: dense gradients, ``optax.adam``."""
+
+  uses_head_index = False
+
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None):
+    return make_dense_train_step(model, full_softmax_loss, tx=optax.adam(learning_rate),
+                                 schedule=schedule)
+
+
+# The heads by the name the command line and the run config use.
+HEADS = ("lsh", "sampled", "full")

@@ -11,12 +11,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm import tqdm
 
 import jslide
 from jslide import train as T
-from jslide.lm import heads
 from jslide.lm.config import ModelConfig, RunConfig
 from jslide.lm.vocab import Vocabulary, read_text, tokenize
 from jslide.train import checkpoint
@@ -34,20 +32,12 @@ def windows(ids: np.ndarray, context: int) -> np.ndarray:
 
 
 def make_step(model, cfg: ModelConfig, run: RunConfig):
-  """(graphdef, state, step) for the configured head (one jit, state donated). The indices
-  (the lsh head's, the sparse FFNs') are rebuilt on the run's schedule."""
-  lr = run.learning_rate
-  if cfg.head == "lsh":
-    return T.make_train_step(
-        model, heads.lsh_softmax_loss, table_tx=jslide.optim.sparse_adam(lr, catch_up=True),
-        dense_tx=optax.adam(lr), schedule=run.rebuild_schedule())
-  schedule = run.rebuild_schedule() if cfg.ffn == "sparse" else None  # the head's is unused
-  if cfg.head == "full":
-    return T.make_dense_train_step(model, heads.full_softmax_loss, tx=optax.adam(lr),
-                                   schedule=schedule)
-  loss = functools.partial(heads.sampled_softmax_loss, num_sampled=cfg.sampled,
-                           proposal=cfg.proposal)
-  return T.make_dense_train_step(model, loss, tx=optax.adam(lr), schedule=schedule)
+  """(graphdef, state, step) of the configured head (one jit, state donated). The indices
+  the step reads (the lsh head's, the sparse FFNs') are rebuilt on the run's schedule."""
+  head = cfg.head_objective()
+  reads_index = head.uses_head_index or cfg.ffn == "sparse"
+  return head.train_step(model, run.learning_rate,
+                         run.rebuild_schedule() if reads_index else None)
 
 
 def batch_of(win: np.ndarray) -> dict:

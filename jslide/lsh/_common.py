@@ -18,14 +18,14 @@ MAX_CODE_BITS = 24  # bits of a bucket code: 2^24 buckets per table
 MAX_TABLES = 512
 
 
-def check_kl(fn: str, num_hashes: int, num_tables: int, bits_per_hash: int = 1, dim=1):
+def check_kl(fn: str, num_hashes: int, num_hash_tables: int, bits_per_hash: int = 1, dim=1):
   """ValueError unless K, L (and the vector length ``dim``) are positive ints within the
   kernels' limits."""
-  for name, v in (("num_hashes", num_hashes), ("num_tables", num_tables), ("dim", dim)):
+  for name, v in (("num_hashes", num_hashes), ("num_hash_tables", num_hash_tables), ("dim", dim)):
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
       raise ValueError(f"{fn}: {name} must be a positive int, got {v!r}")
   if num_hashes * bits_per_hash > MAX_CODE_BITS:
     raise ValueError(f"{fn}: K * bits per hash = {num_hashes * bits_per_hash} exceeds "
                      f"{MAX_CODE_BITS} (2^{MAX_CODE_BITS} buckets per table); lower num_hashes (K)")
-  if num_tables > MAX_TABLES:
-    raise ValueError(f"{fn}: num_tables={num_tables} is above the supported {MAX_TABLES}")
+  if num_hash_tables > MAX_TABLES:
+    raise ValueError(f"{fn}: num_hash_tables={num_hash_tables} is above the supported {MAX_TABLES}")

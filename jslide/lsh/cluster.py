@@ -94,18 +94,18 @@ class ClusterHash:
   dim: int = dataclasses.field(metadata=dict(static=True))
 
   @classmethod
-  def init(cls, key, dim: int, num_hashes: int, num_tables: int, probes: int = 16,
+  def init(cls, key, dim: int, num_hashes: int, num_hash_tables: int, probes: int = 16,
            iters: int = 3) -> "ClusterHash":
     """C = 2^num_hashes random centroids per table (refitted to the rows by ``build``)."""
-    check_kl("ClusterHash.init", num_hashes, num_tables, dim=dim)
+    check_kl("ClusterHash.init", num_hashes, num_hash_tables, dim=dim)
     c = 2 ** num_hashes
     probes = min(positive_int("ClusterHash.init", "probes", probes), c)
     iters = positive_int("ClusterHash.init", "iters", iters)
-    cent = _normalize(jax.random.normal(key, (num_tables, c, dim + 2), jnp.float32))
+    cent = _normalize(jax.random.normal(key, (num_hash_tables, c, dim + 2), jnp.float32))
     return cls(cent, probes, iters, int(dim))
 
   @classmethod
-  def from_rows(cls, key, w, b=None, *, num_hashes: int, num_tables: int, probes: int = 16,
+  def from_rows(cls, key, w, b=None, *, num_hashes: int, num_hash_tables: int, probes: int = 16,
                 iters: int = 3) -> "ClusterHash":
     """Like :meth:`init`, with each table's centroids started at the keys of 2^num_hashes
     random rows of w f32[N, d] (bias b), different rows per table (Forgy's start): on trained
@@ -113,15 +113,15 @@ class ClusterHash:
     random directions do in 25 (recall of the top label 0.924 against 0.910, six tables on
     the trained WordNet layer, docs/lsh.md)."""
     w = float32_array("ClusterHash.from_rows", "w", w, ndim=2)
-    family = cls.init(key, w.shape[1], num_hashes, num_tables, probes=probes, iters=iters)
+    family = cls.init(key, w.shape[1], num_hashes, num_hash_tables, probes=probes, iters=iters)
     keys = mips_keys(w, b)
     n, c = w.shape[0], family.num_buckets
     rows = jax.vmap(lambda k: jax.random.choice(k, n, (c,), replace=n < c))(
-        jax.random.split(jax.random.fold_in(key, 1), num_tables))
+        jax.random.split(jax.random.fold_in(key, 1), num_hash_tables))
     return dataclasses.replace(family, centroids=keys[rows])
 
   @property
-  def num_tables(self) -> int:
+  def num_hash_tables(self) -> int:
     return self.centroids.shape[0]
 
   @property

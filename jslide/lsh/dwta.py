@@ -33,21 +33,21 @@ class DWTA:
   dim: int = dataclasses.field(metadata=dict(static=True))
 
   @classmethod
-  def init(cls, key, dim: int, num_hashes: int, num_tables: int, bin_size: int = 8) -> "DWTA":
-    """K=num_hashes hashes per table, L=num_tables tables, over vectors of length ``dim``."""
+  def init(cls, key, dim: int, num_hashes: int, num_hash_tables: int, bin_size: int = 8) -> "DWTA":
+    """K=num_hashes hashes per table, L=num_hash_tables tables, over vectors of length ``dim``."""
     if not isinstance(bin_size, int) or bin_size < 2 or bin_size & (bin_size - 1):
       raise ValueError(f"DWTA.init: bin_size must be a power of two >= 2, got {bin_size!r}")
-    check_kl("DWTA.init", num_hashes, num_tables, int(math.log2(bin_size)), dim=dim)
+    check_kl("DWTA.init", num_hashes, num_hash_tables, int(math.log2(bin_size)), dim=dim)
     if bin_size > dim:
       raise ValueError(f"DWTA.init: bin_size={bin_size} exceeds dim={dim}")
-    needed = num_tables * num_hashes * bin_size
+    needed = num_hash_tables * num_hashes * bin_size
     perms = jax.vmap(lambda k: jax.random.permutation(k, dim))(
         jax.random.split(key, -(-needed // dim)))
-    bins = perms.reshape(-1)[:needed].reshape(num_tables, num_hashes, bin_size)
+    bins = perms.reshape(-1)[:needed].reshape(num_hash_tables, num_hashes, bin_size)
     return cls(bins=bins.astype(jnp.int32), dim=int(dim))
 
   @property
-  def num_tables(self) -> int:
+  def num_hash_tables(self) -> int:
     return self.bins.shape[0]
 
   @property
@@ -65,5 +65,5 @@ class DWTA:
   def hash(self, x) -> jax.Array:
     """Codes int32[B, L] of vectors x: f32[B, d]."""
     x = check_vectors("DWTA.hash", x, self.dim)
-    out = jax.ShapeDtypeStruct((x.shape[0], self.num_tables), jnp.int32)
+    out = jax.ShapeDtypeStruct((x.shape[0], self.num_hash_tables), jnp.int32)
     return jax.ffi.ffi_call("jslide_dwta", out, vmap_method="sequential")(x, self.bins)

@@ -44,7 +44,7 @@ class LSHIndex:
     return self.ids.shape[1]
 
   @property
-  def num_tables(self) -> int:
+  def num_hash_tables(self) -> int:
     return self.ids.shape[0]
 
   @property

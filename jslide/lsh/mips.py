@@ -64,13 +64,13 @@ class MIPSHash:
   dim: int = dataclasses.field(metadata=dict(static=True))
 
   @classmethod
-  def init(cls, key, dim: int, num_hashes: int, num_tables: int) -> "MIPSHash":
-    """K=num_hashes sign bits per table, L=num_tables tables, for vectors of length dim."""
-    return cls(SimHash.init(key, dim + 2, num_hashes, num_tables, density=1.0), int(dim))
+  def init(cls, key, dim: int, num_hashes: int, num_hash_tables: int) -> "MIPSHash":
+    """K=num_hashes sign bits per table, L=num_hash_tables tables, for vectors of length dim."""
+    return cls(SimHash.init(key, dim + 2, num_hashes, num_hash_tables, density=1.0), int(dim))
 
   @property
-  def num_tables(self) -> int:
-    return self.simhash.num_tables
+  def num_hash_tables(self) -> int:
+    return self.simhash.num_hash_tables
 
   @property
   def num_hashes(self) -> int:

@@ -31,21 +31,21 @@ class SimHash:
   dim: int = dataclasses.field(metadata=dict(static=True))
 
   @classmethod
-  def init(cls, key, dim: int, num_hashes: int, num_tables: int,
+  def init(cls, key, dim: int, num_hashes: int, num_hash_tables: int,
            density: float = 1 / 3) -> "SimHash":
-    """Random projections for vectors of length ``dim``: K=num_hashes, L=num_tables."""
-    check_kl("SimHash.init", num_hashes, num_tables, dim=dim)
+    """Random projections for vectors of length ``dim``: K=num_hashes, L=num_hash_tables."""
+    check_kl("SimHash.init", num_hashes, num_hash_tables, dim=dim)
     if not 0 < density <= 1:
       raise ValueError(f"SimHash.init: density must be in (0, 1], got {density}")
     nnz = max(1, round(dim * density))
     k_idx, k_sign = jax.random.split(key)
-    scores = jax.random.uniform(k_idx, (num_tables, num_hashes, dim))
+    scores = jax.random.uniform(k_idx, (num_hash_tables, num_hashes, dim))
     idx = jnp.argsort(scores, axis=-1)[..., :nnz].astype(jnp.int32)
     sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, idx.shape), 1.0, -1.0).astype(jnp.float32)
     return cls(idx=idx, sign=sign, dim=int(dim))
 
   @property
-  def num_tables(self) -> int:
+  def num_hash_tables(self) -> int:
     return self.idx.shape[0]
 
   @property
@@ -59,6 +59,6 @@ class SimHash:
   def hash(self, x) -> jax.Array:
     """Codes int32[B, L] in [0, 2^K) of vectors x: f32[B, d]."""
     x = check_vectors("SimHash.hash", x, self.dim)
-    out = jax.ShapeDtypeStruct((x.shape[0], self.num_tables), jnp.int32)
+    out = jax.ShapeDtypeStruct((x.shape[0], self.num_hash_tables), jnp.int32)
     return jax.ffi.ffi_call("jslide_simhash", out, vmap_method="sequential")(
         x, self.idx, self.sign)

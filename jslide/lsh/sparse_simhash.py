@@ -32,13 +32,13 @@ class SparseSimHash:
   dim: int = dataclasses.field(metadata=dict(static=True))
 
   @classmethod
-  def init(cls, key, dim: int, num_hashes: int, num_tables: int) -> "SparseSimHash":
-    check_kl("SparseSimHash.init", num_hashes, num_tables, dim=dim)
-    seeds = jax.random.bits(key, (num_tables, num_hashes), jnp.uint32)
+  def init(cls, key, dim: int, num_hashes: int, num_hash_tables: int) -> "SparseSimHash":
+    check_kl("SparseSimHash.init", num_hashes, num_hash_tables, dim=dim)
+    seeds = jax.random.bits(key, (num_hash_tables, num_hashes), jnp.uint32)
     return cls(seeds=seeds, dim=int(dim))
 
   @property
-  def num_tables(self) -> int:
+  def num_hash_tables(self) -> int:
     return self.seeds.shape[0]
 
   @property
@@ -57,7 +57,7 @@ class SparseSimHash:
     if feat_vals.shape != feat_ids.shape:
       raise ValueError(f"{fn}: feat_vals shape {feat_vals.shape} must equal feat_ids shape "
                        f"{feat_ids.shape}")
-    out = jax.ShapeDtypeStruct((feat_ids.shape[0], self.num_tables), jnp.int32)
+    out = jax.ShapeDtypeStruct((feat_ids.shape[0], self.num_hash_tables), jnp.int32)
     return jax.ffi.ffi_call("jslide_sparse_simhash", out, vmap_method="sequential")(
         feat_ids, feat_vals, self.seeds, dim=np.int64(self.dim))
 

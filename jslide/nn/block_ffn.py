@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jslide._checks import positive_int
-from jslide.initializers import check_param_dtype, normal_table
-from jslide.nn.sparse_ffn import relu_ffn
+from jslide._checks import features_last, positive_int
+from jslide.initializers import check_param_dtype
+from jslide.nn.sparse_ffn import ffn_parameters, relu_ffn
 from jslide.nn.variables import RouteBias
 from jslide.ops import embedding_bag
 
@@ -142,7 +142,7 @@ class BlockSparseFFN(nnx.Module):
   def __init__(self, features: int, hidden: int, *, active: int | None = None,
                num_blocks: int = 64, capacity_factor: float = 1.5,
                balance_rate: float = 0.05, use_running_average: bool = False,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               kernel_init=None, bias_init=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     fn = "BlockSparseFFN"
     positive_int(fn, "features", features)
     positive_int(fn, "hidden", hidden)
@@ -169,12 +169,9 @@ class BlockSparseFFN(nnx.Module):
     self.blocks_per_token = max(1, round(active / block))
     self.active = self.blocks_per_token * block  # neurons per token, a whole number of blocks
     self.capacity_factor = float(capacity_factor)
-    self.up = nnx.Param(normal_table(rngs.params(), hidden, features, features ** -0.5,
-                                     param_dtype))
-    self.up_bias = nnx.Param(jnp.zeros((hidden,), jnp.float32))
-    self.down = nnx.Param(normal_table(rngs.params(), hidden, features, hidden ** -0.5,
-                                       param_dtype))
-    self.down_bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+    self.up, self.up_bias, self.down, self.down_bias = ffn_parameters(
+        features, hidden, kernel_init=kernel_init, bias_init=bias_init,
+        param_dtype=param_dtype, rngs=rngs)
     self.route_bias = RouteBias(jnp.zeros((num_blocks,), jnp.float32))
 
   def fair_share(self, tokens: int) -> float:
@@ -191,6 +188,7 @@ class BlockSparseFFN(nnx.Module):
     features] (sequences of T positions) position by position (every sequence's first
     token, then every second token, ...), so no token's result depends on a later position
     of any sequence; other shapes row-major."""
+    features_last("BlockSparseFFN", "x", x, self.features)
     xt = jnp.moveaxis(x, -2, 0) if x.ndim >= 3 else x
     return xt, xt.reshape(-1, self.features)
 
@@ -229,5 +227,6 @@ class BlockSparseFFN(nnx.Module):
 
   def exact(self, x):
     """The same block with every hidden neuron computed, f32[..., features]."""
+    features_last("BlockSparseFFN", "x", x, self.features)
     return relu_ffn(x, self.up.get_value().astype(x.dtype), self.up_bias.get_value(),
                     self.down.get_value().astype(x.dtype), self.down_bias.get_value())

@@ -9,8 +9,7 @@ from flax import nnx
 
 from jslide import losses, lsh
 from jslide._checks import int32_ids, positive_int
-from jslide.initializers import normal_table
-from jslide.nn.sparse_dense import default_num_hashes, default_strategy, make_hasher
+from jslide.initializers import check_param_dtype, init_table
 from jslide.nn.variables import Index, Table
 from jslide.ops import shared_linear, sparse_linear
 
@@ -72,14 +71,20 @@ class SparseSoftmaxHead(nnx.Module):
   ``kernel`` and ``bias`` are row-sparse.
 
   ``log-uniform`` assumes word ids ranked by frequency (id 0 the most frequent), as
-  :class:`jslide.lm.Vocabulary` numbers them. ``bias_init``: a Flax initializer ``(key,
-  shape, dtype)`` of the word biases (default zeros; :func:`jslide.lm.unigram_log_prior`
-  starts them at the words' log frequencies).
+  :class:`jslide.lm.Vocabulary` numbers them. Parameters follow ``nnx.Linear``, with the
+  kernel one row per word, ``Table[num_words, features]``: ``kernel_init`` (default normal
+  with standard deviation ``features ** -0.5``), ``bias_init`` (default zeros;
+  :func:`jslide.lm.unigram_log_prior` starts the biases at the words' log frequencies),
+  ``param_dtype`` (the kernel's: float32 or bfloat16; the biases stay float32, as in
+  :class:`SparseDense`). ``hash_family``, ``num_hashes``, ``num_hash_tables``: the index's
+  (:class:`jslide.lsh.HashFamily` defaults).
   """
 
   def __init__(self, features: int, num_words: int, *, retrieved: int = 256,
                sampled: int = 1024, proposal: str = "log-uniform",
-               hash_family: str = "cluster", bias_init=nnx.initializers.zeros_init(),
+               hash_family: str | lsh.HashFamily = "cluster", num_hashes: int | None = None,
+               num_hash_tables: int | None = None, kernel_init=None,
+               bias_init=nnx.initializers.zeros_init(), param_dtype=jnp.float32,
                rngs: nnx.Rngs):
     fn = "SparseSoftmaxHead"
     positive_int(fn, "features", features)
@@ -92,15 +97,20 @@ class SparseSoftmaxHead(nnx.Module):
     self.features, self.num_words = features, num_words
     self.retrieved = min(retrieved, num_words - 1)
     self.sampled, self.proposal = sampled, proposal
-    self.strategy = default_strategy(hash_family)
-    self.kernel = Table(normal_table(rngs.params(), num_words, features, features ** -0.5))
+    family = lsh.hash_family(hash_family)
+    self.strategy = family.strategy
+    check_param_dtype(fn, param_dtype)
+    kernel_init = kernel_init or nnx.initializers.normal(features ** -0.5)
+    self.kernel = Table(init_table(kernel_init, rngs.params(), (num_words, features),
+                                   param_dtype))
     bias = jnp.asarray(bias_init(rngs.params(), (num_words,), jnp.float32))
     if bias.shape != (num_words,) or not jnp.issubdtype(bias.dtype, jnp.floating):
       raise ValueError(f"{fn}: bias_init must return floats of shape ({num_words},), got "
                        f"{bias.dtype}{list(bias.shape)}")
     self.bias = Table(bias.astype(jnp.float32))
-    hasher = make_hasher(hash_family, rngs.params(), features, default_num_hashes(num_words),
-                         1, num_rows=num_words, budget=max(self.retrieved, 1))
+    hasher = family.hasher(rngs.params(), features, num_rows=num_words,
+                           active=max(self.retrieved, 1), num_hashes=num_hashes,
+                           num_hash_tables=num_hash_tables)
     self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value(),
                                           self.bias.get_value()))
 
@@ -112,7 +122,7 @@ class SparseSoftmaxHead(nnx.Module):
     targets = int32_ids("SparseSoftmaxHead", "targets", targets, num_rows=self.num_words, ndim=1)
     query_key, sample_key = jax.random.split(key)
     ids = lsh.query(self.index.get_value(), jax.lax.stop_gradient(h),
-                    budget=1 + self.retrieved, key=query_key, strategy=self.strategy,
+                    active=1 + self.retrieved, key=query_key, strategy=self.strategy,
                     force_ids=targets[:, None], fill=False)
     near = sparse_linear(h, self.kernel.get_value(), self.bias.get_value(), ids)
     words = sample_words(sample_key, self.sampled, self.num_words, self.proposal)
@@ -123,7 +133,7 @@ class SparseSoftmaxHead(nnx.Module):
 
   def exact(self, h):
     """Scores of every word, f32[T, num_words] (small vocabularies and tests)."""
-    return h @ self.kernel.get_value().T + self.bias.get_value()
+    return h @ self.kernel.get_value().T.astype(h.dtype) + self.bias.get_value()
 
   def nll(self, h, targets, *, chunk_size: int = 8192):
     """f32[T]: the exact full-softmax loss, chunked over the vocabulary."""
@@ -134,7 +144,7 @@ class SparseSoftmaxHead(nnx.Module):
   def topk(self, h, k: int, *, key, candidates: int | None = None):
     """(scores, ids) f32/int32[T, k]: the k best of ``candidates`` (default ``retrieved``)
     retrieved words, rescored exactly (-inf / -1 where fewer were found)."""
-    ids = lsh.query(self.index.get_value(), h, budget=candidates or max(self.retrieved, k),
+    ids = lsh.query(self.index.get_value(), h, active=candidates or max(self.retrieved, k),
                     key=key, strategy=self.strategy, fill=False)
     y = jnp.where(ids >= 0, sparse_linear(h, self.kernel.get_value(), self.bias.get_value(),
                                           ids), -jnp.inf)

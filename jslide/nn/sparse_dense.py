@@ -16,38 +16,6 @@ from jslide.nn.variables import Index, Table
 from jslide.ops import sparse_linear
 
 
-HASH_FAMILIES = ("cluster", "dwta", "mips", "simhash")
-
-
-def make_hasher(family: str, key, dim: int, num_hashes: int, num_tables: int, bin_size: int = 8,
-                *, num_rows: int = 0, budget: int = 0):
-  """The hash family ``family`` for rows of length ``dim``. ``cluster`` (k-means buckets,
-  :class:`jslide.lsh.ClusterHash`) probes about three times as many buckets per table as
-  cover ``budget`` of the ``num_rows`` rows on average."""
-  if family == "dwta":
-    return lsh.DWTA.init(key, dim, num_hashes, num_tables, bin_size=bin_size)
-  if family == "simhash":
-    return lsh.SimHash.init(key, dim, num_hashes, num_tables)
-  if family == "mips":
-    return lsh.MIPSHash.init(key, dim, num_hashes, num_tables)
-  if family == "cluster":
-    per_bucket = max(num_rows, 1) / 2 ** num_hashes
-    probes = max(1, 3 * -(-budget // max(int(per_bucket), 1)))
-    return lsh.ClusterHash.init(key, dim, num_hashes, num_tables, probes=probes)
-  raise ValueError(f"hash family must be one of {HASH_FAMILIES}, got {family!r}")
-
-
-def default_num_hashes(num_rows: int) -> int:
-  """K for ``cluster``: k-means buckets of about 20 rows each, K clamped to 4..12
-  (docs/lsh.md)."""
-  return min(12, max(4, round(math.log2(max(num_rows, 1) / 20))))
-
-
-def default_strategy(family: str) -> str:
-  """``ranked`` for families whose probes come best first (cluster), else ``vanilla``."""
-  return "ranked" if family == "cluster" else "vanilla"
-
-
 def batch_label_sample(labels, count: int, key):
   """int32[count]: distinct labels of the batch labels int[B, L] (-1 padding) in random
   order, -1 padded when the batch has fewer."""
@@ -58,19 +26,19 @@ def batch_label_sample(labels, count: int, key):
 
 
 class SparseDense(nnx.Module):
-  """``out_features`` neurons, of which each input computes only ``budget``.
+  """``out_features`` neurons, of which each input computes only ``active``.
 
-  Training: ``logits, ids = layer(x, labels, key=key)`` gives scores f32[B, budget] over the
-  active ids int32[B, budget] that the LSH index retrieves for x, with the example's labels
+  Training: ``logits, ids = layer(x, labels, key=key)`` gives scores f32[B, active] over the
+  active ids int32[B, active] that the LSH index retrieves for x, with the example's labels
   always included (and random fill, so negatives are always there). Inference:
   ``layer.topk(x, k, key=key)`` retrieves candidates with the index and rescores them
   exactly; ``layer.exact(x)`` scores all neurons (for evaluation and for checking the index).
 
   ``fill_group``: that many consecutive examples share their random fill (``None``: the
   whole batch; see :func:`jslide.lsh.query`): fewer distinct rows to update when the index
-  returns fewer ids than the budget, but fewer distinct negatives per step.
+  returns fewer ids than the active, but fewer distinct negatives per step.
 
-  ``max_retrieved``: in training, at most this many ids of the active set come from the index
+  ``retrieved``: in training, at most this many ids of the active set come from the index
   (default: all the room left), the rest being random fill: hard negatives mixed with
   uniform ones, which keep pushing down labels the index does not return.
 
@@ -95,55 +63,58 @@ class SparseDense(nnx.Module):
   table, stays float32.
   """
 
-  def __init__(self, in_features: int, out_features: int, *, budget: int,
-               hash_family: str = "dwta", num_hashes: int = 6, num_tables: int = 50,
+  def __init__(self, in_features: int, out_features: int, *, active: int,
+               hash_family: str | lsh.HashFamily = "dwta", num_hashes: int | None = None,
+               num_hash_tables: int | None = None,
                bin_size: int = 8, strategy: str | None = None, fill_group: int | None = 1,
-               batch_negatives: int = 0, max_retrieved: int | None = None,
+               batch_negatives: int = 0, retrieved: int | None = None,
                kernel_init: nnx.Initializer = nnx.initializers.normal(0.01),
                bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
                param_dtype=jnp.float32, rngs: nnx.Rngs):
-    strategy = default_strategy(hash_family) if strategy is None else strategy
+    family = lsh.hash_family(hash_family)
+    strategy = family.strategy if strategy is None else strategy
     if strategy not in lsh.STRATEGIES:
       raise ValueError(f"SparseDense: strategy must be one of {sorted(lsh.STRATEGIES)}, "
                        f"got {strategy!r}")
     positive_int("SparseDense", "in_features", in_features)
     positive_int("SparseDense", "out_features", out_features)
-    positive_int("SparseDense", "budget", budget)
-    if not isinstance(batch_negatives, int) or not 0 <= batch_negatives < budget:
-      raise ValueError(f"SparseDense: batch_negatives must be an int in [0, budget={budget}), "
+    positive_int("SparseDense", "active", active)
+    if not isinstance(batch_negatives, int) or not 0 <= batch_negatives < active:
+      raise ValueError(f"SparseDense: batch_negatives must be an int in [0, active={active}), "
                        f"got {batch_negatives!r}")
     self.batch_negatives = batch_negatives
-    if max_retrieved is not None and (not isinstance(max_retrieved, int) or max_retrieved < 0):
-      raise ValueError(f"SparseDense: max_retrieved must be an int >= 0 or None, got "
-                       f"{max_retrieved!r}")
-    self.max_retrieved = max_retrieved
+    if retrieved is not None and (not isinstance(retrieved, int) or retrieved < 0):
+      raise ValueError(f"SparseDense: retrieved must be an int >= 0 or None, got "
+                       f"{retrieved!r}")
+    self.retrieved = retrieved
     self.in_features, self.out_features = in_features, out_features
-    self.budget, self.strategy, self.fill_group = budget, strategy, fill_group
+    self.active, self.strategy, self.fill_group = active, strategy, fill_group
     check_param_dtype("SparseDense", param_dtype)
     self.kernel = Table(init_table(kernel_init, rngs.params(), (out_features, in_features),
                                    param_dtype))
     self.bias = Table(init_table(bias_init, rngs.params(), (out_features,), jnp.float32))
-    hasher = make_hasher(hash_family, rngs.params(), in_features, num_hashes, num_tables, bin_size,
-                         num_rows=out_features, budget=budget)
+    hasher = family.hasher(rngs.params(), in_features, num_rows=out_features, active=active,
+                           num_hashes=num_hashes, num_hash_tables=num_hash_tables,
+                           bin_size=bin_size)
     self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value(),
                                           self.bias.get_value()))
 
   def active_ids(self, x, labels=None, *, key):
-    """Active ids int32[B, budget] for inputs x f32[B, in_features] (labels int[B, L])."""
+    """Active ids int32[B, active] for inputs x f32[B, in_features] (labels int[B, L])."""
     x = jax.lax.stop_gradient(x)
     force = labels
     if labels is not None and self.batch_negatives:
       key, sample_key = jax.random.split(key)
-      room = min(self.batch_negatives, self.budget - labels.shape[-1])
+      room = min(self.batch_negatives, self.active - labels.shape[-1])
       shared = batch_label_sample(labels, room, sample_key)
       force = jnp.concatenate(
           [labels.astype(jnp.int32), jnp.broadcast_to(shared, (labels.shape[0], room))], axis=-1)
-    return lsh.query(self.index.get_value(), x, budget=self.budget, key=key,
+    return lsh.query(self.index.get_value(), x, active=self.active, key=key,
                      strategy=self.strategy, force_ids=force, fill_group=self.fill_group,
-                     max_retrieved=self.max_retrieved)
+                     retrieved=self.retrieved)
 
   def __call__(self, x, labels=None, *, key):
-    """(logits f32[B, budget], active ids int32[B, budget])."""
+    """(logits f32[B, active], active ids int32[B, active])."""
     ids = self.active_ids(x, labels, key=key)
     return sparse_linear(x, self.kernel.get_value(), self.bias.get_value(), ids), ids
 
@@ -153,7 +124,7 @@ class SparseDense(nnx.Module):
     return jnp.where(ids >= 0, y, -jnp.inf)
 
   def retrieve(self, x, *, key, candidates: int | None = None, index=None):
-    """The ids int32[B, candidates] (default budget) the index retrieves for x, no labels
+    """The ids int32[B, candidates] (default active) the index retrieves for x, no labels
     and no random fill (-1 after the retrieved ids). ``index``: an index over this layer's
     rows other than its own (:meth:`build_inference_index`); its buckets are taken best
     first (``ranked``)."""
@@ -161,11 +132,11 @@ class SparseDense(nnx.Module):
       index, strategy = self.index.get_value(), self.strategy
     else:
       strategy = "ranked"
-    return lsh.query(index, x, budget=candidates or self.budget, key=key, strategy=strategy,
+    return lsh.query(index, x, active=candidates or self.active, key=key, strategy=strategy,
                      fill=False)
 
   def topk(self, x, k: int, *, key, candidates: int | None = None, index=None):
-    """(scores, ids) of the k best of ``candidates`` (default budget) retrieved neurons,
+    """(scores, ids) of the k best of ``candidates`` (default active) retrieved neurons,
     rescored exactly (-inf and -1 where fewer than k were retrieved); ``index`` as in
     :meth:`retrieve`."""
     ids = self.retrieve(x, key=key, candidates=candidates, index=index)
@@ -177,7 +148,7 @@ class SparseDense(nnx.Module):
     over this layer), rescored exactly (-inf and -1 where fewer than k were listed)."""
     return lsh.neuron_list_topk(lists, x, self.kernel.get_value(), self.bias.get_value(), k)
 
-  def build_inference_index(self, key, *, num_tables: int = 6, num_hashes: int | None = None,
+  def build_inference_index(self, key, *, num_hash_tables: int = 6, num_hashes: int | None = None,
                             candidates: int | None = None, iters: int = 10,
                             previous: lsh.LSHIndex | None = None) -> lsh.LSHIndex:
     """A k-means index (:class:`jslide.lsh.ClusterHash`) over the layer's current rows for
@@ -192,31 +163,31 @@ class SparseDense(nnx.Module):
     the index to :meth:`topk` / :meth:`retrieve`.
 
     ``num_hashes``: K, 2^K buckets a table (default: the training index's count, or about 20
-    rows a bucket). ``candidates`` (default budget): the ids a query will ask for; each table
-    is probed in about 8 / num_tables times the buckets that hold them on average (tables
+    rows a bucket). ``candidates`` (default active): the ids a query will ask for; each table
+    is probed in about 8 / num_hash_tables times the buckets that hold them on average (tables
     overlap, so their union is smaller than their sum). ``previous``: an index this call
     returned for earlier weights, whose centroids start ``iters`` Lloyd steps (a warm start,
     as the training index's rebuilds do; its tables, buckets and probes are kept).
     """
     candidates = positive_int("SparseDense.build_inference_index", "candidates",
-                              candidates or self.budget)
+                              candidates or self.active)
     if previous is not None:
       if not isinstance(previous.hasher, lsh.ClusterHash):
         raise TypeError("SparseDense.build_inference_index: previous must be an index this "
                         f"method built (k-means), got one over {type(previous.hasher).__name__}")
       hasher = dataclasses.replace(previous.hasher, iters=iters)
     else:
-      num_tables = positive_int("SparseDense.build_inference_index", "num_tables", num_tables)
+      num_hash_tables = positive_int("SparseDense.build_inference_index", "num_hash_tables", num_hash_tables)
       if num_hashes is None:
         own = self.index.get_value()
         num_hashes = (int(round(math.log2(own.num_buckets)))
                       if isinstance(own.hasher, lsh.ClusterHash)
-                      else default_num_hashes(self.out_features))
+                      else lsh.rows_per_bucket_hashes(self.out_features))
       per_bucket = max(self.out_features // 2 ** num_hashes, 1)
-      probes = max(1, -(-8 * candidates // (per_bucket * num_tables)))
+      probes = max(1, -(-8 * candidates // (per_bucket * num_hash_tables)))
       hasher = lsh.ClusterHash.from_rows(key, self.kernel.get_value().astype(jnp.float32),
                                          self.bias.get_value(), num_hashes=num_hashes,
-                                         num_tables=num_tables, probes=probes, iters=iters)
+                                         num_hash_tables=num_hash_tables, probes=probes, iters=iters)
     return lsh.build(hasher, self.kernel.get_value(), self.bias.get_value())
 
   def exact(self, x):

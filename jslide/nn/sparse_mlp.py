@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jslide import lsh
 from jslide._checks import positive_int
 from jslide.nn.sparse_dense import SparseDense
 from jslide.nn.sparse_input import SparseInput
@@ -21,20 +22,21 @@ class SparseMLP(nnx.Module):
   kernels); biases and the hidden ``nnx.Linear`` layers stay float32."""
 
   def __init__(self, num_features: int, num_labels: int, *, hidden: Sequence[int] = (128,),
-               budget: int, hash_family: str = "dwta", num_hashes: int = 6,
-               num_tables: int = 50, bin_size: int = 8, strategy: str | None = None,
+               active: int, hash_family: str | lsh.HashFamily = "dwta",
+               num_hashes: int | None = None, num_hash_tables: int | None = None,
+               bin_size: int = 8, strategy: str | None = None,
                fill_group: int | None = 1, batch_negatives: int = 0,
-               max_retrieved: int | None = None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               retrieved: int | None = None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if not hidden:
       raise ValueError("SparseMLP: hidden must name at least one layer width")
     for width in hidden:
       positive_int("SparseMLP", "each hidden width", width)
     self.input = SparseInput(num_features, hidden[0], param_dtype=param_dtype, rngs=rngs)
     self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(hidden, hidden[1:])])
-    self.output = SparseDense(hidden[-1], num_labels, budget=budget, hash_family=hash_family,
-                              num_hashes=num_hashes, num_tables=num_tables, bin_size=bin_size,
+    self.output = SparseDense(hidden[-1], num_labels, active=active, hash_family=hash_family,
+                              num_hashes=num_hashes, num_hash_tables=num_hash_tables, bin_size=bin_size,
                               strategy=strategy, fill_group=fill_group,
-                              batch_negatives=batch_negatives, max_retrieved=max_retrieved,
+                              batch_negatives=batch_negatives, retrieved=retrieved,
                               param_dtype=param_dtype, rngs=rngs)
 
   def encode(self, feat_ids, feat_vals):
@@ -45,5 +47,5 @@ class SparseMLP(nnx.Module):
     return h
 
   def __call__(self, feat_ids, feat_vals, labels=None, *, key):
-    """(logits f32[B, budget], active ids int32[B, budget]) over the retrieved neurons."""
+    """(logits f32[B, active], active ids int32[B, active]) over the retrieved neurons."""
     return self.output(self.encode(feat_ids, feat_vals), labels, key=key)

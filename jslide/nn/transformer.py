@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jslide import lsh
 from jslide._checks import int32_ids, positive_int
 from jslide.initializers import normal_table
 from jslide.nn.block_ffn import BlockSparseFFN
@@ -15,7 +16,19 @@ from jslide.nn.sparse_ffn import DenseFFN, SparseFFN
 from jslide.nn.variables import Table
 from jslide.ops import embedding_bag
 
-FFN_KINDS = ("sparse", "block", "dense")
+# The FFN kinds by name: constructors ``(features, hidden, *, active, hash_family,
+# capacity_factor, rngs)`` carrying each kind's defaults (a sparse FFN computes a twentieth of
+# its neurons unless told otherwise).
+FFN_KINDS = {
+    "sparse": lambda features, hidden, *, active, hash_family, capacity_factor, rngs:
+        SparseFFN(features, hidden, active=active or max(1, hidden // 20),
+                  hash_family=hash_family, rngs=rngs),
+    "block": lambda features, hidden, *, active, hash_family, capacity_factor, rngs:
+        BlockSparseFFN(features, hidden, active=active, capacity_factor=capacity_factor,
+                       rngs=rngs),
+    "dense": lambda features, hidden, *, active, hash_family, capacity_factor, rngs:
+        DenseFFN(features, hidden, rngs=rngs),
+}
 
 
 class CausalSelfAttention(nnx.Module):
@@ -42,24 +55,25 @@ class SparseTransformerBlock(nnx.Module):
   """Pre-norm block: ``x + attention(norm(x))``, then ``x + ffn(norm(x))`` with a
   :class:`SparseFFN` (``ffn="sparse"``, ``active`` neurons of ``hidden`` per token, retrieved
   one by one), a :class:`BlockSparseFFN` (``ffn="block"``, the same share of neurons in
-  whole blocks) or their dense baseline :class:`DenseFFN` (``ffn="dense"``)."""
+  whole blocks), their dense baseline :class:`DenseFFN` (``ffn="dense"``), or any
+  ``ffn(features, hidden, *, rngs) -> module`` (a module with ``__call__(x, *, key)`` and
+  ``exact(x)``)."""
 
-  def __init__(self, features: int, heads: int, hidden: int, *, ffn: str = "sparse",
-               active: int | None = None, hash_family: str = "cluster",
+  def __init__(self, features: int, heads: int, hidden: int, *, ffn="sparse",
+               active: int | None = None, hash_family: str | lsh.HashFamily = "cluster",
                capacity_factor: float = 1.5, rngs: nnx.Rngs):
-    if ffn not in FFN_KINDS:
-      raise ValueError(f"SparseTransformerBlock: ffn must be one of {FFN_KINDS}, got {ffn!r}")
+    if callable(ffn):
+      make = lambda features, hidden, *, rngs, **_: ffn(features, hidden, rngs=rngs)
+    elif ffn in FFN_KINDS:
+      make = FFN_KINDS[ffn]
+    else:
+      raise ValueError(f"SparseTransformerBlock: ffn must be one of {tuple(FFN_KINDS)} or a "
+                       f"constructor ffn(features, hidden, *, rngs), got {ffn!r}")
     self.attention_norm = nnx.LayerNorm(features, rngs=rngs)
     self.attention = CausalSelfAttention(features, heads, rngs=rngs)
     self.ffn_norm = nnx.LayerNorm(features, rngs=rngs)
-    if ffn == "sparse":
-      self.ffn = SparseFFN(features, hidden, active=active or max(1, hidden // 20),
-                           hash_family=hash_family, rngs=rngs)
-    elif ffn == "block":
-      self.ffn = BlockSparseFFN(features, hidden, active=active,
-                                capacity_factor=capacity_factor, rngs=rngs)
-    else:
-      self.ffn = DenseFFN(features, hidden, rngs=rngs)
+    self.ffn = make(features, hidden, active=active, hash_family=hash_family,
+                    capacity_factor=capacity_factor, rngs=rngs)
 
   def __call__(self, x, *, key=None, exact_ffn: bool = False, ffn_inputs: list | None = None):
     """f32[B, T, features] -> f32[B, T, features]. ``key`` seeds the sparse FFN's random
@@ -87,11 +101,12 @@ class SparseTransformerLM(nnx.Module):
   """
 
   def __init__(self, vocab_size: int, *, context: int, features: int = 256, heads: int = 4,
-               layers: int = 2, hidden: int = 1024, ffn: str = "sparse",
+               layers: int = 2, hidden: int = 1024, ffn="sparse",
                ffn_active: int | None = None, ffn_capacity: float = 1.5,
                head_retrieved: int = 256,
                head_sampled: int = 1024, proposal: str = "log-uniform",
-               hash_family: str = "cluster", head_bias_init=nnx.initializers.zeros_init(),
+               hash_family: str | lsh.HashFamily = "cluster",
+               head_bias_init=nnx.initializers.zeros_init(),
                rngs: nnx.Rngs):
     fn = "SparseTransformerLM"
     for name, value in (("vocab_size", vocab_size), ("context", context),

@@ -119,9 +119,7 @@ def main(argv=None) -> int:
                               num_labels=train.num_labels)
       cfg = T.from_args(RunConfig, args)
       print(f"data: {train.stats()}")
-      kind = (" (dense output layer)" if args.dense else
-              f" (sampled softmax, {args.sampled} shared labels)" if args.sampled else "")
-      print(f"model: {model_cfg}{kind}")
+      print(f"model: {model_cfg} ({cfg.objective()})")
       valid = None
       if cfg.valid_fraction:
         train, valid = train.split(cfg.valid_fraction, seed=0)

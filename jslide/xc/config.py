@@ -8,8 +8,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 import jslide
+from jslide import lsh
 from jslide.lsh import STRATEGIES
-from jslide.nn.sparse_dense import HASH_FAMILIES, default_num_hashes
 from jslide.train import config as run_config
 from jslide.train.config import option
 
@@ -22,31 +22,32 @@ class ModelConfig:
   num_features: int = option(0, "input features (from the data)", cli=False)
   num_labels: int = option(0, "labels (from the data)", cli=False)
   hidden: tuple[int, ...] = option((128,), "widths of the hidden ReLU layers")
-  budget: int = option(1024, "active output neurons per example in training")
+  active: int = option(1024, "active output neurons per example in training")
   hash_family: str = option("cluster", "hash family of the output layer's index",
-                            flag="--hash", choices=HASH_FAMILIES)
+                            flag="--hash", choices=tuple(lsh.FAMILIES))
   num_hashes: int | None = option(None, "K: hashes per table (cluster: 2^K buckets); default "
-                                  "per family (cluster: about 20 rows a bucket; else 5)")
-  num_tables: int | None = option(None, "L: hash tables; default per family (cluster: 1; "
-                                  "else 16)")
+                                  "the family's (jslide.lsh.FAMILIES; cluster: about 20 rows "
+                                  "a bucket; else 5)")
+  num_hash_tables: int | None = option(None, "L: hash tables; default the family's (cluster: "
+                                       "1; else 16)")
   bin_size: int = option(8, "DWTA bin size")
   strategy: str | None = option(None, "retrieval strategy (default: ranked for --hash "
                                 "cluster, else vanilla)", choices=sorted(STRATEGIES))
   fill_group: int | None = option(1, "consecutive examples sharing one random fill (shared "
                                   "negatives)")
-  batch_negatives: int | None = option(None, "of the budget, slots for other labels of the "
-                                       "batch (default: budget/4)")
-  max_retrieved: int | None = option(None, "of the budget, ids taken from the index at most, "
-                                     "the rest random (default: budget/4)")
+  batch_negatives: int | None = option(None, "of the active, slots for other labels of the "
+                                       "batch (default: active/4)")
+  retrieved: int | None = option(None, "of the active, ids taken from the index at most, "
+                                     "the rest random (default: active/4)")
   param_dtype: str = option("float32", "dtype of the input and output tables (bfloat16: half "
                             "the memory traffic; updates rounded stochastically)",
                             choices=("float32", "bfloat16"))
   moment_dtype: str | None = option(None, "dtype of the tables' Adam moments (default "
                                     "float32)", choices=("float32", "bfloat16"))
   candidates: int | None = option(None, "labels retrieved and rescored per example at "
-                                  "inference through the index (default: the budget, at "
+                                  "inference through the index (default: the active, at "
                                   "most 5%% of the labels)")
-  inference_tables: int = option(6, "k-means tables of the index built for inference (0: "
+  inference_hash_tables: int = option(6, "k-means tables of the index built for inference (0: "
                                  "use the training index)")
   inference_hashes: int | None = option(None, "K of the inference index, 2^K buckets a table "
                                         "(default: the training index's)")
@@ -64,7 +65,7 @@ class ModelConfig:
       value = getattr(self, name)
       if value not in ("float32", "bfloat16") and not (name == "moment_dtype" and value is None):
         raise ValueError(f"ModelConfig: {name} must be 'float32' or 'bfloat16', got {value!r}")
-    for name, lo, hi in (("inference_tables", 0, 64), ("inference_hashes", 1, 24),
+    for name, lo, hi in (("inference_hash_tables", 0, 64), ("inference_hashes", 1, 24),
                          ("inference_lists", 0, 1 << 20), ("inference_probes", 1, 64)):
       value = getattr(self, name)
       if value is None and name == "inference_hashes":
@@ -78,28 +79,22 @@ class ModelConfig:
                        f"{self.num_labels}] or None, got {c!r}")
 
   def inference_candidates(self) -> int:
-    """Labels the index retrieves per example at inference: ``candidates``, or the budget
-    capped at 5% of the labels (so sparse inference scores at most a twentieth of them)."""
+    """Labels the index retrieves per example at inference: ``candidates``, or the active
+    set's size capped at 5% of the labels (sparse inference scores at most a twentieth of
+    them)."""
     if self.candidates is not None:
       return self.candidates
-    return max(1, min(self.budget, self.num_labels // 20))
-
-  def index_shape(self) -> tuple[int, int]:
-    """(K, L) with the per-family defaults filled in. k-means buckets work best small (about
-    20 rows each, docs/lsh.md) and need one table; hashing families take K=5, L=16."""
-    cluster = self.hash_family == "cluster"
-    k = self.num_hashes or (default_num_hashes(self.num_labels) if cluster else 5)
-    return k, self.num_tables or (1 if cluster else 16)
+    return max(1, min(self.active, self.num_labels // 20))
 
   def build(self, seed: int) -> jslide.nn.SparseMLP:
-    k, l = self.index_shape()
-    quarter = self.budget // 4
+    quarter = self.active // 4
     return jslide.nn.SparseMLP(
-        self.num_features, self.num_labels, hidden=self.hidden, budget=self.budget,
-        hash_family=self.hash_family, num_hashes=k, num_tables=l,
+        self.num_features, self.num_labels, hidden=self.hidden, active=self.active,
+        hash_family=self.hash_family, num_hashes=self.num_hashes,
+        num_hash_tables=self.num_hash_tables,
         bin_size=self.bin_size, strategy=self.strategy, fill_group=self.fill_group,
         batch_negatives=quarter if self.batch_negatives is None else self.batch_negatives,
-        max_retrieved=quarter if self.max_retrieved is None else self.max_retrieved,
+        retrieved=quarter if self.retrieved is None else self.retrieved,
         param_dtype=jnp.dtype(self.param_dtype), rngs=nnx.Rngs(seed))
 
   def to_json(self) -> dict:
@@ -150,7 +145,12 @@ class RunConfig(run_config.RunConfig):
     if self.dense and self.sampled:
       raise ValueError("RunConfig: dense and sampled are two different baselines; pick one")
 
-  @property
-  def sparse(self) -> bool:
-    """Whether this run trains with jslide's index (not a baseline)."""
-    return not (self.dense or self.sampled)
+  def objective(self, moment_dtype: str | None = None):
+    """What the run minimizes (:mod:`jslide.xc.objectives`): jslide's loss, or the baseline
+    the flags name (``moment_dtype``: the model's, for jslide's sparse Adam)."""
+    from jslide.xc import objectives
+    if self.dense:
+      return objectives.Dense()
+    if self.sampled:
+      return objectives.Sampled(self.sampled)
+    return objectives.Sparse(self.loss, self.catch_up, moment_dtype)

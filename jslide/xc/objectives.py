@@ -1,7 +1,8 @@
 """What the XC trainer minimizes: jslide's loss over an active set, and the two baselines a
-JAX user writes instead, each a loss ``loss(model, batch, key) -> (values, mask)`` of a
-:class:`jslide.nn.SparseMLP` for :func:`jslide.train.make_train_step` /
-:func:`jslide.train.make_dense_train_step`.
+JAX user writes instead. Each is an objective object (:class:`Sparse`, :class:`Dense`,
+:class:`Sampled`) that carries its settings and builds its training step; its loss is a
+``loss(model, batch, key) -> (values, mask)`` of a :class:`jslide.nn.SparseMLP` for
+:func:`jslide.train.make_train_step` / :func:`jslide.train.make_dense_train_step`.
 
 - jslide (:func:`active_set_loss`): the output layer's active set (the example's labels,
   labels of the batch, what the LSH index retrieves, random fill), row-sparse gradients;
@@ -18,12 +19,16 @@ int32[B, L] (-1 padding) and ``mask`` bool[B].
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import optax
 
-from jslide import losses
+from jslide import losses, lsh, optim
 from jslide._checks import positive_int
 from jslide.train.step import active_set_loss as _active_set_loss
+from jslide.train.step import make_dense_train_step, make_train_step
 
 LOSSES = {"softmax": losses.active_softmax_cross_entropy,
           "bce": losses.active_binary_cross_entropy}
@@ -80,3 +85,59 @@ def sampled_softmax_loss(model, num_sampled: int):
     return losses.active_softmax_cross_entropy(logits, ids, batch["labels"]), batch["mask"]
 
   return loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Sparse:
+  """jslide: ``loss`` over the active set, row-sparse gradients, tables updated in place by
+  sparse Adam (``catch_up``: the rows keep pace with dense Adam; ``moment_dtype``: its
+  moments' dtype, None for float32), the rest by ``optax.adam``, the index rebuilt on the
+  schedule."""
+
+  loss: str = "softmax"
+  catch_up: bool = True
+  moment_dtype: str | None = None
+  uses_index = True  # sparse inference through the index is evaluated
+
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule):
+    moments = None if self.moment_dtype is None else jnp.dtype(self.moment_dtype)
+    return make_train_step(
+        model, active_set_loss(self.loss),
+        table_tx=optim.sparse_adam(learning_rate, catch_up=self.catch_up,
+                                   moment_dtype=moments),
+        dense_tx=optax.adam(learning_rate), schedule=schedule)
+
+  def __str__(self):
+    return "jslide"
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+  """The dense baseline: every label scored, dense gradients, ``optax.adam`` on every
+  parameter."""
+
+  uses_index = False
+
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule):
+    del schedule  # no index is read
+    return make_dense_train_step(model, full_softmax_loss, tx=optax.adam(learning_rate))
+
+  def __str__(self):
+    return "dense output layer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampled:
+  """The sampled-softmax baseline: the batch's labels plus ``num_sampled`` uniform labels
+  shared by the batch, plain JAX, ``optax.adam`` on every parameter."""
+
+  num_sampled: int
+  uses_index = False
+
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule):
+    del schedule  # no index is read
+    return make_dense_train_step(model, sampled_softmax_loss(model, self.num_sampled),
+                                 tx=optax.adam(learning_rate))
+
+  def __str__(self):
+    return f"sampled softmax, {self.num_sampled} shared labels"

@@ -9,7 +9,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jslide
 from jslide import datasets as D
@@ -17,7 +16,6 @@ from jslide import train as T
 from jslide.lsh.cluster import top_indices
 from jslide.train import checkpoint
 from jslide.train import config as run_config
-from jslide.xc import objectives
 from jslide.xc.config import ModelConfig, RunConfig
 
 
@@ -32,22 +30,6 @@ def _batch_spec(cfg: RunConfig) -> dict:
           "feat_vals": jax.ShapeDtypeStruct((b, f), jnp.float32),
           "labels": jax.ShapeDtypeStruct((b, l), jnp.int32),
           "mask": jax.ShapeDtypeStruct((b,), jnp.bool_)}
-
-
-def _make_step(model, cfg: RunConfig, moment_dtype: str | None = None):
-  """(graphdef, state, step) of the run's objective: jslide's, or a baseline's."""
-  if cfg.dense:
-    return T.make_dense_train_step(model, objectives.full_softmax_loss,
-                                   tx=optax.adam(cfg.learning_rate))
-  if cfg.sampled:
-    return T.make_dense_train_step(model, objectives.sampled_softmax_loss(model, cfg.sampled),
-                                   tx=optax.adam(cfg.learning_rate))
-  moments = None if moment_dtype is None else jax.numpy.dtype(moment_dtype)
-  return T.make_train_step(
-      model, objectives.active_set_loss(cfg.loss),
-      table_tx=jslide.optim.sparse_adam(cfg.learning_rate, catch_up=cfg.catch_up,
-                                        moment_dtype=moments),
-      dense_tx=optax.adam(cfg.learning_rate), schedule=cfg.rebuild_schedule())
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,7 +59,7 @@ def _rankers(graphdef, k: int, candidates: int):
 
 
 @functools.lru_cache(maxsize=8)
-def _inference_index_builder(graphdef, num_tables: int, num_hashes: int | None,
+def _inference_index_builder(graphdef, num_hash_tables: int, num_hashes: int | None,
                              candidates: int):
   """``build(state, key, previous, iters)``, jitted: the output layer's inference index over
   the state's rows (``SparseDense.build_inference_index``; ``previous``: warm start)."""
@@ -85,7 +67,7 @@ def _inference_index_builder(graphdef, num_tables: int, num_hashes: int | None,
   @functools.partial(jax.jit, static_argnums=3)
   def build(state, key, previous, iters):
     model = state.model(graphdef)
-    return model.output.build_inference_index(key, num_tables=num_tables, num_hashes=num_hashes,
+    return model.output.build_inference_index(key, num_hash_tables=num_hash_tables, num_hashes=num_hashes,
                                               candidates=candidates, iters=iters,
                                               previous=previous)
 
@@ -101,12 +83,12 @@ FIRST_ITERS, WARM_ITERS = 10, 3
 def inference_index(graphdef, state, model_cfg: ModelConfig, previous=None, seed: int = 0,
                     iters: int | None = None):
   """The inference index of ``model_cfg`` over the state's output layer (None when
-  ``inference_tables`` is 0: inference then goes through the training index). ``previous``
+  ``inference_hash_tables`` is 0: inference then goes through the training index). ``previous``
   (the index built after the last epoch) starts the centroids, ``iters`` Lloyd steps (default
   3); without it, the keys of random rows (default 10 steps)."""
-  if not model_cfg.inference_tables:
+  if not model_cfg.inference_hash_tables:
     return None
-  build = _inference_index_builder(graphdef, model_cfg.inference_tables,
+  build = _inference_index_builder(graphdef, model_cfg.inference_hash_tables,
                                    model_cfg.inference_hashes,
                                    model_cfg.inference_candidates())
   if iters is None:
@@ -334,7 +316,9 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   store = (T.Checkpoints(checkpoint_dir, resume=resume, overwrite=overwrite,
                          best=valid_data is not None) if checkpoint_dir else None)
   model = model_cfg.build(cfg.seed)
-  graphdef, state, step = _make_step(model, cfg, model_cfg.moment_dtype)
+  objective = cfg.objective(model_cfg.moment_dtype)
+  sparse = objective.uses_index
+  graphdef, state, step = objective.train_step(model, cfg.learning_rate, cfg.rebuild_schedule())
   record = {"model": model_cfg.to_json(), "run": cfg.to_json(), "evals": []}
   meta = {"model": model_cfg.to_json(), "run": cfg.to_json(),
           "data": {"examples": len(train_data)}}
@@ -344,7 +328,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   t0 = time.perf_counter()
   step = step.lower(state, _batch_spec(cfg), jax.random.PRNGKey(cfg.seed)).compile()
   jslide.train.catch_up_train_state.lower(state).compile()  # what each evaluation starts with
-  if cfg.sparse:
+  if sparse:
     jslide.train.rebuild_train_state.lower(graphdef, state).compile()
   record["compile_seconds"] = time.perf_counter() - t0
   log(f"training step compiled in {record['compile_seconds']:.1f} s (not in the training "
@@ -352,7 +336,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
 
   def prepare(state):
     state = jslide.train.catch_up_train_state(state)  # every row as dense Adam has it
-    if cfg.sparse:  # retrieval at evaluation sees the final weights
+    if sparse:  # retrieval at evaluation sees the final weights
       state = jslide.train.rebuild_train_state(graphdef, state)
     return state
 
@@ -364,7 +348,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
     if valid_data is not None:
       out["valid"] = evaluate(state, valid_data, with_lsh=False)
     if cfg.test_each_eval and test_data is not None:
-      out["test"] = evaluate(state, test_data, with_lsh=cfg.sparse, inference=inference)
+      out["test"] = evaluate(state, test_data, with_lsh=sparse, inference=inference)
     return out
 
   def batches(epoch, start):
@@ -389,7 +373,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
     log(f"resumed from {checkpoint_dir}")
   chosen = record.get("selected") or record["evals"][-1]
   if test_data is not None and "test" not in chosen:
-    chosen["test"] = evaluate(result.best, test_data, with_lsh=cfg.sparse, inference=inference)
+    chosen["test"] = evaluate(result.best, test_data, with_lsh=sparse, inference=inference)
   if test_data is not None:
     record["test"] = chosen["test"]
     log(f"test, {'selected' if record.get('selected') else 'final'} evaluation (epoch "
@@ -416,7 +400,7 @@ def _evaluate_run(graphdef, model_cfg: ModelConfig, cfg: RunConfig, train_data, 
       lists = inference["lists"] = jax.block_until_ready(neuron_lists(
           graphdef, state, model_cfg, train_data, max_features=cfg.max_features,
           max_labels=cfg.max_labels, previous=inference["lists"], seed=cfg.seed))
-    elif model_cfg.inference_tables:
+    elif model_cfg.inference_hash_tables:
       index = inference["index"] = jax.block_until_ready(inference_index(
           graphdef, state, model_cfg, inference["index"], cfg.seed))
     seconds = time.perf_counter() - t1
@@ -471,7 +455,8 @@ def load_model_config(checkpoint_dir: str) -> ModelConfig:
 def load_model(checkpoint_dir: str):
   """(graphdef, state, model config, run config) from a checkpoint directory."""
   model_cfg, cfg = _read_configs(checkpoint_dir)
-  graphdef, state, _ = _make_step(model_cfg.build(0), cfg, model_cfg.moment_dtype)
+  graphdef, state, _ = cfg.objective(model_cfg.moment_dtype).train_step(
+      model_cfg.build(0), cfg.learning_rate, cfg.rebuild_schedule())
   state, _ = checkpoint.restore_checked(
       checkpoint_dir, state, lambda m: checkpoint.check_same_run(
           checkpoint_dir, m, {"model": model_cfg.to_json()}, RunConfig))
@@ -502,7 +487,7 @@ def evaluate(checkpoint_dir: str, data: D.XCData, *, max_features=64, max_labels
   from ``train_data``)."""
   graphdef, state, model_cfg, cfg = load_model(checkpoint_dir)
   _check_dims(data, model_cfg)
-  sparse = cfg.sparse
+  sparse = cfg.objective().uses_index
   lists = index = None
   if sparse:
     lists = _checkpoint_lists(graphdef, state, model_cfg, train_data, fn="evaluate",
