@@ -7,6 +7,7 @@
 
 #include "isa.h"
 #include "mix.h"
+#include "prefetch.h"
 
 namespace jslide {
 namespace {
@@ -119,16 +120,6 @@ void GroupByRow(const int32_t* ids, int64_t count, int64_t row_begin, int64_t ro
 constexpr int64_t kPrefetchRows = 8;
 // Rows ahead that the gathers prefetch (each row is read once, so more can be in flight).
 constexpr int64_t kPrefetchGather = 16;
-
-JSLIDE_INLINE void PrefetchRow(const void* row, int64_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1);
-}
-
-JSLIDE_INLINE void PrefetchRowForRead(const void* row, int64_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0);
-}
 
 // GroupByRow, then where each distinct row's run of keys starts (s.starts, one past the end
 // last), so rows ahead can be prefetched.
@@ -263,7 +254,7 @@ JSLIDE_CLONES void GatherDotRows(const float* x, const W* w, const float* b, con
       }
       // Prefetch a later row: the gathered rows are scattered over a large table.
       if (j + kPrefetchGather < a && id[j + kPrefetchGather] >= 0)
-        PrefetchRowForRead(w + int64_t{id[j + kPrefetchGather]} * stride, row_bytes);
+        PrefetchForRead(w + int64_t{id[j + kPrefetchGather]} * stride, row_bytes);
       yr[j] = DotRow(xr, w + n * stride, d) + (b ? b[n] : 0.0f);
     }
   }
@@ -286,7 +277,7 @@ JSLIDE_CLONES void GatherWeightedSumRows(const int32_t* ids, const float* coef, 
     for (int64_t j = 0; j < a; ++j) {
       if (id[j] < 0) continue;
       if (j + kPrefetchGather < a && id[j + kPrefetchGather] >= 0)
-        PrefetchRowForRead(w + int64_t{id[j + kPrefetchGather]} * stride, row_bytes);
+        PrefetchForRead(w + int64_t{id[j + kPrefetchGather]} * stride, row_bytes);
       AxpyRow(c[j], w + int64_t{id[j]} * stride, o, d);
     }
   }
@@ -456,9 +447,9 @@ JSLIDE_CLONES void SparseAdamRows(const int32_t* ids, const float* coef, const f
         }
       },
       [&](int64_t row) __attribute__((always_inline)) {
-        PrefetchRow(w + row * row_len, w_bytes);
-        PrefetchRow(m + row * row_len, s_bytes);
-        PrefetchRow(v + row * row_len, s_bytes);
+        PrefetchForWrite(w + row * row_len, w_bytes);
+        PrefetchForWrite(m + row * row_len, s_bytes);
+        PrefetchForWrite(v + row * row_len, s_bytes);
       });
 }
 
@@ -514,7 +505,7 @@ JSLIDE_CLONES void SparseSgdRows(const int32_t* ids, const float* coef, const fl
         }
       },
       [&](int64_t row) __attribute__((always_inline)) {
-        PrefetchRow(w + row * row_len, w_bytes);
+        PrefetchForWrite(w + row * row_len, w_bytes);
       });
 }
 template void SparseSgdRows<float>(const int32_t*, const float*, const float*, int64_t, int64_t,

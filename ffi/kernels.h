@@ -16,20 +16,9 @@
 #include <cstring>
 #include <vector>
 
+#include "bf16.h"
+
 namespace jslide {
-
-struct Bf16 {
-  uint16_t bits;
-};
-
-// A table element as float32: exact for both types (bfloat16 is float32's upper half).
-__attribute__((always_inline)) inline float Widen(float x) { return x; }
-__attribute__((always_inline)) inline float Widen(Bf16 x) {
-  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
 
 // Where the rows of a table lie: row n is the d elements from n * stride. A table [N, D] has
 // stride D. A 1-D array read in windows (ROBE's blocks) has stride 1: row n is the window of

@@ -1,5 +1,7 @@
-// Locality-sensitive hashing maths: hash families, CSR index build, active-set retrieval.
-// Plain row-major arrays; the FFI binding (lsh_ffi.cc) validates and parallelises.
+// Locality-sensitive hashing maths: hash families (hashing.cc), the CSR index (lsh_index.cc),
+// top-k selection (top_indices.cc), active-set retrieval (lsh_query.cc), neuron lists
+// (neuron_lists.cc) and nearest centroids (nearest_centroids.cc). Plain row-major arrays; the
+// FFI binding (lsh_ffi.cc) validates and parallelises.
 #ifndef JSLIDE_FFI_LSH_H_
 #define JSLIDE_FFI_LSH_H_
 
@@ -7,10 +9,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "bf16.h"
 #include "mix.h"
 
 namespace jslide {
-
 
 // SimHash with sparse projections. Bit (l, k) of a vector x is [sum_i sign[l,k,i] x[idx[l,k,i]] >= 0];
 // the code of table l is sum_k bit(l, k) << k. idx, sign: [L, K, nnz]; x: [D]; codes: [L].
@@ -56,14 +58,14 @@ void TopIndices(const float* scores, int64_t c, int64_t k, int32_t* out, TopScra
 enum class QueryStrategy : int32_t { kVanilla = 0, kTopK = 1, kThreshold = 2, kRanked = 3 };
 
 struct QueryConfig {
-  int64_t num_rows;     // N
-  int64_t num_hash_tables;   // L
-  int64_t num_probes;   // codes per query: probes * L, column t probing table t % L
-  int64_t num_buckets;  // buckets per table
-  int64_t active;       // active ids per example
-  int64_t retrieved;  // ids taken from the buckets at most (the rest is forced or fill)
+  int64_t num_rows;         // N
+  int64_t num_hash_tables;  // L
+  int64_t num_probes;       // codes per query: probes * L, column t probing table t % L
+  int64_t num_buckets;      // buckets per table
+  int64_t active;           // active ids per example
+  int64_t retrieved;        // ids taken from the buckets at most (the rest: forced or fill)
   QueryStrategy strategy;
-  int64_t threshold;    // for kThreshold
+  int64_t threshold;        // for kThreshold
   int64_t max_per_bucket;  // ids read from one bucket at most
   int64_t fill_group;      // consecutive examples that share one random fill
   bool fill;               // false: no random fill, -1 after the retrieved ids (inference)
@@ -148,12 +150,12 @@ void GroupProbesByList(const int32_t* probes, int64_t b, int64_t p, int64_t num_
 // ScoreLists: lists [c_begin, c_end) against the examples probing them, all of one list's
 // examples per row read, so a row costs one trip to memory per list, not per example. Keeps
 // each example's best k, sorted best first, in top_scores / top_ids [B, k] (the caller
-// starts them at -inf / -1). Rows of w are float32, or bfloat16 (the upper 16 bits of a
-// float32, widened exactly: half the bytes read).
+// starts them at -inf / -1). Rows of w are float32, or bfloat16 (widened exactly: half the
+// bytes read).
 void ScoreLists(const float* x, const float* w, const float* bias, int64_t d,
                 const int32_t* lists, int64_t s, const int32_t* start, const int32_t* members,
                 int64_t c_begin, int64_t c_end, int64_t k, float* top_scores, int32_t* top_ids);
-void ScoreLists(const float* x, const uint16_t* w, const float* bias, int64_t d,
+void ScoreLists(const float* x, const Bf16* w, const float* bias, int64_t d,
                 const int32_t* lists, int64_t s, const int32_t* start, const int32_t* members,
                 int64_t c_begin, int64_t c_end, int64_t k, float* top_scores, int32_t* top_ids);
 // MergeBest: folds one example's best k (from another worker) into its best k.

@@ -210,7 +210,7 @@ ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, Any w, F32 bias, S32 lists,
                  members.data(), first_list(t), c_end, top, sc, id);
     };
     if (w.element_type() == ffi::DataType::BF16)
-      score(static_cast<const uint16_t*>(w.untyped_data()));
+      score(static_cast<const Bf16*>(w.untyped_data()));
     else
       score(static_cast<const float*>(w.untyped_data()));
   });
