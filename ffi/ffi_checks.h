@@ -20,6 +20,18 @@ using Any = xla::ffi::AnyBuffer;
 using F32Out = xla::ffi::ResultBuffer<xla::ffi::F32>;
 using AnyOut = xla::ffi::Result<xla::ffi::AnyBuffer>;
 using S32Out = xla::ffi::ResultBuffer<xla::ffi::S32>;
+// Buffers of a stated rank: XLA checks the rank when it decodes the call (the Python side
+// checks it first, naming the argument).
+using F32R1 = xla::ffi::BufferR1<xla::ffi::F32>;
+using F32R2 = xla::ffi::BufferR2<xla::ffi::F32>;
+using F32R3 = xla::ffi::BufferR3<xla::ffi::F32>;
+using S32R2 = xla::ffi::BufferR2<xla::ffi::S32>;
+using S32R3 = xla::ffi::BufferR3<xla::ffi::S32>;
+using U32R1 = xla::ffi::BufferR1<xla::ffi::U32>;
+using U32R2 = xla::ffi::BufferR2<xla::ffi::U32>;
+using F32R2Out = xla::ffi::ResultBufferR2<xla::ffi::F32>;
+using S32R2Out = xla::ffi::ResultBufferR2<xla::ffi::S32>;
+using S32R3Out = xla::ffi::ResultBufferR3<xla::ffi::S32>;
 
 // Limits shared with jslide/lsh/_common.py (the Python side raises before a kernel runs).
 constexpr int64_t kMaxHashesTimesBits = 24;  // bits of a bucket code: 2^24 buckets per table
@@ -94,12 +106,13 @@ inline xla::ffi::Error CheckRange(const std::string& k, const char* name, const 
 }
 
 // Row ids of a table of n rows: [-1, n), -1 being padding.
-inline xla::ffi::Error CheckIds(const std::string& k, const char* name, const S32& ids,
-                                int64_t n) {
+template <typename Ids>
+xla::ffi::Error CheckIds(const std::string& k, const char* name, const Ids& ids, int64_t n) {
   return CheckRange(k, name, ids.typed_data(), ids.element_count(), -1, n);
 }
 
-inline xla::ffi::Error CheckFinite(const std::string& k, const char* name, const F32& x) {
+template <typename Floats>
+xla::ffi::Error CheckFinite(const std::string& k, const char* name, const Floats& x) {
   const float* p = x.typed_data();
   for (int64_t i = 0, count = x.element_count(); i < count; ++i)
     if (!std::isfinite(p[i]))

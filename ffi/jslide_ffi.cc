@@ -55,11 +55,8 @@ T* Data(AnyOut& buf, T) {
 }
 
 // Shapes of a factored row-sparse matrix: ids, coef [R, A]; vecs [R, D]; table rows [N, D].
-ffi::Error CheckFactored(const std::string& k, const S32& ids, const F32& coef,
-                         const F32& vecs, int64_t n, int64_t d) {
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "ids", ids, 2));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "coef", coef, 2));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "vecs", vecs, 2));
+ffi::Error CheckFactored(const std::string& k, const S32R2& ids, const F32R2& coef,
+                         const F32R2& vecs, int64_t n, int64_t d) {
   if (coef.dimensions()[0] != ids.dimensions()[0] || coef.dimensions()[1] != ids.dimensions()[1])
     return Invalid(k, "coef shape " + Dims(coef.dimensions()) + " must equal ids shape " +
                           Dims(ids.dimensions()));
@@ -80,8 +77,8 @@ ffi::Error CheckWindow(const std::string& k, int64_t window, int64_t n, const ch
 // The same for a factored matrix over a table of n rows of d elements (window == 0) or over a
 // 1-D table of n elements read in overlapping windows of `window` elements (ids: window
 // starts, in [-1, n - window + 1); vecs: [R, window]).
-ffi::Error CheckWindowedFactored(const std::string& k, const S32& ids, const F32& coef,
-                                 const F32& vecs, int64_t n, int64_t d, int64_t window) {
+ffi::Error CheckWindowedFactored(const std::string& k, const S32R2& ids, const F32R2& coef,
+                                 const F32R2& vecs, int64_t n, int64_t d, int64_t window) {
   if (window == 0) return CheckFactored(k, ids, coef, vecs, n, d);
   JSLIDE_RETURN_IF_ERROR(CheckWindow(k, window, n, "the table's length"));
   if (d != 1) return Invalid(k, "a table read in windows must be 1-D");
@@ -110,14 +107,11 @@ ffi::Error GatherTable(const std::string& k, const Any& w, int64_t window, int64
 
 // ---------------------------------------------------------------------------------------------
 
-ffi::Error GatherDotImpl(ffi::ThreadPool pool, F32 x, Any w, F32 b, S32 ids, int64_t window,
-                         F32Out y) {
+ffi::Error GatherDotImpl(ffi::ThreadPool pool, F32R2 x, Any w, F32R1 b, S32R2 ids, int64_t window,
+                         F32R2Out y) {
   const std::string k = "jslide_gather_dot";
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "x", x, 2));
   int64_t n = 0, wd = 0, stride = 0;
   JSLIDE_RETURN_IF_ERROR(GatherTable(k, w, window, &n, &wd, &stride));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "b", b, 1));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "ids", ids, 2));
   const int64_t r = x.dimensions()[0], d = x.dimensions()[1], a = ids.dimensions()[1];
   if (wd != d)
     return Invalid(k, "w's rows have " + std::to_string(wd) + " elements but x shape " +
@@ -129,7 +123,7 @@ ffi::Error GatherDotImpl(ffi::ThreadPool pool, F32 x, Any w, F32 b, S32 ids, int
   if (n_bias != 0 && n_bias != n)
     return Invalid(k, "b must have " + std::to_string(n) + " entries (or 0 for no bias), got " +
                           std::to_string(n_bias));
-  if (y->dimensions().size() != 2 || y->dimensions()[0] != r || y->dimensions()[1] != a)
+  if (y->dimensions()[0] != r || y->dimensions()[1] != a)
     return Invalid(k, "result shape " + Dims(y->dimensions()) + " must equal ids shape");
   JSLIDE_RETURN_IF_ERROR(CheckIds(k, "ids", ids, n));
   const float* bias = n_bias ? b.typed_data() : nullptr;
@@ -142,11 +136,9 @@ ffi::Error GatherDotImpl(ffi::ThreadPool pool, F32 x, Any w, F32 b, S32 ids, int
   return ffi::Error::Success();
 }
 
-ffi::Error GatherWeightedSumImpl(ffi::ThreadPool pool, S32 ids, F32 coef, Any w, int64_t window,
+ffi::Error GatherWeightedSumImpl(ffi::ThreadPool pool, S32R2 ids, F32R2 coef, Any w, int64_t window,
                                  F32Out out) {
   const std::string k = "jslide_gather_weighted_sum";
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "ids", ids, 2));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "coef", coef, 2));
   int64_t n = 0, d = 0, stride = 0;
   JSLIDE_RETURN_IF_ERROR(GatherTable(k, w, window, &n, &d, &stride));
   const int64_t r = ids.dimensions()[0], a = ids.dimensions()[1];
@@ -165,7 +157,7 @@ ffi::Error GatherWeightedSumImpl(ffi::ThreadPool pool, S32 ids, F32 coef, Any w,
   return ffi::Error::Success();
 }
 
-ffi::Error ScatterOuterImpl(ffi::ThreadPool pool, S32 ids, F32 coef, F32 vecs, int64_t window,
+ffi::Error ScatterOuterImpl(ffi::ThreadPool pool, S32R2 ids, F32R2 coef, F32R2 vecs, int64_t window,
                             F32Out dense) {
   const std::string k = "jslide_scatter_outer";
   int64_t n = 0, d = 0;
@@ -244,7 +236,7 @@ ffi::Error ReadAdamHyper(const std::string& k, const F32& hyper, float b1, float
 
 // Lazy Adam (last == nullptr) or Adam with catch-up (last: [N] steps of last update).
 ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, Any w, Any m, Any v,
-                      const S32* last, S32 ids, F32 coef, F32 vecs, F32 hyper, float b1,
+                      const S32* last, S32R2 ids, F32R2 coef, F32R2 vecs, F32 hyper, float b1,
                       float b2, float eps, int64_t window, AnyOut w_out, AnyOut m_out,
                       AnyOut v_out, S32Out* last_out) {
   AdamHyper h;
@@ -285,15 +277,15 @@ ffi::Error SparseAdam(const std::string& k, ffi::ThreadPool& pool, Any w, Any m,
   return ffi::Error::Success();
 }
 
-ffi::Error SparseAdamImpl(ffi::ThreadPool pool, Any w, Any m, Any v, S32 ids, F32 coef,
-                          F32 vecs, F32 hyper, float b1, float b2, float eps, int64_t window,
+ffi::Error SparseAdamImpl(ffi::ThreadPool pool, Any w, Any m, Any v, S32R2 ids, F32R2 coef,
+                          F32R2 vecs, F32 hyper, float b1, float b2, float eps, int64_t window,
                           AnyOut w_out, AnyOut m_out, AnyOut v_out) {
   return SparseAdam("jslide_sparse_adam", pool, w, m, v, nullptr, ids, coef, vecs, hyper, b1,
                     b2, eps, window, w_out, m_out, v_out, nullptr);
 }
 
-ffi::Error SparseAdamCatchUpImpl(ffi::ThreadPool pool, Any w, Any m, Any v, S32 last, S32 ids,
-                                 F32 coef, F32 vecs, F32 hyper, float b1, float b2, float eps,
+ffi::Error SparseAdamCatchUpImpl(ffi::ThreadPool pool, Any w, Any m, Any v, S32 last, S32R2 ids,
+                                 F32R2 coef, F32R2 vecs, F32 hyper, float b1, float b2, float eps,
                                  int64_t window, AnyOut w_out, AnyOut m_out, AnyOut v_out,
                                  S32Out last_out) {
   return SparseAdam("jslide_sparse_adam_catch_up", pool, w, m, v, &last, ids, coef, vecs, hyper,
@@ -327,7 +319,7 @@ ffi::Error AdamCatchUpImpl(ffi::ThreadPool pool, Any w, Any m, Any v, S32 last, 
 
 // Seed of the stochastic rounding of an SGD step on a bfloat16 table, from its gradient's
 // coefficients (the step has no counter; the gradient changes every step, so the bits do).
-uint32_t GradientSeed(const F32& coef) {
+uint32_t GradientSeed(const F32R2& coef) {
   const uint32_t* bits = static_cast<const uint32_t*>(coef.untyped_data());
   uint32_t seed = 0x5bd1e995u;
   for (int64_t i = 0, count = coef.element_count(); i < count; ++i)
@@ -335,7 +327,7 @@ uint32_t GradientSeed(const F32& coef) {
   return seed;
 }
 
-ffi::Error SparseSgdImpl(ffi::ThreadPool pool, Any w, S32 ids, F32 coef, F32 vecs, F32 hyper,
+ffi::Error SparseSgdImpl(ffi::ThreadPool pool, Any w, S32R2 ids, F32R2 coef, F32R2 vecs, F32 hyper,
                          int64_t window, AnyOut w_out) {
   const std::string k = "jslide_sparse_sgd";
   int64_t n = 0, d = 0;
@@ -404,11 +396,10 @@ ffi::Error HugePageZerosImpl(ffi::ThreadPool pool, AnyOut out) {
 }
 
 // |dense form of (ids, coef, vecs)|^2, summed in double per worker, over row ranges.
-ffi::Error RowSparseSqNormImpl(ffi::ThreadPool pool, S32 ids, F32 coef, F32 vecs,
+ffi::Error RowSparseSqNormImpl(ffi::ThreadPool pool, S32R2 ids, F32R2 coef, F32R2 vecs,
                                int64_t num_rows, int64_t window, F32Out out) {
   const std::string k = "jslide_row_sparse_sq_norm";
   if (num_rows < 0) return Invalid(k, "num_rows must be >= 0");
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "vecs", vecs, 2));
   const int64_t d = vecs.dimensions()[1];
   JSLIDE_RETURN_IF_ERROR(
       CheckWindowedFactored(k, ids, coef, vecs, num_rows, window ? 1 : d, window));
@@ -427,11 +418,10 @@ ffi::Error RowSparseSqNormImpl(ffi::ThreadPool pool, S32 ids, F32 coef, F32 vecs
 }
 
 // ROBE's window starts of table rows (RobeSlots), ids checked against the table's rows.
-ffi::Error RobeSlotsImpl(ffi::ThreadPool pool, S32 ids, int64_t offset, int64_t num_rows,
+ffi::Error RobeSlotsImpl(ffi::ThreadPool pool, S32R2 ids, int64_t offset, int64_t num_rows,
                          int64_t memory, int64_t block, int64_t blocks, int64_t seed,
                          S32Out slots) {
   const std::string k = "jslide_robe_slots";
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "ids", ids, 2));
   if (block < 1 || memory < block)
     return Invalid(k, "block must be in [1, memory=" + std::to_string(memory) + "], got " +
                           std::to_string(block));
@@ -465,19 +455,19 @@ void SetMaxThreads(int64_t n) { g_max_threads.store(n < 0 ? 0 : n, std::memory_o
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideGatherDot, jslide::GatherDotImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::F32>()  // x
+                                  .Arg<jslide::F32R2>()  // x
                                   .Arg<jslide::Any>()  // w
-                                  .Arg<jslide::F32>()  // b
-                                  .Arg<jslide::S32>()  // ids
+                                  .Arg<jslide::F32R1>()  // b
+                                  .Arg<jslide::S32R2>()  // ids
                                   .Attr<int64_t>("window")
-                                  .Ret<jslide::F32>()  // y
+                                  .Ret<ffi::BufferR2<ffi::F32>>()  // y
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideGatherWeightedSum, jslide::GatherWeightedSumImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::S32>()  // ids
-                                  .Arg<jslide::F32>()  // coef
+                                  .Arg<jslide::S32R2>()  // ids
+                                  .Arg<jslide::F32R2>()  // coef
                                   .Arg<jslide::Any>()  // w
                                   .Attr<int64_t>("window")
                                   .Ret<jslide::F32>()  // out
@@ -486,9 +476,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideGatherWeightedSum, jslide::GatherWeightedSum
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideScatterOuter, jslide::ScatterOuterImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::S32>()  // ids
-                                  .Arg<jslide::F32>()  // coef
-                                  .Arg<jslide::F32>()  // vecs
+                                  .Arg<jslide::S32R2>()  // ids
+                                  .Arg<jslide::F32R2>()  // coef
+                                  .Arg<jslide::F32R2>()  // vecs
                                   .Attr<int64_t>("window")
                                   .Ret<jslide::F32>()  // dense
 );
@@ -499,9 +489,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseAdam, jslide::SparseAdamImpl,
                                   .Arg<jslide::Any>()  // w
                                   .Arg<jslide::Any>()  // m
                                   .Arg<jslide::Any>()  // v
-                                  .Arg<jslide::S32>()  // ids
-                                  .Arg<jslide::F32>()  // coef
-                                  .Arg<jslide::F32>()  // vecs
+                                  .Arg<jslide::S32R2>()  // ids
+                                  .Arg<jslide::F32R2>()  // coef
+                                  .Arg<jslide::F32R2>()  // vecs
                                   .Arg<jslide::F32>()  // hyper
                                   .Attr<float>("b1")
                                   .Attr<float>("b2")
@@ -519,9 +509,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseAdamCatchUp, jslide::SparseAdamCatchUp
                                   .Arg<jslide::Any>()  // m
                                   .Arg<jslide::Any>()  // v
                                   .Arg<jslide::S32>()  // last
-                                  .Arg<jslide::S32>()  // ids
-                                  .Arg<jslide::F32>()  // coef
-                                  .Arg<jslide::F32>()  // vecs
+                                  .Arg<jslide::S32R2>()  // ids
+                                  .Arg<jslide::F32R2>()  // coef
+                                  .Arg<jslide::F32R2>()  // vecs
                                   .Arg<jslide::F32>()  // hyper
                                   .Attr<float>("b1")
                                   .Attr<float>("b2")
@@ -554,9 +544,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseSgd, jslide::SparseSgdImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<jslide::Any>()  // w
-                                  .Arg<jslide::S32>()  // ids
-                                  .Arg<jslide::F32>()  // coef
-                                  .Arg<jslide::F32>()  // vecs
+                                  .Arg<jslide::S32R2>()  // ids
+                                  .Arg<jslide::F32R2>()  // coef
+                                  .Arg<jslide::F32R2>()  // vecs
                                   .Arg<jslide::F32>()  // hyper
                                   .Attr<int64_t>("window")
                                   .Ret<jslide::Any>()  // w
@@ -574,7 +564,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideCheckUnit, jslide::CheckUnitImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideRobeSlots, jslide::RobeSlotsImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::S32>()  // ids
+                                  .Arg<jslide::S32R2>()  // ids
                                   .Attr<int64_t>("offset")
                                   .Attr<int64_t>("num_rows")
                                   .Attr<int64_t>("memory")
@@ -593,9 +583,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideHugePageZeros, jslide::HugePageZerosImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideRowSparseSqNorm, jslide::RowSparseSqNormImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::S32>()  // ids
-                                  .Arg<jslide::F32>()  // coef
-                                  .Arg<jslide::F32>()  // vecs
+                                  .Arg<jslide::S32R2>()  // ids
+                                  .Arg<jslide::F32R2>()  // coef
+                                  .Arg<jslide::F32R2>()  // vecs
                                   .Attr<int64_t>("num_rows")
                                   .Attr<int64_t>("window")
                                   .Ret<jslide::F32>()  // squared norm

@@ -16,21 +16,15 @@ namespace ffi = xla::ffi;
 namespace jslide {
 namespace {
 
-ffi::Error CheckCodesOut(const char* k, int64_t b, int64_t l,
-                         ffi::ResultBuffer<ffi::S32>& codes) {
+ffi::Error CheckCodesOut(const char* k, int64_t b, int64_t l, S32R2Out& codes) {
   if (l > kMaxTables) return Invalid(k, "L must be at most " + std::to_string(kMaxTables));
-  if (codes->dimensions().size() != 2 || codes->dimensions()[0] != b ||
-      codes->dimensions()[1] != l)
+  if (codes->dimensions()[0] != b || codes->dimensions()[1] != l)
     return Invalid(k, "codes must be [" + std::to_string(b) + ", " + std::to_string(l) + "]");
   return ffi::Error::Success();
 }
 
-ffi::Error SimHashImpl(ffi::ThreadPool pool, F32 x, S32 idx, F32 sign,
-                       ffi::ResultBuffer<ffi::S32> codes) {
+ffi::Error SimHashImpl(ffi::ThreadPool pool, F32R2 x, S32R3 idx, F32R3 sign, S32R2Out codes) {
   const char* k = "jslide_simhash";
-  if (x.dimensions().size() != 2) return Invalid(k, "x must be [B, D], got " + Dims(x.dimensions()));
-  if (idx.dimensions().size() != 3 || sign.dimensions().size() != 3)
-    return Invalid(k, "idx and sign must be [L, K, nnz]");
   for (int i = 0; i < 3; ++i)
     if (idx.dimensions()[i] != sign.dimensions()[i])
       return Invalid(k, "idx " + Dims(idx.dimensions()) + " and sign " +
@@ -49,10 +43,8 @@ ffi::Error SimHashImpl(ffi::ThreadPool pool, F32 x, S32 idx, F32 sign,
   return ffi::Error::Success();
 }
 
-ffi::Error DwtaImpl(ffi::ThreadPool pool, F32 x, S32 bins, ffi::ResultBuffer<ffi::S32> codes) {
+ffi::Error DwtaImpl(ffi::ThreadPool pool, F32R2 x, S32R3 bins, S32R2Out codes) {
   const char* k = "jslide_dwta";
-  if (x.dimensions().size() != 2) return Invalid(k, "x must be [B, D], got " + Dims(x.dimensions()));
-  if (bins.dimensions().size() != 3) return Invalid(k, "bins must be [L, K, bin_size]");
   const int64_t b = x.dimensions()[0], d = x.dimensions()[1];
   const int64_t l = bins.dimensions()[0], kk = bins.dimensions()[1];
   const int64_t bin_size = bins.dimensions()[2];
@@ -73,13 +65,10 @@ ffi::Error DwtaImpl(ffi::ThreadPool pool, F32 x, S32 bins, ffi::ResultBuffer<ffi
   return ffi::Error::Success();
 }
 
-ffi::Error SparseSimHashImpl(ffi::ThreadPool pool, S32 ids, F32 vals, U32 seeds, int64_t dim,
-                             ffi::ResultBuffer<ffi::S32> codes) {
+ffi::Error SparseSimHashImpl(ffi::ThreadPool pool, S32R2 ids, F32R2 vals, U32R2 seeds,
+                             int64_t dim, S32R2Out codes) {
   const char* k = "jslide_sparse_simhash";
-  if (ids.dimensions().size() != 2 || vals.dimensions().size() != 2 ||
-      ids.dimensions()[0] != vals.dimensions()[0] || ids.dimensions()[1] != vals.dimensions()[1])
-    return Invalid(k, "feat_ids and feat_vals must both be [B, F]");
-  if (seeds.dimensions().size() != 2) return Invalid(k, "seeds must be [L, K]");
+  if (!SameDims(ids, vals)) return Invalid(k, "feat_ids and feat_vals must both be [B, F]");
   const int64_t b = ids.dimensions()[0], f = ids.dimensions()[1];
   const int64_t l = seeds.dimensions()[0], kk = seeds.dimensions()[1];
   if (kk > kMaxHashesTimesBits)
@@ -94,15 +83,12 @@ ffi::Error SparseSimHashImpl(ffi::ThreadPool pool, S32 ids, F32 vals, U32 seeds,
   return ffi::Error::Success();
 }
 
-ffi::Error BuildIndexImpl(ffi::ThreadPool pool, S32 codes, ffi::ResultBuffer<ffi::S32> offsets,
-                          ffi::ResultBuffer<ffi::S32> ids) {
+ffi::Error BuildIndexImpl(ffi::ThreadPool pool, S32R2 codes, S32R2Out offsets, S32R2Out ids) {
   const char* k = "jslide_build_index";
-  if (codes.dimensions().size() != 2) return Invalid(k, "codes must be [N, L]");
   const int64_t n = codes.dimensions()[0], l = codes.dimensions()[1];
-  if (offsets->dimensions().size() != 2 || offsets->dimensions()[0] != l)
-    return Invalid(k, "offsets must be [L, num_buckets + 1]");
+  if (offsets->dimensions()[0] != l) return Invalid(k, "offsets must be [L, num_buckets + 1]");
   const int64_t num_buckets = offsets->dimensions()[1] - 1;
-  if (ids->dimensions().size() != 2 || ids->dimensions()[0] != l || ids->dimensions()[1] != n)
+  if (ids->dimensions()[0] != l || ids->dimensions()[1] != n)
     return Invalid(k, "ids must be [L, N]");
   if (n >= (int64_t{1} << 31)) return Invalid(k, "at most 2^31 - 1 rows");
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "codes", codes.typed_data(), codes.element_count(), 0, num_buckets));
@@ -114,10 +100,8 @@ ffi::Error BuildIndexImpl(ffi::ThreadPool pool, S32 codes, ffi::ResultBuffer<ffi
   return ffi::Error::Success();
 }
 
-ffi::Error TopIndicesImpl(ffi::ThreadPool pool, F32 scores, ffi::ResultBuffer<ffi::S32> out) {
+ffi::Error TopIndicesImpl(ffi::ThreadPool pool, F32R2 scores, S32R2Out out) {
   const char* k = "jslide_top_indices";
-  if (scores.dimensions().size() != 2 || out->dimensions().size() != 2)
-    return Invalid(k, "scores [R, C] and result [R, k] expected");
   const int64_t r = scores.dimensions()[0], c = scores.dimensions()[1];
   const int64_t top = out->dimensions()[1];
   if (out->dimensions()[0] != r || top < 1 || top > c)
@@ -130,17 +114,13 @@ ffi::Error TopIndicesImpl(ffi::ThreadPool pool, F32 scores, ffi::ResultBuffer<ff
   return ffi::Error::Success();
 }
 
-ffi::Error NearestCentroidsImpl(ffi::ThreadPool pool, F32 x, F32 centroids,
-                                ffi::ResultBuffer<ffi::S32> out) {
+ffi::Error NearestCentroidsImpl(ffi::ThreadPool pool, F32R2 x, F32R2 centroids, S32R2Out out) {
   const char* k = "jslide_nearest_centroids";
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "x", x, 2));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "centroids", centroids, 2));
   const int64_t b = x.dimensions()[0], d = x.dimensions()[1], c = centroids.dimensions()[0];
   if (centroids.dimensions()[1] != d)
     return Invalid(k, "centroids must be [C, " + std::to_string(d) + "]");
   if (c < 1 || c >= (int64_t{1} << 31)) return Invalid(k, "C must be in [1, 2^31)");
-  if (out->dimensions().size() != 2 || out->dimensions()[0] != b)
-    return Invalid(k, "result must be [B, p]");
+  if (out->dimensions()[0] != b) return Invalid(k, "result must be [B, p]");
   const int64_t p = out->dimensions()[1];
   if (p < 1 || p > std::min(c, kMaxNearest))
     return Invalid(k, "p must be in [1, min(C, " + std::to_string(kMaxNearest) + ")], got " +
@@ -157,16 +137,11 @@ ffi::Error NearestCentroidsImpl(ffi::ThreadPool pool, F32 x, F32 centroids,
   return ffi::Error::Success();
 }
 
-ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, Any w, F32 bias, S32 lists, S32 probes,
-                       ffi::ResultBuffer<ffi::F32> top_scores,
-                       ffi::ResultBuffer<ffi::S32> top_ids) {
+ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32R2 x, Any w, F32R1 bias, S32R2 lists,
+                        S32R2 probes, F32R2Out top_scores, S32R2Out top_ids) {
   const char* k = "jslide_list_topk";
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "x", x, 2));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));
+  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "w", w, 2));  // float32 or bfloat16: no static type
   JSLIDE_RETURN_IF_ERROR(CheckTableType(k, "w", w));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "bias", bias, 1));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "lists", lists, 2));
-  JSLIDE_RETURN_IF_ERROR(CheckRank(k, "probes", probes, 2));
   const int64_t b = x.dimensions()[0], d = x.dimensions()[1], n = w.dimensions()[0];
   const int64_t c = lists.dimensions()[0], s = lists.dimensions()[1], p = probes.dimensions()[1];
   if (w.dimensions()[1] != d) return Invalid(k, "w must be [N, " + std::to_string(d) + "]");
@@ -174,8 +149,7 @@ ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, Any w, F32 bias, S32 lists,
   if (probes.dimensions()[0] != b) return Invalid(k, "probes must be [" + std::to_string(b) + ", P]");
   if (n >= (int64_t{1} << 31) || c >= (int64_t{1} << 31) || b * p >= (int64_t{1} << 31))
     return Invalid(k, "N, C and B * P must be below 2^31");
-  if (top_scores->dimensions().size() != 2 || top_scores->dimensions()[0] != b ||
-      !SameDims(*top_scores, *top_ids))
+  if (top_scores->dimensions()[0] != b || !SameDims(*top_scores, *top_ids))
     return Invalid(k, "results must be [B, k] scores and ids");
   const int64_t top = top_scores->dimensions()[1];
   if (top < 1) return Invalid(k, "k must be at least 1");
@@ -226,15 +200,11 @@ ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32 x, Any w, F32 bias, S32 lists,
   return ffi::Error::Success();
 }
 
-ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 force, U32 seed,
-                     int64_t active, int64_t strategy, int64_t threshold,
+ffi::Error QueryImpl(ffi::ThreadPool pool, S32R2 codes, S32R2 offsets, S32R2 ids, S32R2 force,
+                     U32R1 seed, int64_t active, int64_t strategy, int64_t threshold,
                      int64_t max_per_bucket, int64_t fill_group, int64_t fill,
-                     int64_t retrieved,
-                     ffi::ResultBuffer<ffi::S32> out) {
+                     int64_t retrieved, S32R2Out out) {
   const char* k = "jslide_lsh_query";
-  if (codes.dimensions().size() != 2 || offsets.dimensions().size() != 2 ||
-      ids.dimensions().size() != 2 || force.dimensions().size() != 2)
-    return Invalid(k, "codes [B, P * L], offsets [L, buckets + 1], ids [L, N], force [B, F] expected");
   const int64_t b = codes.dimensions()[0], num_codes = codes.dimensions()[1];
   const int64_t l = ids.dimensions()[0];
   const int64_t n = ids.dimensions()[1], num_buckets = offsets.dimensions()[1] - 1;
@@ -247,7 +217,7 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 
   if (strategy < 0 || strategy > 3) return Invalid(k, "unknown strategy");
   if (max_per_bucket < 1) return Invalid(k, "max_per_bucket must be >= 1");
   if (fill_group < 1) return Invalid(k, "fill_group must be >= 1");
-  if (out->dimensions().size() != 2 || out->dimensions()[0] != b || out->dimensions()[1] != active)
+  if (out->dimensions()[0] != b || out->dimensions()[1] != active)
     return Invalid(k, "result must be [B, active]");
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "codes", codes.typed_data(), codes.element_count(), 0, num_buckets));
   JSLIDE_RETURN_IF_ERROR(CheckRange(k, "force_ids", force.typed_data(), force.element_count(), -1, n));
@@ -280,66 +250,66 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32 codes, S32 offsets, S32 ids, S32 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSimHash, jslide::SimHashImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::F32>()
-                                  .Arg<jslide::S32>()
-                                  .Arg<jslide::F32>()
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Arg<jslide::F32R2>()
+                                  .Arg<jslide::S32R3>()
+                                  .Arg<jslide::F32R3>()
+                                  .Ret<ffi::BufferR2<ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideDwta, jslide::DwtaImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::F32>()
-                                  .Arg<jslide::S32>()
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Arg<jslide::F32R2>()
+                                  .Arg<jslide::S32R3>()
+                                  .Ret<ffi::BufferR2<ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideSparseSimHash, jslide::SparseSimHashImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::S32>()
-                                  .Arg<jslide::F32>()
-                                  .Arg<jslide::U32>()
+                                  .Arg<jslide::S32R2>()
+                                  .Arg<jslide::F32R2>()
+                                  .Arg<jslide::U32R2>()
                                   .Attr<int64_t>("dim")
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Ret<ffi::BufferR2<ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideBuildIndex, jslide::BuildIndexImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::S32>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Arg<jslide::S32R2>()
+                                  .Ret<ffi::BufferR2<ffi::S32>>()
+                                  .Ret<ffi::BufferR2<ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideTopIndices, jslide::TopIndicesImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::F32>()
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Arg<jslide::F32R2>()
+                                  .Ret<ffi::BufferR2<ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideNearestCentroids, jslide::NearestCentroidsImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::F32>()  // x
-                                  .Arg<jslide::F32>()  // centroids
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Arg<jslide::F32R2>()  // x
+                                  .Arg<jslide::F32R2>()  // centroids
+                                  .Ret<ffi::BufferR2<ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideListTopK, jslide::ListTopKImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::F32>()  // x
+                                  .Arg<jslide::F32R2>()  // x
                                   .Arg<ffi::AnyBuffer>()  // w: float32 or bfloat16
-                                  .Arg<jslide::F32>()  // bias
-                                  .Arg<jslide::S32>()  // lists
-                                  .Arg<jslide::S32>()  // probes
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Arg<jslide::F32R1>()  // bias
+                                  .Arg<jslide::S32R2>()  // lists
+                                  .Arg<jslide::S32R2>()  // probes
+                                  .Ret<ffi::BufferR2<ffi::F32>>()
+                                  .Ret<ffi::BufferR2<ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideLshQuery, jslide::QueryImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<jslide::S32>()  // codes
-                                  .Arg<jslide::S32>()  // offsets
-                                  .Arg<jslide::S32>()  // ids
-                                  .Arg<jslide::S32>()  // force
-                                  .Arg<jslide::U32>()  // seed
+                                  .Arg<jslide::S32R2>()  // codes
+                                  .Arg<jslide::S32R2>()  // offsets
+                                  .Arg<jslide::S32R2>()  // ids
+                                  .Arg<jslide::S32R2>()  // force
+                                  .Arg<jslide::U32R1>()  // seed
                                   .Attr<int64_t>("active")
                                   .Attr<int64_t>("strategy")
                                   .Attr<int64_t>("threshold")
@@ -347,7 +317,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideLshQuery, jslide::QueryImpl,
                                   .Attr<int64_t>("fill_group")
                                   .Attr<int64_t>("fill")
                                   .Attr<int64_t>("retrieved")
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Ret<ffi::BufferR2<ffi::S32>>());
 
 namespace jslide {
 
