@@ -16,11 +16,10 @@ window starts in ``[-1, N - Z + 1)``, ``vecs: f32[R, Z]``, and a factored matrix
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jslide import _ffi  # noqa: F401  (registers the FFI targets)
+from jslide import _ffi
 from jslide._checks import (adam_hyperparameters, finite_scalar, float32_array, int32_ids,
                             table_array)
 
@@ -82,9 +81,7 @@ def gather_dot(x, w, b, ids, *, window: int = 0):
   ids = int32_ids(fn, "ids", ids, rows, ndim=2)
   if ids.shape[0] != x.shape[0]:
     raise ValueError(f"{fn}: ids shape {ids.shape} must have {x.shape[0]} rows like x")
-  out = jax.ShapeDtypeStruct(ids.shape, jnp.float32)
-  return jax.ffi.ffi_call("jslide_gather_dot", out, vmap_method="sequential")(
-      x, w, b, ids, window=np.int64(window))
+  return _ffi.gather_dot(x, w, b, ids, window)
 
 
 def gather_weighted_sum(ids, coef, w, *, window: int = 0):
@@ -102,9 +99,7 @@ def gather_weighted_sum(ids, coef, w, *, window: int = 0):
   coef = float32_array(fn, "coef", coef, ndim=2)
   if coef.shape != ids.shape:
     raise ValueError(f"{fn}: coef shape {coef.shape} must equal ids shape {ids.shape}")
-  out = jax.ShapeDtypeStruct((ids.shape[0], d), jnp.float32)
-  return jax.ffi.ffi_call("jslide_gather_weighted_sum", out, vmap_method="sequential")(
-      ids, coef, w, window=np.int64(window))
+  return _ffi.gather_weighted_sum(ids, coef, w, d, window)
 
 
 def scatter_outer(ids, coef, vecs, num_rows: int, *, window: int = 0):
@@ -119,8 +114,7 @@ def scatter_outer(ids, coef, vecs, num_rows: int, *, window: int = 0):
   window = _window(fn, window, num_rows)
   ids, coef, vecs = _check_factored(fn, ids, coef, vecs, num_rows, d, window)
   shape = (num_rows,) if window else (num_rows, vecs.shape[1])
-  return jax.ffi.ffi_call("jslide_scatter_outer", jax.ShapeDtypeStruct(shape, jnp.float32),
-                          vmap_method="sequential")(ids, coef, vecs, window=np.int64(window))
+  return _ffi.scatter_outer(ids, coef, vecs, shape, window)
 
 
 def _check_table_state(fn, w, *states):
@@ -141,12 +135,6 @@ def _check_table_state(fn, w, *states):
                       f"{s.dtype}")
     out.append(s)
   return w, out
-
-
-def _state_shapes(w, m):
-  """The result shapes (w, m, v) of an Adam kernel: the table's and the moments' dtypes."""
-  return (jax.ShapeDtypeStruct(w.shape, w.dtype), jax.ShapeDtypeStruct(m.shape, m.dtype),
-          jax.ShapeDtypeStruct(m.shape, m.dtype))
 
 
 def as_rows(table):
@@ -231,21 +219,15 @@ def sparse_adam_rows(w, m, v, ids, coef, vecs, *, learning_rate, bias_correction
   window = _table_window(fn, w, window)
   ids, coef, vecs = _check_factored(fn, ids, coef, vecs, w.shape[0],
                                     window or _row_length(w), window)
-  attrs = dict(_adam_attrs(fn, b1, b2, eps), window=np.int64(window))
-  shapes = _state_shapes(w, m)
+  attrs = dict(_adam_attrs(fn, b1, b2, eps), window=window)
   if last is None:
     hyper = _adam_hyper(fn, learning_rate, bias_correction1, bias_correction2, 1)
-    return jax.ffi.ffi_call(
-        "jslide_sparse_adam", shapes, vmap_method="sequential",
-        input_output_aliases={0: 0, 1: 1, 2: 2})(w, m, v, ids, coef, vecs, hyper, **attrs)
+    return _ffi.sparse_adam(w, m, v, ids, coef, vecs, hyper, **attrs)
   if step is None:
     raise ValueError(f"{fn}: step (this update's step count, >= 1) is required with last")
   last = _check_last(fn, last, w.shape[0])
   hyper = _adam_hyper(fn, learning_rate, bias_correction1, bias_correction2, step)
-  return jax.ffi.ffi_call(
-      "jslide_sparse_adam_catch_up", (*shapes, jax.ShapeDtypeStruct(last.shape, jnp.int32)),
-      vmap_method="sequential", input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},
-  )(w, m, v, last, ids, coef, vecs, hyper, **attrs)
+  return _ffi.sparse_adam_catch_up(w, m, v, last, ids, coef, vecs, hyper, **attrs)
 
 
 def adam_catch_up_rows(w, m, v, last, *, step, learning_rate, b1: float, b2: float,
@@ -272,10 +254,7 @@ def adam_catch_up_rows(w, m, v, last, *, step, learning_rate, b1: float, b2: flo
   step = jnp.asarray(step)
   hyper = _adam_hyper(fn, learning_rate, 1 - jnp.float32(b1) ** step, 1 - jnp.float32(b2) ** step,
                       step)
-  return jax.ffi.ffi_call(
-      "jslide_adam_catch_up", (*_state_shapes(w, m), jax.ShapeDtypeStruct(last.shape, jnp.int32)),
-      vmap_method="sequential", input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},
-  )(w, m, v, last, hyper, **_adam_attrs(fn, b1, b2, eps))
+  return _ffi.adam_catch_up(w, m, v, last, hyper, **_adam_attrs(fn, b1, b2, eps))
 
 
 def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate, window: int = 0):
@@ -291,10 +270,7 @@ def sparse_sgd_rows(w, ids, coef, vecs, *, learning_rate, window: int = 0):
                                     window or _row_length(w), window)
   finite_scalar(fn, "learning_rate", learning_rate)
   hyper = jnp.reshape(jnp.asarray(learning_rate, jnp.float32), (1,))
-  return jax.ffi.ffi_call(
-      "jslide_sparse_sgd", jax.ShapeDtypeStruct(w.shape, w.dtype),
-      vmap_method="sequential", input_output_aliases={0: 0},
-  )(w, ids, coef, vecs, hyper, window=np.int64(window))
+  return _ffi.sparse_sgd(w, ids, coef, vecs, hyper, window)
 
 
 def check_unit(unit, x, *, what: str, allow_zero: bool = True):
@@ -309,9 +285,7 @@ def check_unit(unit, x, *, what: str, allow_zero: bool = True):
   if unit.shape != () or not jnp.issubdtype(unit.dtype, jnp.integer):
     raise TypeError(f"{fn}: unit must be an integer scalar, got {unit.dtype}{unit.shape}")
   x = table_array(fn, "x", x)
-  return jax.ffi.ffi_call("jslide_check_unit", jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          vmap_method="sequential", input_output_aliases={1: 0})(
-      unit.astype(jnp.int32), x, what=str(what), allow_zero=bool(allow_zero))
+  return _ffi.check_unit(unit.astype(jnp.int32), x, what, allow_zero)
 
 
 def row_sparse_sq_norm(ids, coef, vecs, num_rows: int, *, window: int = 0):
@@ -323,9 +297,7 @@ def row_sparse_sq_norm(ids, coef, vecs, num_rows: int, *, window: int = 0):
   d = jnp.shape(vecs)[1] if jnp.ndim(vecs) == 2 else -1
   window = _window(fn, window, num_rows)
   ids, coef, vecs = _check_factored(fn, ids, coef, vecs, num_rows, d, window)
-  return jax.ffi.ffi_call("jslide_row_sparse_sq_norm", jax.ShapeDtypeStruct((), jnp.float32),
-                          vmap_method="sequential")(ids, coef, vecs, num_rows=np.int64(num_rows),
-                                                    window=np.int64(window))
+  return _ffi.row_sparse_sq_norm(ids, coef, vecs, num_rows, window)
 
 
 # ROBE's hash (ffi/kernels.h): the prime, and the largest number of rows all the tables that
@@ -360,10 +332,8 @@ def robe_slots(ids, *, offset: int, num_rows: int, memory: int, block: int, bloc
   if seed >= 2**32:
     raise ValueError(f"{fn}: seed must be a uint32, got {seed}")
   ids = int32_ids(fn, "ids", ids, num_rows, ndim=2)
-  out = jax.ShapeDtypeStruct((ids.shape[0], blocks, ids.shape[1]), jnp.int32)
-  return jax.ffi.ffi_call("jslide_robe_slots", out, vmap_method="sequential")(
-      ids, offset=np.int64(offset), num_rows=np.int64(num_rows), memory=np.int64(memory),
-      block=np.int64(block), blocks=np.int64(blocks), seed=np.int64(seed))
+  return _ffi.robe_slots(ids, offset=offset, num_rows=num_rows, memory=memory, block=block,
+                         blocks=blocks, seed=seed)
 
 
 def huge_page_zeros(shape, dtype=jnp.float32):
@@ -376,5 +346,4 @@ def huge_page_zeros(shape, dtype=jnp.float32):
   shape = tuple(int(s) for s in shape)
   if any(s < 0 for s in shape):
     raise ValueError(f"huge_page_zeros: shape must have sizes >= 0, got {shape}")
-  return jax.ffi.ffi_call("jslide_huge_page_zeros", jax.ShapeDtypeStruct(shape, dtype),
-                          vmap_method="broadcast_all")()
+  return _ffi.huge_page_zeros(shape, dtype)

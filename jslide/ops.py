@@ -14,7 +14,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from jslide import kernels
+from jslide import _ffi, kernels
 from jslide._checks import float32_array, int32_ids, table_array
 from jslide._tape import common_tape, unwrap_table
 from jslide.rowsparse import RowSparseGrad
@@ -49,23 +49,30 @@ def _tap_table_grads(fn, y, w_ref, b_ref, table_grads, n, saved):
 # ------------------------------------------------------------------------ sparse_linear
 
 
+# The kernels are called raw (jslide._ffi) inside the custom_vjp rules: the public function
+# checked every argument once, on the way in.
+
+def _bias(b):
+  return jnp.zeros((0,), jnp.float32) if b is None else b  # [0]: no bias, for the kernel
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _sparse_linear(x, w, b, ids, grad_w: bool, grad_b: bool):
-  return kernels.gather_dot(x, w, b, ids)
+  return _ffi.gather_dot(x, w, _bias(b), ids, 0)
 
 
 def _sparse_linear_fwd(x, w, b, ids, grad_w, grad_b):
-  return kernels.gather_dot(x, w, b, ids), (x, w, b, ids)
+  return _ffi.gather_dot(x, w, _bias(b), ids, 0), (x, w, b, ids)
 
 
 def _sparse_linear_bwd(grad_w, grad_b, res, g):
   x, w, b, ids = res
-  n = w.shape[0]
-  dx = kernels.gather_weighted_sum(ids, g, w)
-  dw = kernels.scatter_outer(ids, g, x, n).astype(w.dtype) if grad_w else None
+  n, d = w.shape
+  dx = _ffi.gather_weighted_sum(ids, g, w, d, 0)
+  dw = _ffi.scatter_outer(ids, g, x, (n, d), 0).astype(w.dtype) if grad_w else None
   db = None
   if b is not None and grad_b:
-    db = kernels.scatter_outer(ids, g, jnp.ones((x.shape[0], 1), x.dtype), n).reshape(n)
+    db = _ffi.scatter_outer(ids, g, jnp.ones((x.shape[0], 1), x.dtype), (n, 1), 0).reshape(n)
   return dx, dw, db, None
 
 
@@ -120,17 +127,17 @@ def _sparse_linear_table_grads(w_slot, b_slot, n, saved, g):
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _embedding_bag(ids, vals, w, grad_w: bool):
-  return kernels.gather_weighted_sum(ids, vals, w)
+  return _ffi.gather_weighted_sum(ids, vals, w, w.shape[1], 0)
 
 
 def _embedding_bag_fwd(ids, vals, w, grad_w):
-  return kernels.gather_weighted_sum(ids, vals, w), (ids, vals, w)
+  return _ffi.gather_weighted_sum(ids, vals, w, w.shape[1], 0), (ids, vals, w)
 
 
 def _embedding_bag_bwd(grad_w, res, g):
   ids, vals, w = res
-  dvals = kernels.gather_dot(g, w, None, ids)
-  dw = kernels.scatter_outer(ids, vals, g, w.shape[0]).astype(w.dtype) if grad_w else None
+  dvals = _ffi.gather_dot(g, w, _bias(None), ids, 0)
+  dw = _ffi.scatter_outer(ids, vals, g, w.shape, 0).astype(w.dtype) if grad_w else None
   return None, dvals, dw
 
 
@@ -225,20 +232,19 @@ def _shared_linear_table_grads(w_slot, b_slot, n, saved, g):
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _robe_windows(slots, coef, memory, block: int, grad_memory: bool):
-  return kernels.gather_weighted_sum(slots, coef, memory, window=block)
+  return _ffi.gather_weighted_sum(slots, coef, memory, block, block)
 
 
 def _robe_windows_fwd(slots, coef, memory, block, grad_memory):
-  return kernels.gather_weighted_sum(slots, coef, memory, window=block), (slots, coef, memory)
+  return _ffi.gather_weighted_sum(slots, coef, memory, block, block), (slots, coef, memory)
 
 
 def _robe_windows_bwd(block, grad_memory, res, g):
   slots, coef, memory = res
-  dcoef = kernels.gather_dot(g, memory, None, slots, window=block)
+  dcoef = _ffi.gather_dot(g, memory, _bias(None), slots, block)
   dmem = None
   if grad_memory:
-    dmem = kernels.scatter_outer(slots, coef, g, memory.shape[0],
-                                 window=block).astype(memory.dtype)
+    dmem = _ffi.scatter_outer(slots, coef, g, memory.shape, block).astype(memory.dtype)
   return None, dcoef, dmem
 
 

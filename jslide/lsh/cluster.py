@@ -23,7 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jslide import _ffi  # noqa: F401  (registers the FFI targets)
+from jslide import _ffi
 from jslide._checks import float32_array, positive_int
 from jslide.lsh._common import check_kl, check_vectors
 from jslide.lsh.mips import mips_keys, mips_queries
@@ -38,8 +38,7 @@ def top_indices(scores, k: int) -> jax.Array:
   k = positive_int("top_indices", "k", k)
   if k > scores.shape[1]:
     raise ValueError(f"top_indices: k={k} exceeds the {scores.shape[1]} scores of a row")
-  out = jax.ShapeDtypeStruct((scores.shape[0], k), jnp.int32)
-  return jax.ffi.ffi_call("jslide_top_indices", out, vmap_method="sequential")(scores)
+  return _ffi.top_indices(scores, k)
 
 
 def _normalize(x):

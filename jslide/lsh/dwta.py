@@ -8,7 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jslide import _ffi  # noqa: F401
+from jslide import _ffi
 from jslide.lsh._common import check_kl, check_vectors
 
 
@@ -65,5 +65,4 @@ class DWTA:
   def hash(self, x) -> jax.Array:
     """Codes int32[B, L] of vectors x: f32[B, d]."""
     x = check_vectors("DWTA.hash", x, self.dim)
-    out = jax.ShapeDtypeStruct((x.shape[0], self.num_hash_tables), jnp.int32)
-    return jax.ffi.ffi_call("jslide_dwta", out, vmap_method="sequential")(x, self.bins)
+    return _ffi.dwta(x, self.bins)

@@ -8,7 +8,7 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 
-from jslide import _ffi  # noqa: F401
+from jslide import _ffi
 from jslide._checks import float32_array, table_array
 from jslide.lsh.cluster import ClusterHash
 from jslide.lsh.dwta import DWTA
@@ -66,10 +66,7 @@ class LSHIndex:
 
 
 def _csr(codes, num_buckets: int):
-  n, l = codes.shape
-  out = (jax.ShapeDtypeStruct((l, num_buckets + 1), jnp.int32),
-         jax.ShapeDtypeStruct((l, n), jnp.int32))
-  return jax.ffi.ffi_call("jslide_build_index", out, vmap_method="sequential")(codes)
+  return _ffi.build_index(codes, num_buckets)
 
 
 def build(hasher: HashFamily, w, b=None) -> LSHIndex:

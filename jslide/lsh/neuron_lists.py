@@ -24,7 +24,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jslide import _ffi  # noqa: F401  (registers the FFI targets)
+from jslide import _ffi
 from jslide._checks import float32_array, int32_ids, positive_int
 from jslide.lsh.cluster import top_indices
 
@@ -91,9 +91,7 @@ def nearest_centroids(x, centroids, p: int) -> jax.Array:
 def _nearest(x, centroids, p: int):
   """nearest_centroids without the checks (shapes already checked by the caller)."""
   if p <= _MAX_NEAREST:
-    out = jax.ShapeDtypeStruct((x.shape[0], p), jnp.int32)
-    return jax.ffi.ffi_call("jslide_nearest_centroids", out, vmap_method="sequential")(
-        x, centroids)
+    return _ffi.nearest_centroids(x, centroids, p)
   half_norms = 0.5 * jnp.sum(centroids * centroids, axis=1)
   near = lambda q: top_indices(q @ centroids.T - half_norms, p)
   n = x.shape[0]
@@ -207,7 +205,4 @@ def neuron_list_topk(index: NeuronLists, x, w, b, k: int) -> tuple[jax.Array, ja
                      f"[{w.shape[0]}] expected for w {w.shape}, got {x.shape}, "
                      f"{index.centroids.shape}, {b.shape}")
   probes = _nearest(x, index.centroids, index.probes)
-  out = (jax.ShapeDtypeStruct((x.shape[0], k), jnp.float32),
-         jax.ShapeDtypeStruct((x.shape[0], k), jnp.int32))
-  return jax.ffi.ffi_call("jslide_list_topk", out, vmap_method="sequential")(
-      x, w, b, index.lists, probes)
+  return _ffi.list_topk(x, w, b, index.lists, probes, k)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jslide import _ffi  # noqa: F401
+from jslide import _ffi
 from jslide._checks import int32_ids, positive_int
 from jslide.lsh.index import LSHIndex
 
@@ -45,12 +44,10 @@ def _retrieve(index: LSHIndex, codes, *, active, strategy, key, force_ids, thres
   if key is None:
     raise ValueError(f"{fn}: key (a jax.random key) is required")
   seed = jax.random.bits(key, (2,), jnp.uint32)
-  out = jax.ShapeDtypeStruct((b, active), jnp.int32)
-  return jax.ffi.ffi_call("jslide_lsh_query", out, vmap_method="sequential")(
-      codes, index.offsets, index.ids, force_ids, seed, active=np.int64(active),
-      strategy=np.int64(STRATEGIES[strategy]), threshold=np.int64(threshold or 1),
-      max_per_bucket=np.int64(max_per_bucket), fill_group=np.int64(max(fill_group, 1)),
-      fill=np.int64(bool(fill)), retrieved=np.int64(retrieved))
+  return _ffi.lsh_query(codes, index.offsets, index.ids, force_ids, seed, active=active,
+                        strategy=STRATEGIES[strategy], threshold=threshold or 1,
+                        max_per_bucket=max_per_bucket, fill_group=max(fill_group, 1),
+                        fill=bool(fill), retrieved=retrieved)
 
 
 def query(index: LSHIndex, x, *, active: int, key, strategy: str = "vanilla",

@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jslide import _ffi  # noqa: F401  (registers the FFI targets)
+from jslide import _ffi
 from jslide.lsh._common import check_kl, check_vectors
 
 
@@ -59,6 +59,4 @@ class SimHash:
   def hash(self, x) -> jax.Array:
     """Codes int32[B, L] in [0, 2^K) of vectors x: f32[B, d]."""
     x = check_vectors("SimHash.hash", x, self.dim)
-    out = jax.ShapeDtypeStruct((x.shape[0], self.num_hash_tables), jnp.int32)
-    return jax.ffi.ffi_call("jslide_simhash", out, vmap_method="sequential")(
-        x, self.idx, self.sign)
+    return _ffi.simhash(x, self.idx, self.sign)

@@ -6,9 +6,8 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jslide import _ffi  # noqa: F401
+from jslide import _ffi
 from jslide._checks import float32_array, int32_ids
 from jslide.lsh._common import check_kl, check_vectors
 
@@ -57,9 +56,7 @@ class SparseSimHash:
     if feat_vals.shape != feat_ids.shape:
       raise ValueError(f"{fn}: feat_vals shape {feat_vals.shape} must equal feat_ids shape "
                        f"{feat_ids.shape}")
-    out = jax.ShapeDtypeStruct((feat_ids.shape[0], self.num_hash_tables), jnp.int32)
-    return jax.ffi.ffi_call("jslide_sparse_simhash", out, vmap_method="sequential")(
-        feat_ids, feat_vals, self.seeds, dim=np.int64(self.dim))
+    return _ffi.sparse_simhash(feat_ids, feat_vals, self.seeds, self.dim)
 
   def hash(self, x) -> jax.Array:
     """Codes int32[B, L] of dense vectors x: f32[B, dim] of the same feature space."""
