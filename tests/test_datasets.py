@@ -49,6 +49,9 @@ def test_libsvm_without_header(tmp_path):
     ("1 10 5\n0 1:1e39\n", ":2: feature value in '1:1e39' is outside float32's range"),
     ("1 10 5\nx,1 1:1\n", ":2: bad label 'x'"),
     ("", "no examples"),
+    # Issue 33, item 8: ids beyond int32 (libsvm, no dimensions given) were an OverflowError.
+    ("0 99999999999999999999:1\n", r":1: feature 99999999999999999999 outside \[0, 2147483647\)"),
+    ("99999999999999999999 1:1\n", r":1: label 99999999999999999999 outside \[0, 2147483647\)"),
 ])
 def test_malformed_files_name_file_and_line(tmp_path, text, match):
   p = _write(tmp_path / "bad.txt", text)
@@ -120,3 +123,16 @@ def test_split_holds_out_a_fraction_and_subset_keeps_each_example_whole():
                                   d.label_ids[d.label_indptr[r]:d.label_indptr[r + 1]])
   with pytest.raises(ValueError, match="fraction"):
     d.split(1.0)
+
+
+def test_repeated_labels_of_an_example_count_once(tmp_path, capsys):
+  """Issue 33, item 4: '1,1,1' was three labels: nDCG counted the hit three times (0.469
+  instead of 1.0 for a perfect ranking) and they took --max-labels slots."""
+  p = _write(tmp_path / "rep.txt", "2 10 5\n1,1,1 2:1\n3,0,3 1:1\n")
+  data = D.read(p)
+  assert data.label_ids.tolist() == [1, 3, 0] and data.label_indptr.tolist() == [0, 1, 3]
+  assert f"3 repeated labels of an example dropped (the first at {p}:2)" in capsys.readouterr().err
+  import jslide
+  top = np.array([[1, 4, 2, 0, 3]], np.int32)
+  labels = np.array([[1, -1, -1]], np.int32)
+  assert float(jslide.metrics.ndcg_at_k(top, labels, 5)[0]) == 1.0

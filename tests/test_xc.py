@@ -426,3 +426,73 @@ def test_sigint_saves_where_the_run_stands_writes_the_record_and_exits_130(small
   assert main(["train", *flags, "--ckpt", cut, "--resume"]) == 0
   for x, y in zip(_final_state(full)[0], _final_state(cut)[0]):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_labels, flags", [(3, ["--active", "4"]), (60, [])])
+def test_small_label_sets_train_and_evaluate(tmp_path, num_labels, flags):
+  """Issue 33, item 5: with fewer than 100 labels the default candidates fell below k=5 and
+  top_k failed after the first epoch, before the checkpoint was written; 3 labels with an
+  active set of 4 computed a negative size."""
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 400), ("test", 100)):
+    lines = [f"{n} 30 {num_labels}"]
+    for _ in range(n):
+      labels = ",".join(map(str, sorted(set(rng.integers(0, num_labels, 2).tolist()))))
+      feats = " ".join(f"{f}:1" for f in sorted(set(rng.integers(0, 30, 4).tolist())))
+      lines.append(f"{labels} {feats}")
+    (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+  record = tmp_path / "r.json"
+  assert main(["train", "--train", str(tmp_path / "train.txt"), "--test",
+               str(tmp_path / "test.txt"), "--epochs", "1", "--batch-size", "64",
+               "--max-labels", "2", "--hidden", "16", "--no-progress", "--json", str(record),
+               *flags]) == 0
+  test = json.load(open(record))["test"]
+  assert 0 <= test["P@1"] <= 1 and 0 <= test["recall@1"] <= 1
+
+
+def test_an_active_set_smaller_than_the_labels_kept_is_refused_before_training(small_files,
+                                                                            capsys):
+  train, _ = small_files
+  assert main(["train", "--train", train, "--active", "4", "--no-progress"]) == 2
+  err = capsys.readouterr().err
+  assert "active=4 must be at least max_labels=8" in err and "epoch 1" not in err
+
+
+@pytest.mark.slow
+def test_output_paths_are_checked_before_any_work(small_files, tmp_path, capsys):
+  """Issue 33, items 6 and 8: an unwritable --json lost the record after training (with a
+  traceback), and predict --out naming a directory raised IsADirectoryError and left a
+  stray .partial file."""
+  train, test = small_files
+  assert main(["train", "--train", train, "--json", str(tmp_path / "no" / "r.json"),
+               *ARCH]) == 2
+  assert "the folder" in capsys.readouterr().err
+  ckpt = str(tmp_path / "c")
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", ckpt, *ARCH]) == 0
+  assert main(["predict", "--ckpt", ckpt, "--input", test, "--out", str(tmp_path)]) == 2
+  assert "is a directory" in capsys.readouterr().err
+  assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_the_other_trainer_is_refused_by_name(small_files, tmp_path, capsys):
+  """Issue 33, item 8: an XC checkpoint given to `lm eval` was a KeyError('lm'), an LM one
+  given to `xc eval` a KeyError('model')."""
+  from jslide.lm.__main__ import main as lm_main
+  train, test = small_files
+  ckpt = str(tmp_path / "c")
+  assert main(["train", "--train", train, "--epochs", "1", "--ckpt", ckpt, *ARCH]) == 0
+  capsys.readouterr()
+  assert lm_main(["eval", "--ckpt", ckpt, "--valid", test]) == 2
+  assert "not a checkpoint of the language-model trainer" in capsys.readouterr().err
+  lm = tmp_path / "lm"
+  text = tmp_path / "t.txt"
+  text.write_text(" ".join(f"w{i % 7}" for i in range(600)) + "\n")
+  assert lm_main(["train", "--train", str(text), "--valid", str(text), "--vocab-size", "10",
+                  "--context", "8", "--features", "8", "--heads", "1", "--layers", "1",
+                  "--hidden", "16", "--retrieved", "2", "--sampled", "4", "--batch-size", "4",
+                  "--max-steps", "2", "--no-progress", "--ckpt", str(lm)]) == 0
+  capsys.readouterr()
+  assert main(["eval", "--ckpt", str(lm), "--test", test]) == 2
+  assert "not a checkpoint of the XC trainer" in capsys.readouterr().err

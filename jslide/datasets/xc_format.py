@@ -17,10 +17,12 @@ import dataclasses
 import gzip
 import math
 import os
+import sys
 
 import numpy as np
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MAX_ID = 2**31 - 2  # ids are int32, and one more than an id (a count) must fit too
 
 
 class XCFormatError(ValueError):
@@ -131,6 +133,7 @@ def read(path: str, *, num_features: int | None = None, num_labels: int | None =
   declared_points = None
   max_f = max_l = -1
   lineno = 0
+  duplicates, first_duplicate = 0, 0
   try:
     with _open(path) as f:
       for lineno, line in enumerate(f, start=1):
@@ -153,13 +156,20 @@ def read(path: str, *, num_features: int | None = None, num_labels: int | None =
         tokens = line.split()
         start = 0
         if tokens and ":" not in tokens[0]:
+          seen = set()
           for lab in tokens[0].split(","):
             if not lab.lstrip("-").isdigit():
               raise XCFormatError(f"{path}:{lineno}: bad label {lab!r} (labels are "
                                   "comma-separated non-negative integers)")
             v = int(lab)
-            if v < 0 or (num_labels is not None and v >= num_labels):
-              raise XCFormatError(f"{path}:{lineno}: label {v} outside [0, {num_labels})")
+            if v < 0 or v > _MAX_ID or (num_labels is not None and v >= num_labels):
+              raise XCFormatError(f"{path}:{lineno}: label {v} outside "
+                                  f"[0, {num_labels if num_labels is not None else _MAX_ID + 1})")
+            if v in seen:  # a label counted twice would count twice in P@k and nDCG
+              duplicates += 1
+              first_duplicate = first_duplicate or lineno
+              continue
+            seen.add(v)
             lids.append(v)
             max_l = max(max_l, v)
           start = 1
@@ -177,8 +187,9 @@ def read(path: str, *, num_features: int | None = None, num_labels: int | None =
             raise XCFormatError(f"{path}:{lineno}: feature value in {tok!r} is outside "
                                 "float32's range")
           i = int(fid)
-          if num_features is not None and i >= num_features:
-            raise XCFormatError(f"{path}:{lineno}: feature {i} outside [0, {num_features})")
+          if i > _MAX_ID or (num_features is not None and i >= num_features):
+            raise XCFormatError(f"{path}:{lineno}: feature {i} outside "
+                                f"[0, {num_features if num_features is not None else _MAX_ID + 1})")
           fids.append(i)
           fvals.append(x)
           max_f = max(max_f, i)
@@ -191,6 +202,9 @@ def read(path: str, *, num_features: int | None = None, num_labels: int | None =
   n = len(feat_ptr) - 1
   if n == 0:
     raise XCFormatError(f"{path}: no examples (empty file)")
+  if duplicates:
+    print(f"jslide: {path}: {duplicates} repeated labels of an example dropped (the first at "
+          f"{path}:{first_duplicate})", file=sys.stderr)
   if declared_points is not None and declared_points != n:
     raise XCFormatError(f"{path}: header declares {declared_points} examples, found {n}")
   return XCData(feat_indptr=np.frombuffer(feat_ptr, np.int64).copy(),

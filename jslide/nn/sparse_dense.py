@@ -105,7 +105,7 @@ class SparseDense(nnx.Module):
     force = labels
     if labels is not None and self.batch_negatives:
       key, sample_key = jax.random.split(key)
-      room = min(self.batch_negatives, self.active - labels.shape[-1])
+      room = max(0, min(self.batch_negatives, self.active - labels.shape[-1]))
       shared = batch_label_sample(labels, room, sample_key)
       force = jnp.concatenate(
           [labels.astype(jnp.int32), jnp.broadcast_to(shared, (labels.shape[0], room))], axis=-1)

@@ -84,7 +84,8 @@ class ModelConfig:
     them)."""
     if self.candidates is not None:
       return self.candidates
-    return max(1, min(self.active, self.num_labels // 20))
+    # At least 5 (the P@5 through the index needs them), or every label of a small set.
+    return max(min(5, self.num_labels), min(self.active, self.num_labels // 20))
 
   def build(self, seed: int) -> jslide.nn.SparseMLP:
     quarter = self.active // 4

@@ -256,7 +256,8 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
 
   One jitted pass per batch computes every metric from one encoding of it.
   """
-  kmax = max(max(ks), 5)
+  ks = tuple(k for k in ks if k <= data.num_labels) or (data.num_labels,)
+  kmax = min(max(max(ks), 5), data.num_labels)
   through = "exact" if not with_lsh else "lists" if lists is not None else "index"
   if lists is not None:
     index, candidates = lists, lists.candidates
@@ -311,6 +312,9 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   """
   if train_data.num_features != model_cfg.num_features or train_data.num_labels != model_cfg.num_labels:
     raise ValueError("train: the data's dimensions differ from the model's")
+  if model_cfg.active < cfg.max_labels:  # every example's labels are in its active set
+    raise ValueError(f"train: active={model_cfg.active} must be at least max_labels="
+                     f"{cfg.max_labels} (the labels an example keeps, all in its active set)")
   if json_path:
     T.check_writable(json_path)
   store = (T.Checkpoints(checkpoint_dir, resume=resume, overwrite=overwrite,
@@ -424,9 +428,10 @@ def _format_entry(e: dict) -> str:
 
 
 def _format_test(t: dict) -> str:
-  s = " ".join(f"{k} {t[k]:.4f}" for k in ("P@1", "P@3", "P@5", "nDCG@5"))
+  s = " ".join(f"{k} {t[k]:.4f}" for k in ("P@1", "P@3", "P@5", "nDCG@5") if k in t)
   if "lsh_P@1" in t:
-    s += (f" | via LSH: P@1 {t['lsh_P@1']:.4f} P@5 {t['lsh_P@5']:.4f}, recall of top 1 "
+    s += (f" | via LSH: P@1 {t['lsh_P@1']:.4f} P@5 {t.get('lsh_P@5', float('nan')):.4f}, "
+          f"recall of top 1 "
           f"{t['recall@1']:.3f} top 5 {t['recall@5']:.3f}, {t['labels_scored']:.0f} labels "
           f"scored per example ({t['labels_scored'] / t['num_labels']:.1%} of the labels)")
     if "lsh_ms" in t:
