@@ -154,6 +154,12 @@ def test_checkpoint_resume_is_exact_and_eval_generate_read_it(corpus, tmp_path, 
   code, out, err = cli("generate", "--ckpt", ck, "--prompt", "waa", "--words", "5")
   assert code == 0, err
   assert len(out.split()) == 6 and out.split()[0] == "waa"
+  # Issue 33, item 10: bad generation settings were accepted; a mistyped --ckpt was created.
+  for flag, value in (("--words", "-3"), ("--temperature", "-1"), ("--top-k", "0")):
+    code, _, err = cli("generate", "--ckpt", ck, "--prompt", "waa", flag, value)
+    assert code == 2 and f"{flag} must be" in err, err
+  code, _, err = cli("generate", "--ckpt", tmp_path / "typo", "--prompt", "waa")
+  assert code == 2 and "no checkpoint found" in err and not (tmp_path / "typo").exists()
   code, _, err = cli("train", *common[4:], "--train", tmp_path / "missing.txt", "--valid",
                      corpus / "valid.txt")
   assert code == 2 and "missing.txt" in err

@@ -192,8 +192,8 @@ def test_fit_selects_the_best_evaluation_and_returns_its_state():
 def test_fit_resumes_exactly_and_refuses_another_run(tmp_path):
   run = T.RunConfig(epochs=2, batch_size=16, checkpoint_every=3)
   whole, _ = _fit(run)
-  store = T.Checkpoints(str(tmp_path / "c"), resume=False, overwrite=False, best=False)
-  _fit(dataclasses.replace(run, max_steps=5), store=store)
+  with T.Checkpoints(str(tmp_path / "c"), resume=False, overwrite=False, best=False) as store:
+    _fit(dataclasses.replace(run, max_steps=5), store=store)
   store = T.Checkpoints(str(tmp_path / "c"), resume=True, overwrite=False, best=False)
   resumed, _ = _fit(run, store=store, resume=True)
   assert [e["step"] for e in resumed.record["evals"]] == [4, 5, 8]
@@ -265,3 +265,13 @@ def test_a_sigint_stops_after_the_step_in_flight_with_the_state_saved(tmp_path):
   meta = T.checkpoint.read_meta(str(tmp_path / "c"))
   assert meta["position"]["epoch"] == 1 and meta["position"]["next_batch"] == 3
   assert signal.getsignal(signal.SIGINT) is handler  # restored
+
+
+def test_two_runs_cannot_share_a_checkpoint_directory(tmp_path):
+  """Issue 33, item 10: two trainers saving into one --ckpt deleted each other's steps."""
+  first = T.Checkpoints(str(tmp_path / "c"), resume=False, overwrite=False, best=False)
+  with pytest.raises(T.CheckpointError, match="another run is saving checkpoints there"):
+    T.Checkpoints(str(tmp_path / "c"), resume=True, overwrite=False, best=False)
+  first.close()  # the first run ends
+  with T.Checkpoints(str(tmp_path / "c"), resume=True, overwrite=False, best=False):
+    pass

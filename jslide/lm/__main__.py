@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from jslide import train as T
@@ -62,25 +63,25 @@ def _eval(args) -> None:
 
 
 def _generate(args) -> None:
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
+  for name, value, ok in (("--words", args.words, args.words >= 0),
+                          ("--top-k", args.top_k, args.top_k >= 1),
+                          ("--temperature", args.temperature,
+                           math.isfinite(args.temperature) and args.temperature > 0)):
+    if not ok:
+      raise ValueError(f"{name} must be {'>= 0' if name == '--words' else '> 0'}, got {value}")
   from jslide.lm import trainer
   from jslide.lm.vocab import tokenize
   cfg, _, vocab, graphdef, state = trainer.load(args.ckpt)
-  model = state.model(graphdef)
   words = [w for w in tokenize(args.prompt) if w != "<eos>"]
   if not words:
     raise ValueError("--prompt has no words")
-  ids = list(vocab.encode(words))
-  key = jax.random.key(args.seed)
-  for _ in range(args.words):
-    key, k1, k2 = jax.random.split(key, 3)
-    context = jnp.asarray([ids[-cfg.context:]], jnp.int32)
-    scores, cand = model.next_word_candidates(context, args.top_k, key=k1)
-    scores = jnp.where(cand >= 0, scores / args.temperature, -jnp.inf)
-    ids.append(int(np.asarray(cand)[0, int(jax.random.categorical(k2, scores[0]))]))
-  print(" ".join(vocab.decode(ids)))
+  print(" ".join(words), end="", flush=True)
+  # Each word is printed as it is made: a long generation shows its progress.
+  for word in trainer.generate(graphdef, state, cfg, vocab.encode(words), args.words,
+                               pad_id=vocab.ids.get("<eos>", 0), top_k=args.top_k,
+                               temperature=args.temperature, seed=args.seed):
+    print(" " + vocab.decode([word])[0], end="", flush=True)
+  print()
 
 
 def _plot(args) -> None:

@@ -150,9 +150,13 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
     tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in entry.items()))
 
-  result = T.fit(state, step, run=run, key=jax.random.key(run.seed), num_batches=per_epoch,
-                 batches=batches, evaluate=evaluate_at, prepare=prepare, meta=meta,
-                 record=record, store=store, resume=resume, progress=progress, log=log)
+  try:
+    result = T.fit(state, step, run=run, key=jax.random.key(run.seed), num_batches=per_epoch,
+                   batches=batches, evaluate=evaluate_at, prepare=prepare, meta=meta,
+                   record=record, store=store, resume=resume, progress=progress, log=log)
+  finally:
+    if store is not None:
+      store.close()
   record = result.record
   if result.interrupted:
     tqdm.write(f"interrupted at step {record['interrupted']['step']}" +
@@ -162,6 +166,33 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   if json_path:
     T.write_json(json_path, record)
   return record
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _next_word(graphdef, state, context, top_k: int, temperature, key):
+  """One sampled next word after context int32[1, T] (jitted once per shape)."""
+  retrieve_key, sample_key = jax.random.split(key)
+  scores, cand = state.model(graphdef).next_word_candidates(context, top_k, key=retrieve_key)
+  scores = jnp.where(cand >= 0, scores / temperature, -jnp.inf)
+  return cand[0, jax.random.categorical(sample_key, scores[0])]
+
+
+def generate(graphdef, state, cfg: ModelConfig, prompt_ids, count: int, *, pad_id: int,
+             top_k: int = 10, temperature: float = 1.0, seed: int = 0):
+  """Yields ``count`` word ids continuing ``prompt_ids``, each drawn from the ``top_k`` best
+  of the words the head's index retrieves (rescored exactly, softened by ``temperature``).
+
+  The context is the last ``cfg.context`` words, left-padded with ``pad_id`` (``<eos>``'s: a
+  paragraph boundary) while shorter, so one compiled step serves every word."""
+  ids = [int(i) for i in prompt_ids]
+  key = jax.random.key(seed)
+  for i in range(count):
+    window = ids[-cfg.context:]
+    window = [pad_id] * (cfg.context - len(window)) + window
+    word = int(_next_word(graphdef, state, jnp.asarray([window], jnp.int32), top_k,
+                          jnp.float32(temperature), jax.random.fold_in(key, i)))
+    ids.append(word)
+    yield word
 
 
 def load(ckpt: str):

@@ -53,6 +53,21 @@ def writable_manager(directory: str) -> ocp.CheckpointManager:
   return manager(path)
 
 
+def lock(directory: str):
+  """An exclusive lock on the checkpoint directory (``.jslide.lock`` in it), held until the
+  returned file is closed (or the process ends): CheckpointError if another run holds it,
+  since two runs saving into one directory would delete each other's steps."""
+  import fcntl
+  f = open(os.path.join(os.path.abspath(directory), ".jslide.lock"), "w")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.close()
+    raise CheckpointError(f"{directory}: another run is saving checkpoints there; wait for it "
+                          "to finish or use another directory") from None
+  return f
+
+
 def refuse_to_overwrite(mgr: ocp.CheckpointManager, directory: str, overwrite: bool) -> None:
   """A new run (not ``--resume``) in a directory that holds checkpoints deletes them only with
   ``overwrite``; otherwise CheckpointError, so one run never silently erases another."""
@@ -137,7 +152,9 @@ def restore_newest_intact(directory: str, load):
   """``(load(mgr, step), step)`` for the newest step whose files match their checksums and
   that ``load`` restores. A CheckpointError from ``load`` (a checkpoint of another run) is
   raised as it is; any other exception marks the step damaged, and the next older one is
-  tried. Each file is hashed once per call."""
+  tried. Each file is hashed once per call. Reading never creates ``directory``."""
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"{directory}: no checkpoint found (no such directory)")
   mgr = manager(directory)
   steps = sorted(mgr.all_steps(), reverse=True)
   if not steps:

@@ -38,18 +38,32 @@ class Position:
 class Checkpoints:
   """A run's checkpoint directory (and, for a run that selects its best evaluation, the
   ``<directory>-best`` beside it), opened for writing before any training: a directory that
-  cannot be written fails now, and a new run refuses to delete another run's checkpoints
-  unless ``overwrite``."""
+  cannot be written fails now, a directory another run is writing is refused (a lock), and a
+  new run refuses to delete another run's checkpoints unless ``overwrite``."""
 
   def __init__(self, directory: str, *, resume: bool, overwrite: bool, best: bool):
     self.directory = directory
     self.mgr = checkpoint.writable_manager(directory)
+    self._lock = checkpoint.lock(directory)  # held while this object lives
     self.best_directory = directory.rstrip("/") + "-best" if best else None
     self.best_mgr = checkpoint.writable_manager(self.best_directory) if best else None
     if not resume:
       checkpoint.refuse_to_overwrite(self.mgr, directory, overwrite)
       if self.best_mgr:  # goes with the run
         checkpoint.refuse_to_overwrite(self.best_mgr, self.best_directory, overwrite=True)
+
+  def close(self) -> None:
+    """Releases the directory (its lock); the checkpoints stay."""
+    if getattr(self, "_lock", None) is not None:
+      self._lock.close()
+
+  __del__ = close  # a run that failed before closing it releases the directory too
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
   def save(self, state, meta: dict) -> None:
     checkpoint.save(self.mgr, state, meta)

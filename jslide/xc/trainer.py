@@ -362,10 +362,14 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
       yield _batch_dict(b), int(b.mask.sum())
 
   select = (lambda e: e["valid"]["P@1"]) if valid_data is not None else None
-  result = T.fit(state, step, run=cfg, key=jax.random.PRNGKey(cfg.seed), num_batches=n_batches,
-                 batches=batches, evaluate=evaluate_each, prepare=prepare, meta=meta,
-                 record=record, store=store, select=select, resume=resume, progress=progress,
-                 log=lambda e: log(_format_entry(e)))
+  try:
+    result = T.fit(state, step, run=cfg, key=jax.random.PRNGKey(cfg.seed),
+                   num_batches=n_batches, batches=batches, evaluate=evaluate_each,
+                   prepare=prepare, meta=meta, record=record, store=store, select=select,
+                   resume=resume, progress=progress, log=lambda e: log(_format_entry(e)))
+  finally:
+    if store is not None:
+      store.close()
   record = result.record
   if result.interrupted:
     log(f"interrupted at step {record['interrupted']['step']}" +
