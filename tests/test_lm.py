@@ -198,6 +198,7 @@ def test_bad_settings_are_one_line_errors_before_any_work(corpus, capsys, flags,
   assert code == 2 and message in err and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_a_diverging_run_is_a_one_line_error(corpus, tmp_path, capsys):
   from jslide.lm.__main__ import main
   code = main(["train", "--train", str(corpus / "train.txt"), "--valid",
