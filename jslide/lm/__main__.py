@@ -49,10 +49,9 @@ def _train(args) -> int | None:
 
 def _eval(args) -> None:
   import numpy as np
-  from jslide.lm import trainer
-  from jslide.lm.vocab import read_text, tokenize
+  from jslide.lm import corpus, trainer
   cfg, run, vocab, graphdef, state = trainer.load(args.ckpt)
-  wins = trainer.windows(vocab.encode(tokenize(read_text(args.valid))), cfg.context)
+  wins = trainer.windows(corpus.token_ids(args.valid, vocab), cfg.context)
   wins = wins[:max(run.batch_size, args.max_eval_tokens // cfg.context)]
   out = {"valid_ppl": trainer.perplexity(graphdef, state, wins, run.batch_size),
          "tokens": int(np.prod(wins[:, 1:].shape))}

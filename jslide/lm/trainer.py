@@ -16,19 +16,16 @@ from tqdm import tqdm
 import jslide
 from jslide import train as T
 from jslide.lm.config import ModelConfig, RunConfig
-from jslide.lm.vocab import Vocabulary, read_text, tokenize
+from jslide.lm import corpus
+from jslide.lm.vocab import Vocabulary
 from jslide.train import checkpoint
 from jslide.train import config as run_config
 
 
 def windows(ids: np.ndarray, context: int) -> np.ndarray:
-  """int32[W, context + 1]: consecutive windows of the token stream (stride ``context``)."""
-  count = (len(ids) - 1) // context
-  if count < 1:
-    raise ValueError(f"the text has {len(ids)} tokens, too few for one window of context "
-                     f"{context} plus its next word")
-  idx = np.arange(count)[:, None] * context + np.arange(context + 1)[None, :]
-  return ids[idx]
+  """int32[W, context + 1]: every window of the token stream (stride ``context``), read
+  into memory (:func:`jslide.lm.corpus.window_rows` reads some)."""
+  return corpus.window_rows(ids, np.arange(corpus.num_windows(ids, context)), context)
 
 
 def make_step(model, cfg: ModelConfig, run: RunConfig):
@@ -70,9 +67,10 @@ def perplexity(graphdef, state, wins: np.ndarray, batch_size: int, *,
 
 
 def load_corpus(train_path: str, valid_path: str, vocab_size: int):
-  train_tokens = tokenize(read_text(train_path))
-  vocab = Vocabulary.from_tokens(train_tokens, vocab_size)
-  return vocab, vocab.encode(train_tokens), vocab.encode(tokenize(read_text(valid_path)))
+  """(vocabulary of the training text, its ids, the validation text's ids): the ids are
+  memory-mapped files, written once per text and vocabulary (:mod:`jslide.lm.corpus`)."""
+  vocab = corpus.vocabulary(train_path, vocab_size)
+  return vocab, corpus.token_ids(train_path, vocab), corpus.token_ids(valid_path, vocab)
 
 
 def vocabulary_digest(vocab: Vocabulary) -> str:
@@ -112,22 +110,24 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   store = T.Checkpoints(ckpt, resume=resume, overwrite=overwrite, best=False) if ckpt else None
   t0 = time.perf_counter()
   vocab, train_ids, valid_ids = load_corpus(train_path, valid_path, cfg.vocab_size)
-  train_w, valid_w = windows(train_ids, cfg.context), windows(valid_ids, cfg.context)
-  if len(train_w) < run.batch_size:
-    raise ValueError(f"{train_path}: {len(train_w)} windows of {cfg.context + 1} tokens, fewer "
+  n_train = corpus.num_windows(train_ids, cfg.context, train_path)
+  n_valid = corpus.num_windows(valid_ids, cfg.context, valid_path)
+  if n_train < run.batch_size:
+    raise ValueError(f"{train_path}: {n_train} windows of {cfg.context + 1} tokens, fewer "
                      f"than one batch of {run.batch_size}")
   eval_windows = max(run.batch_size, run.max_eval_tokens // cfg.context)
-  valid_w = valid_w[:eval_windows]
+  valid_w = corpus.window_rows(valid_ids, np.arange(min(n_valid, eval_windows)), cfg.context)
   rng = np.random.default_rng(run.seed)
-  train_sample = train_w[rng.permutation(len(train_w))[:len(valid_w)]]
+  train_sample = corpus.window_rows(train_ids, rng.permutation(n_train)[:len(valid_w)],
+                                    cfg.context)
   model = cfg.build(len(vocab), run.seed, train_ids)
   graphdef, state, step = make_step(model, cfg, run)
   record = {"model": cfg.to_json(), "run": run.to_json(), "vocab_size": len(vocab),
             "train_tokens": int(len(train_ids)),
             "unknown_share": float(np.mean(train_ids == 0)), "evals": []}
   meta = {"model": cfg.to_json(), "run": run.to_json(), "vocab": vocab.words,
-          "data": {"windows": len(train_w), "vocabulary": vocabulary_digest(vocab)}}
-  per_epoch = len(train_w) // run.batch_size
+          "data": {"windows": n_train, "vocabulary": vocabulary_digest(vocab)}}
+  per_epoch = n_train // run.batch_size
   tokens_per_step = run.batch_size * cfg.context
 
   def prepare(state):
@@ -141,10 +141,10 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
     return out
 
   def batches(epoch, start):
-    order = np.random.default_rng(run.seed + 1 + epoch).permutation(len(train_w))
+    order = np.random.default_rng(run.seed + 1 + epoch).permutation(n_train)
     for i in range(start, per_epoch):
-      yield batch_of(train_w[order[i * run.batch_size:(i + 1) * run.batch_size]]), \
-          run.batch_size
+      rows = order[i * run.batch_size:(i + 1) * run.batch_size]
+      yield batch_of(corpus.window_rows(train_ids, rows, cfg.context)), run.batch_size
 
   def log(entry):
     tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

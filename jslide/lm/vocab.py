@@ -53,9 +53,14 @@ class Vocabulary:
   @classmethod
   def from_tokens(cls, tokens: Iterable[str], size: int) -> "Vocabulary":
     """The ``size`` - 1 most frequent tokens plus ``<unk>`` (ties broken alphabetically)."""
+    return cls.from_counts(collections.Counter(tokens), size)
+
+  @classmethod
+  def from_counts(cls, counts: dict, size: int) -> "Vocabulary":
+    """:meth:`from_tokens` of tokens counted already ({token: count})."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 3:
       raise ValueError(f"Vocabulary: size must be an int >= 3, got {size!r}")
-    counts = collections.Counter(t for t in tokens if t != UNK)
+    counts = collections.Counter({t: c for t, c in counts.items() if t != UNK})
     counts.setdefault(EOS, 0)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return cls([UNK] + [w for w, _ in ranked[:size - 1]])
