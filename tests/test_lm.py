@@ -215,3 +215,36 @@ def test_a_diverging_run_is_a_one_line_error(corpus, tmp_path, capsys):
                "--max-steps", "20", "--lr", "1e30", "--no-progress"])
   err = capsys.readouterr().err
   assert code == 2 and ("non-finite" in err or "loss became" in err), err
+
+
+def test_a_model_too_large_for_the_machine_is_refused_before_it_is_allocated(corpus, capsys):
+  """Issue 29: out of memory predicted, not suffered. The step is compiled from the model's
+  shapes alone (jax.eval_shape), and XLA's accounting of it (137 GB of FFN weights here)
+  is compared with the memory available, before anything is allocated."""
+  import resource
+  from jslide.lm.__main__ import main
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  code = main(["train", "--train", str(corpus / "train.txt"), "--valid",
+               str(corpus / "valid.txt"), "--vocab-size", "100", "--context", "16",
+               "--features", "4096", "--heads", "4", "--layers", "2", "--hidden", "2097152",
+               "--ffn", "dense", "--no-progress"])
+  err = capsys.readouterr().err
+  assert code == 2 and "needs about" in err and "GiB available" in err, err
+  needed = float(err.split("needs about ")[1].split(" GiB")[0])
+  # The FFN weights are 128 GiB; Adam's two moments and their gradient make it four times.
+  assert 4 * 128 <= needed < 5 * 128, needed
+  grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+  assert grown < 2 * 2**20, grown  # KiB: nothing of the model was allocated
+
+
+def test_the_record_holds_the_parameter_counts_and_the_memory_estimate(corpus, tmp_path):
+  cfg = ModelConfig(**{**TINY, "ffn": "dense"}, head="lsh")
+  record = train(str(corpus / "train.txt"), str(corpus / "valid.txt"), cfg,
+                 RunConfig(max_steps=3, batch_size=8), progress=False,
+                 json_path=str(tmp_path / "r.json"))
+  model = cfg.build(record["vocab_size"], 0)
+  import jax
+  from flax import nnx
+  assert record["params"] == sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert 0 < record["active_params_per_token"] < record["params"]
+  assert 0 < record["estimated_step_peak_mb"] < record["peak_rss_mb"]

@@ -67,6 +67,20 @@ class ModelConfig:
         head_retrieved=self.retrieved, head_sampled=self.sampled, proposal=self.proposal,
         head_bias_init=bias_init, rngs=nnx.Rngs(seed))
 
+  def active_params_per_token(self, vocab_size: int) -> int:
+    """The parameters one token's forward pass reads: its embedding row and position, every
+    layer's attention and norms, the FFN neurons it computes (all of them for ``dense``;
+    ``ffn_active`` or a twentieth for ``sparse`` and ``block``), and the words its head
+    scores (every word for ``full``; the target, the retrieved and the sampled words for
+    ``lsh``; the target and the sampled for ``sampled``)."""
+    d = self.features
+    active = self.hidden if self.ffn == "dense" else (self.ffn_active or max(1, self.hidden // 20))
+    attention = 4 * d * d + 4 * d + 4 * d  # qkv and out projections with biases; 2 norms
+    ffn = 2 * active * d + active + d
+    words = {"full": vocab_size, "lsh": 1 + self.retrieved + self.sampled,
+             "sampled": 1 + self.sampled}[self.head]
+    return 2 * d + self.layers * (attention + ffn) + 2 * d + words * (d + 1)
+
   def head_objective(self):
     """The head's training objective (:mod:`jslide.lm.heads`), with this config's settings."""
     if self.head == "lsh":

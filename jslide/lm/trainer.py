@@ -37,6 +37,23 @@ def make_step(model, cfg: ModelConfig, run: RunConfig):
                          run.rebuild_schedule() if reads_index else None)
 
 
+def compile_step(cfg: ModelConfig, run: RunConfig, vocab_size: int):
+  """(the compiled training step, its peak bytes), from the model's shapes: nothing of the
+  model is allocated (``jax.eval_shape``)."""
+  built = {}
+
+  def build():
+    _, state, step = make_step(cfg.build(vocab_size, run.seed), cfg, run)
+    built["step"] = step
+    return state
+
+  state = jax.eval_shape(build)
+  tokens = jax.ShapeDtypeStruct((run.batch_size, cfg.context), jnp.int32)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  compiled = built["step"].lower(state, {"tokens": tokens, "targets": tokens}, key).compile()
+  return compiled, T.step_peak_bytes(compiled)
+
+
 def batch_of(win: np.ndarray) -> dict:
   return {"tokens": jnp.asarray(win[:, :-1]), "targets": jnp.asarray(win[:, 1:])}
 
@@ -120,11 +137,19 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   rng = np.random.default_rng(run.seed)
   train_sample = corpus.window_rows(train_ids, rng.permutation(n_train)[:len(valid_w)],
                                     cfg.context)
+  # The step compiled from the model's shapes alone, and its peak memory checked, before any
+  # of the model is allocated.
+  step, peak = compile_step(cfg, run, len(vocab))
+  T.check_fits(peak, f"this model's training step ({cfg.vocab_size:,} words, "
+                     f"{cfg.layers} layers of width {cfg.features}, FFN {cfg.hidden:,})")
   model = cfg.build(len(vocab), run.seed, train_ids)
-  graphdef, state, step = make_step(model, cfg, run)
+  graphdef, state, _ = make_step(model, cfg, run)
   record = {"model": cfg.to_json(), "run": run.to_json(), "vocab_size": len(vocab),
             "train_tokens": int(len(train_ids)),
-            "unknown_share": float(np.mean(train_ids == 0)), "evals": []}
+            "unknown_share": float(np.mean(train_ids == 0)),
+            "params": int(sum(x.size for x in jax.tree.leaves((state.tables, state.params)))),
+            "active_params_per_token": cfg.active_params_per_token(len(vocab)),
+            "estimated_step_peak_mb": round(peak / 2**20, 1), "evals": []}
   meta = {"model": cfg.to_json(), "run": run.to_json(), "vocab": vocab.words,
           "data": {"windows": n_train, "vocabulary": vocabulary_digest(vocab)}}
   per_epoch = n_train // run.batch_size

@@ -10,7 +10,9 @@ and their command line, checkpoints and records.
 - settings: :class:`RunConfig`, :func:`option`, :func:`add_arguments`, :func:`from_args`
   (a config's fields are its command-line options);
 - :mod:`jslide.train.checkpoint` (orbax, with checksums and fallback to the newest intact
-  step), :func:`write_json`, :func:`check_writable`.
+  step), :func:`write_json`, :func:`check_writable`;
+- memory: :func:`step_peak_bytes` (a compiled step's peak, from XLA), :func:`check_fits`,
+  :func:`available_bytes`, :class:`NotEnoughMemoryError`.
 
 The applications (:mod:`jslide.xc`, :mod:`jslide.lm`) are built on it; it imports none of
 them.
@@ -20,12 +22,15 @@ from jslide.train import checkpoint
 from jslide.train.checkpoint import CheckpointError
 from jslide.train.config import RunConfig, add_arguments, from_args, option
 from jslide.train.loop import Checkpoints, FitResult, NonFiniteLossError, Position, fit
+from jslide.train.memory import NotEnoughMemoryError, available_bytes, check_fits, step_peak_bytes
 from jslide.train.records import check_writable, write_json
 from jslide.train.step import (TrainState, active_set_loss, catch_up_train_state,
                                make_dense_train_step, make_train_step, masked_mean,
                                rebuild_indices, rebuild_train_state, split_model)
 
-__all__ = ["CheckpointError", "Checkpoints", "FitResult", "NonFiniteLossError", "Position",
+__all__ = ["CheckpointError", "Checkpoints", "FitResult", "NonFiniteLossError",
+           "NotEnoughMemoryError", "Position", "available_bytes", "check_fits",
+           "step_peak_bytes",
            "RunConfig", "TrainState", "active_set_loss", "add_arguments", "catch_up_train_state",
            "check_writable", "checkpoint", "fit", "from_args", "make_dense_train_step",
            "make_train_step", "masked_mean", "option", "rebuild_indices",
