@@ -94,16 +94,6 @@ void GroupProbesByList(const int32_t* probes, int64_t b, int64_t p, int64_t num_
 
 namespace {
 
-// Whether the 16-lane (AVX-512) versions run here; asked once.
-bool WideVectors() {
-#if JSLIDE_HAS_CLONES
-  static const bool wide = __builtin_cpu_supports("x86-64-v4");
-  return wide;
-#else
-  return false;
-#endif
-}
-
 template <int W, typename Row>
 JSLIDE_INLINE void ScoreListsWith(const float* x, const Row* w, const float* bias, int64_t d,
                                   const int32_t* lists, int64_t s, const int32_t* start,
