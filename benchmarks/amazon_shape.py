@@ -68,7 +68,8 @@ def worker(mode: str, seconds: float, fill_group: int, rebuild_initial: int,
         model, objectives.sampled_softmax_loss(model, sampled), tx=optax.adam(1e-3))
   else:
     graphdef, state, step = jslide.train.make_train_step(
-        model, objectives.active_set_loss(), table_tx=jslide.optim.sparse_adam(1e-3, catch_up=catch_up),
+        model, objectives.active_set_loss(),
+        table_tx=jslide.optim.sparse_adam(1e-3, catch_up=catch_up),
         dense_tx=optax.adam(1e-3),
         schedule=jslide.lsh.RebuildSchedule(rebuild_initial, 1.1, max(1000, rebuild_initial)))
   del model

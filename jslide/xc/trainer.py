@@ -67,7 +67,8 @@ def _inference_index_builder(graphdef, num_hash_tables: int, num_hashes: int | N
   @functools.partial(jax.jit, static_argnums=3)
   def build(state, key, previous, iters):
     model = state.model(graphdef)
-    return model.output.build_inference_index(key, num_hash_tables=num_hash_tables, num_hashes=num_hashes,
+    return model.output.build_inference_index(key, num_hash_tables=num_hash_tables,
+                                              num_hashes=num_hashes,
                                               candidates=candidates, iters=iters,
                                               previous=previous)
 
@@ -136,13 +137,13 @@ def _list_builder(graphdef, num_lists: int, probes: int, list_size: int):
 
 
 def neuron_lists(graphdef, state, model_cfg: ModelConfig, data: D.XCData, *, max_features: int,
-                 max_labels: int, previous=None, seed: int = 0, iters: int | None = None):
+                 max_labels: int, previous=None, seed: int = 0):
   """The output layer's :class:`jslide.lsh.NeuronLists` for inference: the hidden vectors
   of (up to ``MAX_LIST_QUERIES``, evenly spread) training examples and their labels place
   ``inference_lists`` regions (fewer for a small set: 16 examples a region at least), each
   listing ``inference_candidates() // inference_probes`` labels. ``previous``: the last
-  evaluation's lists, whose centroids start ``iters`` Lloyd steps (default 3; else 10 from
-  random examples)."""
+  evaluation's lists, whose centroids start 3 Lloyd steps (else 10 from random
+  examples)."""
   stride = max(1, -(-len(data) // MAX_LIST_QUERIES))
   if stride > 1:
     data = data.subset(np.arange(0, len(data), stride))
@@ -156,9 +157,8 @@ def neuron_lists(graphdef, state, model_cfg: ModelConfig, data: D.XCData, *, max
   init = None
   if previous is not None and previous.num_lists == num_lists:
     init = previous.centroids
-  if iters is None:
-    iters = WARM_ITERS if init is not None else FIRST_ITERS
-  return build(state, queries, labels, jax.random.PRNGKey(seed), init, iters)
+  return build(state, queries, labels, jax.random.PRNGKey(seed), init,
+               WARM_ITERS if init is not None else FIRST_ITERS)
 
 
 @functools.lru_cache(maxsize=8)
