@@ -51,13 +51,12 @@ def _eval(args) -> None:
   import numpy as np
   from jslide.lm import corpus, trainer
   cfg, run, vocab, graphdef, state = trainer.load(args.ckpt)
-  wins = trainer.windows(corpus.token_ids(args.valid, vocab), cfg.context)
-  wins = wins[:max(run.batch_size, args.max_eval_tokens // cfg.context)]
-  out = {"valid_ppl": trainer.perplexity(graphdef, state, wins, run.batch_size),
-         "tokens": int(np.prod(wins[:, 1:].shape))}
-  if cfg.ffn != "dense":
-    out["valid_ppl_exact_ffn"] = trainer.perplexity(graphdef, state, wins, run.batch_size,
-                                                    exact_ffn=True)
+  ids = corpus.token_ids(args.valid, vocab)
+  count = min(corpus.num_windows(ids, cfg.context, args.valid),
+              max(run.batch_size, args.max_eval_tokens // cfg.context))
+  wins = corpus.window_rows(ids, np.arange(count), cfg.context)  # only those evaluated
+  out = trainer.evaluate(graphdef, state, cfg, run, wins)  # what the trainer reports
+  out["tokens"] = int(wins[:, 1:].size)
   print(json.dumps(out))
 
 
