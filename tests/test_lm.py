@@ -154,6 +154,11 @@ def test_checkpoint_resume_is_exact_and_eval_generate_read_it(corpus, tmp_path, 
   code, out, err = cli("generate", "--ckpt", ck, "--prompt", "waa", "--words", "5")
   assert code == 0, err
   assert len(out.split()) == 6 and out.split()[0] == "waa"
+  assert "words/s (sparse)" in err
+  # Issue 29: the same model computed densely (every FFN neuron, every word), for comparison.
+  code, out, err = cli("generate", "--ckpt", ck, "--prompt", "waa", "--words", "5", "--exact")
+  assert code == 0 and len(out.split()) == 6, err
+  assert "words/s (every FFN neuron and word)" in err
   # Issue 33, item 10: bad generation settings were accepted; a mistyped --ckpt was created.
   for flag, value in (("--words", "-3"), ("--temperature", "-1"), ("--top-k", "0")):
     code, _, err = cli("generate", "--ckpt", ck, "--prompt", "waa", flag, value)

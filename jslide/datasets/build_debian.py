@@ -126,8 +126,10 @@ def build(packages_path: str, translation_path: str, out_dir: str, seed: int = 0
 
 
 def _default(pattern: str) -> str:
-  found = sorted(glob.glob(os.path.join("/var/lib/apt/lists", pattern)))
-  return found[0] if found else pattern
+  """The largest of apt's lists matching ``pattern``: the release's own index, not those of
+  its -security and -updates suites (which sort first, and hold a few packages each)."""
+  found = glob.glob(os.path.join("/var/lib/apt/lists", pattern))
+  return max(found, key=os.path.getsize) if found else pattern
 
 
 def main():

@@ -1,6 +1,6 @@
 """``python -m jslide.lm``: train, evaluate, sample from and plot word-level language models.
 
-    python -m jslide.lm train --train T.txt --valid V.txt [--head lsh|sampled|full]
+    python -m jslide.lm train --train T.txt --valid V.txt [--preset 1b] [--head lsh|sampled|full]
         [--ffn sparse|block|dense] [--vocab-size N] [--json PATH] [--ckpt DIR [--resume]]
     python -m jslide.lm eval --ckpt DIR --valid V.txt
     python -m jslide.lm generate --ckpt DIR --prompt "the word" [--words 20]
@@ -10,18 +10,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
+import time
 
 from jslide import train as T
 from jslide.lm.config import ModelConfig, RunConfig
+from jslide.lm.presets import PRESETS
 
 
 def _train_parser(sub):
   p = sub.add_parser("train", help="train a model")
   p.add_argument("--train", required=True, help="UTF-8 text file to train on")
   p.add_argument("--valid", required=True, help="UTF-8 text file for validation perplexity")
+  p.add_argument("--preset", choices=sorted(PRESETS),
+                 help="named settings (jslide.lm.presets); options given here override them")
   T.add_arguments(p.add_argument_group("model"), ModelConfig)
   T.add_arguments(p.add_argument_group("run"), RunConfig)
   p.add_argument("--json", help="write the run's record (evaluations, speed) here")
@@ -31,6 +36,7 @@ def _train_parser(sub):
                  help="delete another run's checkpoints in --ckpt")
   p.add_argument("--no-progress", dest="progress", action="store_false",
                  help="no progress bar")
+  return p
 
 
 def _train(args) -> int | None:
@@ -55,6 +61,8 @@ def _eval(args) -> None:
   count = min(corpus.num_windows(ids, cfg.context, args.valid),
               max(run.batch_size, args.max_eval_tokens // cfg.context))
   wins = corpus.window_rows(ids, np.arange(count), cfg.context)  # only those evaluated
+  if args.exact_ffn:
+    run = dataclasses.replace(run, eval_exact_ffn=True)
   out = trainer.evaluate(graphdef, state, cfg, run, wins)  # what the trainer reports
   out["tokens"] = int(wins[:, 1:].size)
   print(json.dumps(out))
@@ -75,11 +83,18 @@ def _generate(args) -> None:
     raise ValueError("--prompt has no words")
   print(" ".join(words), end="", flush=True)
   # Each word is printed as it is made: a long generation shows its progress.
+  times = [time.perf_counter()]
   for word in trainer.generate(graphdef, state, cfg, vocab.encode(words), args.words,
                                pad_id=vocab.ids.get("<eos>", 0), top_k=args.top_k,
-                               temperature=args.temperature, seed=args.seed):
+                               temperature=args.temperature, seed=args.seed,
+                               exact=args.exact):
+    times.append(time.perf_counter())
     print(" " + vocab.decode([word])[0], end="", flush=True)
   print()
+  if len(times) > 2:  # the first word compiles the step: the rate is of the others
+    rate = (len(times) - 2) / max(times[-1] - times[1], 1e-9)
+    print(f"{rate:.1f} words/s ({'every FFN neuron and word' if args.exact else 'sparse'})",
+          file=sys.stderr)
 
 
 def _plot(args) -> None:
@@ -107,14 +122,18 @@ def _plot(args) -> None:
   print(f"wrote {args.out}")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+  """The command line, with ``train --preset NAME``'s settings for the options not given."""
   parser = argparse.ArgumentParser(prog="python -m jslide.lm", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
-  _train_parser(sub)
+  train_parser = _train_parser(sub)
   p = sub.add_parser("eval", help="validation perplexity of a checkpoint")
   p.add_argument("--ckpt", required=True)
   p.add_argument("--valid", required=True)
   p.add_argument("--max-eval-tokens", type=int, default=RunConfig.max_eval_tokens)
+  p.add_argument("--exact-ffn", action="store_true",
+                 help="also the perplexity with every FFN neuron computed, even where the "
+                      "run skipped it (--no-eval-exact-ffn)")
   p = sub.add_parser("generate", help="continue a prompt")
   p.add_argument("--ckpt", required=True)
   p.add_argument("--prompt", required=True)
@@ -122,10 +141,20 @@ def main(argv=None) -> int:
   p.add_argument("--top-k", type=int, default=10)
   p.add_argument("--temperature", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--exact", action="store_true",
+                 help="compute every FFN neuron and score every word (the dense model)")
   p = sub.add_parser("plot", help="validation perplexity against training time")
   p.add_argument("runs", nargs="+", help="JSON records written by train --json")
   p.add_argument("--out", required=True)
   args = parser.parse_args(argv)
+  if args.command == "train" and args.preset:
+    train_parser.set_defaults(**PRESETS[args.preset])  # the command line still wins
+    args = parser.parse_args(argv)
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
   try:
     code = {"train": _train, "eval": _eval, "generate": _generate,
             "plot": _plot}[args.command](args)

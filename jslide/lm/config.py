@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -17,6 +18,7 @@ from jslide.train import config as run_config
 from jslide.train.config import option
 
 HEAD_BIASES = ("unigram", "zeros")
+TABLE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +43,26 @@ class ModelConfig:
   proposal: str = option("log-uniform", "distribution of the sampled words", choices=PROPOSALS)
   head_bias: str = option("unigram", "the word biases start at the training text's log word "
                           "frequencies (unigram) or at zero", choices=HEAD_BIASES)
+  table_dtype: str = option("float32", "dtype of the row-sparse tables (token embedding, lsh "
+                            "head, sparse FFN kernels); bfloat16 halves their memory, its "
+                            "updates rounded stochastically (--head lsh)",
+                            choices=TABLE_DTYPES)
+  moment_dtype: str = option("float32", "dtype of sparse Adam's moments of those tables "
+                             "(--head lsh); bfloat16 halves the optimizer's memory",
+                             choices=TABLE_DTYPES)
 
   def __post_init__(self):
     for name, choices in (("head", HEADS), ("proposal", PROPOSALS), ("ffn", FFN_KINDS),
-                          ("head_bias", HEAD_BIASES)):
+                          ("head_bias", HEAD_BIASES), ("table_dtype", TABLE_DTYPES),
+                          ("moment_dtype", TABLE_DTYPES)):
       run_config.check_choice(self, name, choices)
+    for name in ("table_dtype", "moment_dtype"):
+      # The other heads train every parameter with optax.adam, whose bfloat16 updates round
+      # to nearest: a step smaller than half a bfloat16 ulp (most of them) would be lost.
+      if getattr(self, name) != "float32" and self.head != "lsh":
+        raise ValueError(f"ModelConfig: {name}={getattr(self, name)} needs head='lsh' (jslide's "
+                         f"sparse Adam rounds bfloat16 stochastically; the {self.head} head "
+                         f"trains with optax.adam, which would round small updates away)")
     for name in ("vocab_size", "context", "features", "heads", "layers", "hidden", "sampled"):
       run_config.check_int(self, name, 1)
     run_config.check_int(self, "retrieved", 0)
@@ -65,7 +82,8 @@ class ModelConfig:
         layers=self.layers, hidden=self.hidden, ffn=self.ffn, ffn_active=self.ffn_active,
         ffn_capacity=self.ffn_capacity,
         head_retrieved=self.retrieved, head_sampled=self.sampled, proposal=self.proposal,
-        head_bias_init=bias_init, rngs=nnx.Rngs(seed))
+        head_bias_init=bias_init, table_dtype=jnp.dtype(self.table_dtype),
+        rngs=nnx.Rngs(seed))
 
   def active_params_per_token(self, vocab_size: int) -> int:
     """The parameters one token's forward pass reads: its embedding row and position, every
@@ -84,7 +102,7 @@ class ModelConfig:
   def head_objective(self):
     """The head's training objective (:mod:`jslide.lm.heads`), with this config's settings."""
     if self.head == "lsh":
-      return heads.LSHHead()
+      return heads.LSHHead(moment_dtype=self.moment_dtype)
     if self.head == "sampled":
       return heads.SampledHead(self.sampled, self.proposal)
     return heads.FullHead()
@@ -102,6 +120,10 @@ class RunConfig(run_config.RunConfig):
                            "epoch only)")
   max_eval_tokens: int = option(32_768, "validation (and training-sample) tokens per "
                                 "evaluation", resumable=True)
+  eval_exact_ffn: bool = option(True, "no second validation perplexity with every neuron of "
+                                "the sparse FFNs computed (it costs the dense FFN's forward "
+                                "pass, hours for a billion-parameter FFN)",
+                                flag="--no-eval-exact-ffn", resumable=True)
 
   def __post_init__(self):
     super().__post_init__()

@@ -74,13 +74,15 @@ def sampled_softmax_loss(model, batch, key, *, num_sampled: int, proposal: str):
 class LSHHead:
   """jslide's head: the model's :class:`jslide.nn.SparseSoftmaxHead` (its ``retrieved`` and
   ``sampled`` words set when the model is built), row-sparse gradients, sparse Adam with
-  catch-up for the tables, ``optax.adam`` for the rest."""
+  catch-up for the tables (moments in ``moment_dtype``), ``optax.adam`` for the rest."""
 
+  moment_dtype: str = "float32"
   uses_head_index = True
 
   def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None):
     return make_train_step(model, lsh_softmax_loss,
-                           table_tx=optim.sparse_adam(learning_rate, catch_up=True),
+                           table_tx=optim.sparse_adam(learning_rate, catch_up=True,
+                                                      moment_dtype=jnp.dtype(self.moment_dtype)),
                            dense_tx=optax.adam(learning_rate), schedule=schedule)
 
 

@@ -37,6 +37,21 @@ def make_step(model, cfg: ModelConfig, run: RunConfig):
                          run.rebuild_schedule() if reads_index else None)
 
 
+def abstract_state(cfg: ModelConfig, run: RunConfig, vocab_size: int):
+  """(graphdef, the training state's shapes and dtypes): what a checkpoint restores into,
+  without a materialized state that the restored one would double (14 GB instead of 7 for
+  the 1b preset)."""
+  built = {}
+
+  def build():
+    graphdef, state, _ = make_step(cfg.build(vocab_size, run.seed), cfg, run)
+    built["graphdef"] = graphdef
+    return state
+
+  state = jax.eval_shape(build)
+  return built["graphdef"], state
+
+
 def compile_step(cfg: ModelConfig, run: RunConfig, vocab_size: int):
   """(the compiled training step, its peak bytes), from the model's shapes: nothing of the
   model is allocated (``jax.eval_shape``)."""
@@ -98,12 +113,13 @@ def vocabulary_digest(vocab: Vocabulary) -> str:
 def evaluate(graphdef, state, cfg: ModelConfig, run: RunConfig, valid_w: np.ndarray,
              train_sample: np.ndarray | None = None) -> dict:
   """Exact full-softmax perplexity of the validation windows (and of a training sample);
-  with sparse FFNs also computed with every FFN neuron, and for block FFNs the share of
+  with sparse FFNs also computed with every FFN neuron (unless ``run.eval_exact_ffn`` is
+  off), and for block FFNs the share of
   block choices the blocks' capacity dropped (first validation batch)."""
   out = {"valid_ppl": perplexity(graphdef, state, valid_w, run.batch_size)}
   if train_sample is not None:
     out["train_ppl"] = perplexity(graphdef, state, train_sample, run.batch_size)
-  if cfg.ffn != "dense":
+  if cfg.ffn != "dense" and run.eval_exact_ffn:
     out["valid_ppl_exact_ffn"] = perplexity(graphdef, state, valid_w, run.batch_size,
                                             exact_ffn=True)
   if cfg.ffn == "block":
@@ -142,8 +158,10 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   step, peak = compile_step(cfg, run, len(vocab))
   T.check_fits(peak, f"this model's training step ({cfg.vocab_size:,} words, "
                      f"{cfg.layers} layers of width {cfg.features}, FFN {cfg.hidden:,})")
-  model = cfg.build(len(vocab), run.seed, train_ids)
-  graphdef, state, _ = make_step(model, cfg, run)
+  if resume:  # fit restores the state: build only its shapes
+    graphdef, state = abstract_state(cfg, run, len(vocab))
+  else:
+    graphdef, state, _ = make_step(cfg.build(len(vocab), run.seed, train_ids), cfg, run)
   record = {"model": cfg.to_json(), "run": run.to_json(), "vocab_size": len(vocab),
             "train_tokens": int(len(train_ids)),
             "unknown_share": float(np.mean(train_ids == 0)),
@@ -193,19 +211,26 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   return record
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _next_word(graphdef, state, context, top_k: int, temperature, key):
+@functools.partial(jax.jit, static_argnums=(0, 3, 6))
+def _next_word(graphdef, state, context, top_k: int, temperature, key, exact: bool = False):
   """One sampled next word after context int32[1, T] (jitted once per shape)."""
   retrieve_key, sample_key = jax.random.split(key)
-  scores, cand = state.model(graphdef).next_word_candidates(context, top_k, key=retrieve_key)
+  model = state.model(graphdef)
+  if exact:  # every FFN neuron and every word: the same model computed densely
+    h = model.hidden_states(context, exact_ffn=True)[:, -1]
+    scores, cand = jax.lax.top_k(model.head.exact(h), top_k)
+  else:
+    scores, cand = model.next_word_candidates(context, top_k, key=retrieve_key)
   scores = jnp.where(cand >= 0, scores / temperature, -jnp.inf)
   return cand[0, jax.random.categorical(sample_key, scores[0])]
 
 
 def generate(graphdef, state, cfg: ModelConfig, prompt_ids, count: int, *, pad_id: int,
-             top_k: int = 10, temperature: float = 1.0, seed: int = 0):
+             top_k: int = 10, temperature: float = 1.0, seed: int = 0, exact: bool = False):
   """Yields ``count`` word ids continuing ``prompt_ids``, each drawn from the ``top_k`` best
-  of the words the head's index retrieves (rescored exactly, softened by ``temperature``).
+  of the words the head's index retrieves (rescored exactly, softened by ``temperature``),
+  through the neurons the FFNs' indices retrieve; with ``exact``, from the ``top_k`` best of
+  every word, through every FFN neuron (the model computed densely).
 
   The context is the last ``cfg.context`` words, left-padded with ``pad_id`` (``<eos>``'s: a
   paragraph boundary) while shorter, so one compiled step serves every word."""
@@ -215,7 +240,7 @@ def generate(graphdef, state, cfg: ModelConfig, prompt_ids, count: int, *, pad_i
     window = ids[-cfg.context:]
     window = [pad_id] * (cfg.context - len(window)) + window
     word = int(_next_word(graphdef, state, jnp.asarray([window], jnp.int32), top_k,
-                          jnp.float32(temperature), jax.random.fold_in(key, i)))
+                          jnp.float32(temperature), jax.random.fold_in(key, i), exact))
     ids.append(word)
     yield word
 
@@ -231,7 +256,7 @@ def load(ckpt: str):
   cfg = run_config.from_json(ModelConfig, meta["model"])
   run = run_config.from_json(RunConfig, meta["run"])
   vocab = Vocabulary(meta["vocab"])
-  graphdef, state, _ = make_step(cfg.build(len(vocab), run.seed), cfg, run)
+  graphdef, state = abstract_state(cfg, run, len(vocab))
   state, _ = checkpoint.restore_checked(
       ckpt, state, lambda m: checkpoint.check_same_run(ckpt, m, {"model": cfg.to_json()},
                                                        RunConfig))

@@ -9,7 +9,7 @@ from flax import nnx
 
 from jslide import lsh
 from jslide._checks import int32_ids, positive_int
-from jslide.initializers import normal_table
+from jslide.initializers import check_param_dtype, normal_table
 from jslide.nn.block_ffn import BlockSparseFFN
 from jslide.nn.softmax_head import SparseSoftmaxHead
 from jslide.nn.sparse_ffn import DenseFFN, SparseFFN
@@ -17,17 +17,19 @@ from jslide.nn.variables import Table
 from jslide.ops import embedding_bag
 
 # The FFN kinds by name: constructors ``(features, hidden, *, active, hash_family,
-# capacity_factor, rngs)`` carrying each kind's defaults (a sparse FFN computes a twentieth of
-# its neurons unless told otherwise).
+# capacity_factor, table_dtype, rngs)`` carrying each kind's defaults (a sparse FFN computes a
+# twentieth of its neurons unless told otherwise). ``table_dtype`` is the dtype of the
+# row-sparse tables, so only the sparse FFN (whose kernels are tables) takes it; the others'
+# kernels are plain parameters that Optax trains, in float32.
 FFN_KINDS = {
-    "sparse": lambda features, hidden, *, active, hash_family, capacity_factor, rngs:
-        SparseFFN(features, hidden, active=active or max(1, hidden // 20),
-                  hash_family=hash_family, rngs=rngs),
-    "block": lambda features, hidden, *, active, hash_family, capacity_factor, rngs:
-        BlockSparseFFN(features, hidden, active=active, capacity_factor=capacity_factor,
-                       rngs=rngs),
-    "dense": lambda features, hidden, *, active, hash_family, capacity_factor, rngs:
-        DenseFFN(features, hidden, rngs=rngs),
+    "sparse": lambda features, hidden, *, active, hash_family, capacity_factor, table_dtype,
+    rngs: SparseFFN(features, hidden, active=active or max(1, hidden // 20),
+                    hash_family=hash_family, param_dtype=table_dtype, rngs=rngs),
+    "block": lambda features, hidden, *, active, hash_family, capacity_factor, table_dtype,
+    rngs: BlockSparseFFN(features, hidden, active=active, capacity_factor=capacity_factor,
+                         rngs=rngs),
+    "dense": lambda features, hidden, *, active, hash_family, capacity_factor, table_dtype,
+    rngs: DenseFFN(features, hidden, rngs=rngs),
 }
 
 
@@ -61,7 +63,7 @@ class SparseTransformerBlock(nnx.Module):
 
   def __init__(self, features: int, heads: int, hidden: int, *, ffn="sparse",
                active: int | None = None, hash_family: str | lsh.HashFamily = "cluster",
-               capacity_factor: float = 1.5, rngs: nnx.Rngs):
+               capacity_factor: float = 1.5, table_dtype=jnp.float32, rngs: nnx.Rngs):
     if callable(ffn):
       make = lambda features, hidden, *, rngs, **_: ffn(features, hidden, rngs=rngs)
     elif ffn in FFN_KINDS:
@@ -73,7 +75,7 @@ class SparseTransformerBlock(nnx.Module):
     self.attention = CausalSelfAttention(features, heads, rngs=rngs)
     self.ffn_norm = nnx.LayerNorm(features, rngs=rngs)
     self.ffn = make(features, hidden, active=active, hash_family=hash_family,
-                    capacity_factor=capacity_factor, rngs=rngs)
+                    capacity_factor=capacity_factor, table_dtype=table_dtype, rngs=rngs)
 
   def __call__(self, x, *, key=None, exact_ffn: bool = False, ffn_inputs: list | None = None):
     """f32[B, T, features] -> f32[B, T, features]. ``key`` seeds the sparse FFN's random
@@ -98,6 +100,10 @@ class SparseTransformerLM(nnx.Module):
   :func:`jslide.losses.active_softmax_cross_entropy` with ``targets.reshape(-1, 1)``.
   Evaluation: :meth:`token_nll` is the exact full-softmax loss, chunked over the vocabulary.
   Decoding: :meth:`next_word_candidates` retrieves and rescores exactly.
+
+  ``table_dtype`` (float32 or bfloat16) is the dtype of the row-sparse tables: the token
+  embedding, the head's kernel and the sparse FFNs' kernels (:func:`jslide.optim.sparse_adam`
+  rounds their bfloat16 updates stochastically); every other parameter is float32.
   """
 
   def __init__(self, vocab_size: int, *, context: int, features: int = 256, heads: int = 4,
@@ -107,23 +113,24 @@ class SparseTransformerLM(nnx.Module):
                head_sampled: int = 1024, proposal: str = "log-uniform",
                hash_family: str | lsh.HashFamily = "cluster",
                head_bias_init=nnx.initializers.zeros_init(),
-               rngs: nnx.Rngs):
+               table_dtype=jnp.float32, rngs: nnx.Rngs):
     fn = "SparseTransformerLM"
     for name, value in (("vocab_size", vocab_size), ("context", context),
                         ("features", features), ("layers", layers), ("hidden", hidden)):
       positive_int(fn, name, value)
+    check_param_dtype(fn, table_dtype)
     self.vocab_size, self.context, self.features = vocab_size, context, features
-    self.embed = Table(normal_table(rngs.params(), vocab_size, features, 0.02))
+    self.embed = Table(normal_table(rngs.params(), vocab_size, features, 0.02, table_dtype))
     self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, features)))
     self.blocks = nnx.List([
         SparseTransformerBlock(features, heads, hidden, ffn=ffn, active=ffn_active,
                                hash_family=hash_family, capacity_factor=ffn_capacity,
-                               rngs=rngs) for _ in range(layers)])
+                               table_dtype=table_dtype, rngs=rngs) for _ in range(layers)])
     self.norm = nnx.LayerNorm(features, rngs=rngs)
     self.head = SparseSoftmaxHead(features, vocab_size, retrieved=head_retrieved,
                                   sampled=head_sampled, proposal=proposal,
                                   hash_family=hash_family, bias_init=head_bias_init,
-                                  rngs=rngs)
+                                  param_dtype=table_dtype, rngs=rngs)
 
   def check_tokens(self, tokens, name: str = "tokens"):
     """tokens as int32[B, T], T <= context, ids in [0, vocab_size) (checked when concrete)."""

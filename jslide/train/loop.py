@@ -162,9 +162,12 @@ def fit(state: TrainState, step: Callable, *, run: RunConfig, key, num_batches: 
   if resume:
     if store is None:
       raise ValueError("fit: resume needs a checkpoint directory")
+    t_restore = time.perf_counter()
     state, saved = store.restore(state, meta, type(run))
     position = Position(**saved["position"])
     record.update(saved["record"])
+    record.setdefault("restores", []).append(
+        {"step": int(state.step), "restore_s": round(time.perf_counter() - t_restore, 2)})
   best = None
   if record.get("selected") and store is not None and store.best_mgr is not None:
     best = store.restore_best  # read when needed: the run may select a later evaluation
@@ -233,7 +236,9 @@ def fit(state: TrainState, step: Callable, *, run: RunConfig, key, num_batches: 
       if store is not None and store.best_mgr is not None:
         store.save_best(state, m)
     if store is not None:
+      t_save = time.perf_counter()
       store.save(state, m)
+      entry["checkpoint_s"] = round(time.perf_counter() - t_save, 2)  # in the final record
     since.update(examples=0, loss_sum=0.0, seconds=train_s)
     last_eval_step = steps_done
     if run.eval_seconds:
