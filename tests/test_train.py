@@ -275,3 +275,29 @@ def test_two_runs_cannot_share_a_checkpoint_directory(tmp_path):
   first.close()  # the first run ends
   with T.Checkpoints(str(tmp_path / "c"), resume=True, overwrite=False, best=False):
     pass
+
+
+@pytest.mark.parametrize("table_tx", [
+    lambda: optax.chain(optax.clip_by_global_norm(1.0), jslide.optim.sparse_adam(1e-3)),
+    lambda: optax.MultiSteps(jslide.optim.sparse_adam(1e-3), 2),
+    lambda: optax.apply_if_finite(jslide.optim.sparse_adam(1e-3), 2),
+], ids=["clip_by_global_norm", "MultiSteps", "apply_if_finite"])
+def test_optax_wrappers_around_the_sparse_optimizer_are_refused_with_what_works(table_tx):
+  """Issue 33, item 11: these failed with JAX's generic errors ("lax.select requires
+  arguments to have the same dtypes", pytree structure errors); the step now names jslide's
+  own clip, skip and accumulation instead."""
+  model = jslide.nn.SparseDense(8, 64, active=16, num_hashes=2, num_hash_tables=2, bin_size=4,
+                                rngs=nnx.Rngs(0))
+
+  def loss(m, batch, key):
+    logits, ids = m(batch["x"], key=key)
+    values = jslide.losses.active_softmax_cross_entropy(logits, ids, batch["y"])
+    return values, jnp.ones(values.shape, bool)
+
+  _, state, step = jslide.train.make_train_step(model, loss, table_tx=table_tx(), schedule=None)
+  rng = np.random.default_rng(0)
+  batch = {"x": jnp.asarray(rng.normal(size=(4, 8)), jnp.float32),
+           "y": jnp.asarray(rng.integers(0, 64, size=(4, 1)), jnp.int32)}
+  with pytest.raises(ValueError, match="jslide.optim.clip_by_global_norm before") as info:
+    step(state, batch, jax.random.key(0))
+  assert "jslide.optim.apply_if_finite" in str(info.value)

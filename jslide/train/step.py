@@ -20,6 +20,7 @@ from flax import nnx
 from jslide import losses, lsh, optim
 from jslide._autodiff import value_and_grad
 from jslide.nn.variables import Index, Table
+from jslide.rowsparse import is_row_sparse
 
 # (tables, dense params): tables get row-sparse gradients, the rest dense ones.
 TABLES_FIRST = (True, False)
@@ -112,6 +113,18 @@ def _loss_and_state(graphdef, loss: Loss) -> Callable:
   return loss_fn
 
 
+# Optax's wrappers see a RowSparseGrad (ids, coefficients, vectors) or a TableUpdate (a new
+# table, not a delta) as plain leaves, and fail with JAX's generic errors; say what works.
+_SPARSE_TX_HINT = (
+    "the optimizer failed on the row-sparse table gradients (jslide.RowSparseGrad) or on the "
+    "sparse optimizer's TableUpdates. Optax transformations that clip, scale, accumulate or "
+    "skip updates (optax.clip_by_global_norm, optax.MultiSteps, optax.apply_if_finite, "
+    "optax.scale...) treat them as plain arrays. Use jslide.optim.clip_by_global_norm before "
+    "jslide.optim.sparse_adam, jslide.optim.apply_if_finite, jslide.tree.add / "
+    "jslide.tree.scale to accumulate gradients, and a schedule as the learning rate "
+    "(jslide.optim's docstring)")
+
+
 def _skip_nonfinite(tx) -> optim.FiniteStep:
   # A step with a NaN or inf gradient changes nothing (metrics["finite"] is False), so the
   # caller can stop with the state intact; the kernels would refuse it with an error.
@@ -146,7 +159,12 @@ def _build(model, loss, tx, schedule, gradient):
   def step(state: TrainState, batch, key):
     trainable = (state.tables, state.params)
     (value, rest), grads = gradient(loss_fn)(trainable, state.rest, batch, key)
-    (tables, params), opt_state = tx.apply(grads, state.opt_state, trainable)
+    try:
+      (tables, params), opt_state = tx.apply(grads, state.opt_state, trainable)
+    except (TypeError, ValueError) as e:  # raised while tracing, from inside Optax
+      if any(is_row_sparse(g) for g in jax.tree.leaves(grads, is_leaf=is_row_sparse)):
+        raise ValueError(_SPARSE_TX_HINT + f" (the error: {type(e).__name__}: {e})") from e
+      raise
     due, rebuild_state, rest = rebuild(state, tables, params, rest)
     new = TrainState(tables, params, rest, opt_state, rebuild_state, state.step + 1)
     return new, {"loss": value, "rebuilt": due, "finite": opt_state.last_finite}
