@@ -71,8 +71,10 @@ def dependency_names(field: str) -> list[str]:
   return names
 
 
-def read_packages(packages_path: str, translation_path: str):
-  """Yields (package, description text, dependency names) for packages with dependencies."""
+def described_packages(packages_path: str, translation_path: str):
+  """Yields (stanza, English description) for each package of the index, once per name: the
+  description from the translation file (synopsis, then the long description), or the
+  index's own when the translation lacks it."""
   long_desc = {}
   for s in stanzas(_read_text(translation_path)):
     if "Description-md5" in s and "Description-en" in s:
@@ -83,9 +85,15 @@ def read_packages(packages_path: str, translation_path: str):
     if not name or name in seen:
       continue
     seen.add(name)
+    yield s, long_desc.get(s.get("Description-md5", ""), s.get("Description", ""))
+
+
+def read_packages(packages_path: str, translation_path: str):
+  """Yields (package, description text, dependency names) for packages with dependencies."""
+  for s, text in described_packages(packages_path, translation_path):
+    name = s["Package"]
     deps = dependency_names(s.get("Depends", "")) + dependency_names(s.get("Pre-Depends", ""))
     deps = sorted(set(d for d in deps if d != name))
-    text = long_desc.get(s.get("Description-md5", ""), s.get("Description", ""))
     if deps:
       yield name, text, deps
 

@@ -24,33 +24,23 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 
 import numpy as np
 
-from jslide.datasets.build_debian import _default, _read_text, stanzas
+from jslide.datasets.build_debian import _default, described_packages
+from jslide.datasets.retrieval_format import write_retrieval_set
 
 
 def read_descriptions(packages_path: str, translation_path: str):
   """Yields (package, synopsis, long description) for every package with a description."""
-  long_desc = {}
-  for s in stanzas(_read_text(translation_path)):
-    if "Description-md5" in s and "Description-en" in s:
-      long_desc[s["Description-md5"]] = s["Description-en"]
-  seen = set()
-  for s in stanzas(_read_text(packages_path)):
-    name = s.get("Package")
-    if not name or name in seen:
-      continue
-    seen.add(name)
-    text = long_desc.get(s.get("Description-md5", ""), s.get("Description", ""))
+  for s, text in described_packages(packages_path, translation_path):
     synopsis, _, rest = text.partition("\n")
     # Control-file long descriptions: " ." is a blank line between paragraphs.
     paragraphs = [" ".join(p.split()) for p in
                   "\n".join("" if line.strip() == "." else line
                             for line in rest.split("\n")).split("\n\n")]
-    yield name, synopsis.strip(), "\n\n".join(p for p in paragraphs if p)
+    yield s["Package"], synopsis.strip(), "\n\n".join(p for p in paragraphs if p)
 
 
 def build(rows, num_queries: int, seed: int = 0, min_words: int = 20):
@@ -81,11 +71,7 @@ def main(argv=None) -> None:
     if not os.path.exists(path):
       p.error(f"{path} not found: run apt-get -o Acquire::Languages=en update")
   docs, queries = build(read_descriptions(args.packages, args.translations), args.queries)
-  os.makedirs(args.out, exist_ok=True)
-  for name, rows in (("docs", docs), ("queries", queries)):
-    with open(os.path.join(args.out, f"{name}.jsonl"), "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  write_retrieval_set(args.out, docs, queries)
   print(f"{args.out}: {len(docs):,} documents, {len(queries):,} queries")
 
 

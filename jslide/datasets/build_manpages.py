@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
-import json
 import os
 import re
 import subprocess
+
+from jslide.datasets.retrieval_format import write_retrieval_set
 
 PACKAGES = ("manpages", "manpages-dev")
 
@@ -156,11 +157,7 @@ def main(argv=None) -> None:
   p.add_argument("--out", required=True, help="directory for docs.jsonl and queries.jsonl")
   args = p.parse_args(argv)
   docs, queries = build(installed_pages())
-  os.makedirs(args.out, exist_ok=True)
-  for name, rows in (("docs", docs), ("queries", queries)):
-    with open(os.path.join(args.out, f"{name}.jsonl"), "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  write_retrieval_set(args.out, docs, queries)
   words = sum(len(d["text"].split()) for d in docs)
   print(f"{args.out}: {len(docs):,} pages ({words:,} words), {len(queries):,} queries")
 

@@ -54,13 +54,10 @@ def _train(args) -> int | None:
 
 
 def _eval(args) -> None:
-  import numpy as np
   from jslide.lm import corpus, trainer
   cfg, run, vocab, graphdef, state = trainer.load(args.ckpt)
-  ids = corpus.token_ids(args.valid, vocab)
-  count = min(corpus.num_windows(ids, cfg.context, args.valid),
-              max(run.batch_size, args.max_eval_tokens // cfg.context))
-  wins = corpus.window_rows(ids, np.arange(count), cfg.context)  # only those evaluated
+  wins = trainer.validation_windows(corpus.token_ids(args.valid, vocab), cfg, run, args.valid,
+                                    args.max_eval_tokens)
   if args.exact_ffn:
     run = dataclasses.replace(run, eval_exact_ffn=True)
   out = trainer.evaluate(graphdef, state, cfg, run, wins)  # what the trainer reports

@@ -38,34 +38,27 @@ def make_step(model, cfg: ModelConfig, run: RunConfig):
 
 
 def abstract_state(cfg: ModelConfig, run: RunConfig, vocab_size: int):
-  """(graphdef, the training state's shapes and dtypes): what a checkpoint restores into,
-  without a materialized state that the restored one would double (14 GB instead of 7 for
-  the 1b preset)."""
+  """(graphdef, the training state's shapes and dtypes, the jitted step) of
+  :func:`make_step`, nothing of the model allocated (``jax.eval_shape``): what the step is
+  compiled for and a checkpoint restores into, without a materialized state that the
+  restored one would double (14 GB instead of 7 for the 1b preset)."""
   built = {}
 
   def build():
-    graphdef, state, _ = make_step(cfg.build(vocab_size, run.seed), cfg, run)
-    built["graphdef"] = graphdef
+    graphdef, state, step = make_step(cfg.build(vocab_size, run.seed), cfg, run)
+    built.update(graphdef=graphdef, step=step)
     return state
 
   state = jax.eval_shape(build)
-  return built["graphdef"], state
+  return built["graphdef"], state, built["step"]
 
 
-def compile_step(cfg: ModelConfig, run: RunConfig, vocab_size: int):
-  """(the compiled training step, its peak bytes), from the model's shapes: nothing of the
-  model is allocated (``jax.eval_shape``)."""
-  built = {}
-
-  def build():
-    _, state, step = make_step(cfg.build(vocab_size, run.seed), cfg, run)
-    built["step"] = step
-    return state
-
-  state = jax.eval_shape(build)
+def compile_step(step, state, cfg: ModelConfig, run: RunConfig):
+  """(``step`` compiled for the state shapes ``state`` and a batch of ``cfg``/``run``, its
+  peak bytes)."""
   tokens = jax.ShapeDtypeStruct((run.batch_size, cfg.context), jnp.int32)
   key = jax.eval_shape(lambda: jax.random.key(0))
-  compiled = built["step"].lower(state, {"tokens": tokens, "targets": tokens}, key).compile()
+  compiled = step.lower(state, {"tokens": tokens, "targets": tokens}, key).compile()
   return compiled, T.step_peak_bytes(compiled)
 
 
@@ -83,6 +76,17 @@ def _nll_sum(graphdef, state, tokens, targets, exact_ffn):
 @functools.partial(jax.jit, static_argnums=(0,))
 def _ffn_dropped(graphdef, state, tokens):
   return state.model(graphdef).ffn_dropped_fractions(tokens)
+
+
+def validation_windows(ids, cfg: ModelConfig, run: RunConfig, path: str,
+                       max_tokens: int | None = None) -> np.ndarray:
+  """int32[W, context + 1]: the first windows of the token ids ``ids`` (of the file
+  ``path``) that an evaluation reads, ``max_tokens`` (default ``run.max_eval_tokens``) worth
+  but at least a batch, and only those read from the memory map."""
+  tokens = run.max_eval_tokens if max_tokens is None else max_tokens
+  wanted = max(run.batch_size, tokens // cfg.context)
+  count = min(corpus.num_windows(ids, cfg.context, path), wanted)
+  return corpus.window_rows(ids, np.arange(count), cfg.context)
 
 
 def perplexity(graphdef, state, wins: np.ndarray, batch_size: int, *,
@@ -144,22 +148,21 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   t0 = time.perf_counter()
   vocab, train_ids, valid_ids = load_corpus(train_path, valid_path, cfg.vocab_size)
   n_train = corpus.num_windows(train_ids, cfg.context, train_path)
-  n_valid = corpus.num_windows(valid_ids, cfg.context, valid_path)
   if n_train < run.batch_size:
     raise ValueError(f"{train_path}: {n_train} windows of {cfg.context + 1} tokens, fewer "
                      f"than one batch of {run.batch_size}")
-  eval_windows = max(run.batch_size, run.max_eval_tokens // cfg.context)
-  valid_w = corpus.window_rows(valid_ids, np.arange(min(n_valid, eval_windows)), cfg.context)
+  valid_w = validation_windows(valid_ids, cfg, run, valid_path)
   rng = np.random.default_rng(run.seed)
   train_sample = corpus.window_rows(train_ids, rng.permutation(n_train)[:len(valid_w)],
                                     cfg.context)
   # The step compiled from the model's shapes alone, and its peak memory checked, before any
   # of the model is allocated.
-  step, peak = compile_step(cfg, run, len(vocab))
+  graphdef, shapes, step = abstract_state(cfg, run, len(vocab))
+  step, peak = compile_step(step, shapes, cfg, run)
   T.check_fits(peak, f"this model's training step ({cfg.vocab_size:,} words, "
                      f"{cfg.layers} layers of width {cfg.features}, FFN {cfg.hidden:,})")
-  if resume:  # fit restores the state: build only its shapes
-    graphdef, state = abstract_state(cfg, run, len(vocab))
+  if resume:  # fit restores the state into its shapes
+    state = shapes
   else:
     graphdef, state, _ = make_step(cfg.build(len(vocab), run.seed, train_ids), cfg, run)
   record = {"model": cfg.to_json(), "run": run.to_json(), "vocab_size": len(vocab),
@@ -256,7 +259,7 @@ def load(ckpt: str):
   cfg = run_config.from_json(ModelConfig, meta["model"])
   run = run_config.from_json(RunConfig, meta["run"])
   vocab = Vocabulary(meta["vocab"])
-  graphdef, state = abstract_state(cfg, run, len(vocab))
+  graphdef, state, _ = abstract_state(cfg, run, len(vocab))
   state, _ = checkpoint.restore_checked(
       ckpt, state, lambda m: checkpoint.check_same_run(ckpt, m, {"model": cfg.to_json()},
                                                        RunConfig))
