@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from jslide import lsh
 from jslide.lsh import reference as ref
@@ -319,7 +319,7 @@ def test_cluster_refit_of_a_large_table_reads_an_even_sample(rng):
   spaced rows per centroid and assigns every row once: the centroids are exactly those of
   the sample, and on planted clusters the buckets still find them."""
   import dataclasses
-  from jslide.lsh.cluster import ClusterHash, _lloyd_step, fit_sample
+  from jslide.lsh.cluster import ClusterHash, _lloyd_step, sample_rows
   from jslide.lsh.mips import mips_keys
   n_clusters, per, d = 64, 200, 32
   centers = rng.normal(size=(n_clusters, d)).astype(np.float32)
@@ -328,10 +328,9 @@ def test_cluster_refit_of_a_large_table_reads_an_even_sample(rng):
   w = (centers[labels] + 0.05 * rng.normal(size=(labels.size, d))).astype(np.float32)
   family = dataclasses.replace(ClusterHash.from_rows(KEY, w, num_hashes=6, num_hash_tables=1),
                                sample_per_bucket=8)
-  sample = fit_sample(mips_keys(w), 8 * 64)
-  assert sample.shape == (512, d + 2)
-  np.testing.assert_array_equal(np.asarray(sample), np.asarray(mips_keys(w))[
-      np.arange(512) * w.shape[0] // 512])
+  rows = sample_rows(w.shape[0], 8 * 64)
+  np.testing.assert_array_equal(rows, np.arange(512) * w.shape[0] // 512)
+  sample = np.asarray(mips_keys(w))[rows]  # keys scaled by the whole table's statistics
   refit = family.refit(w)
   expected = family.centroids
   for _ in range(family.iters):  # Lloyd steps on the sample's keys only
@@ -341,4 +340,53 @@ def test_cluster_refit_of_a_large_table_reads_an_even_sample(rng):
   codes = np.asarray(refit.hash_keys(w))[:, 0]
   purity = np.mean([np.bincount(codes[labels == c]).max() / per for c in range(n_clusters)])
   assert purity > 0.9, purity
-  assert fit_sample(mips_keys(w[:100]), 512).shape[0] == 100  # small tables: every row
+  assert sample_rows(100, 512) is None  # small tables: every row
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 300), block=st.integers(1, 64), seed=st.integers(0, 2**16))
+def test_row_blocks_visit_every_row_once(n, block, seed):
+  """Issue 29: passes over a large table go a block of rows at a time; the last block
+  overlaps the one before, and ``fresh`` marks each row in exactly one block."""
+  from jslide.lsh._common import concat_row_blocks, map_row_blocks
+  x = np.random.default_rng(seed).normal(size=(n, 3)).astype(np.float32)
+  rows = concat_row_blocks(map_row_blocks(lambda p, _: p * 2, jnp.asarray(x), block), n)
+  np.testing.assert_array_equal(np.asarray(rows), 2 * x)
+  sums = map_row_blocks(lambda p, fresh: jnp.sum(jnp.where(fresh[:, None], p, 0), 0),
+                        jnp.asarray(x), block)
+  np.testing.assert_allclose(np.asarray(sums).sum(0), x.sum(0), rtol=1e-5, atol=1e-5)
+  bf = jnp.asarray(x, jnp.bfloat16)  # bfloat16 rows come as float32, converted exactly
+  got = concat_row_blocks(map_row_blocks(lambda p, _: p, bf, block), n)
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(bf.astype(jnp.float32)))
+
+
+def test_cluster_index_of_a_bfloat16_table_is_built_without_a_float32_copy(monkeypatch):
+  """Issue 29: an index rebuild of a 524,288-row bfloat16 FFN made a float32 copy and the
+  [N, d + 2] MIPS keys of the whole table (0.5 GB each, 3 GB over the 1b preset's four
+  layers at once). The keys are now made a block of rows at a time: the codes are those of
+  the keys of the whole table, for a table that is not a whole number of blocks, and the
+  compiled rebuild's temporaries are under the size of the bfloat16 table itself."""
+  from jslide.lsh import cluster
+  from jslide.lsh.mips import mips_key_stats, mips_keys
+  monkeypatch.setattr(cluster, "_CHUNK", 256)
+  rng = np.random.default_rng(0)
+  n, d = 3 * 256 + 77, 16
+  w = jnp.asarray(rng.normal(size=(n, d)), jnp.bfloat16)
+  b = jnp.asarray(rng.normal(size=n), jnp.float32)
+  family = lsh.ClusterHash.from_rows(KEY, w.astype(jnp.float32), b, num_hashes=5,
+                                     num_hash_tables=2)
+  keys = np.asarray(mips_keys(w.astype(jnp.float32), b))
+  want = np.argmax(np.einsum("nd,lcd->nlc", keys, np.asarray(family.centroids)), -1)
+  np.testing.assert_array_equal(np.asarray(family.hash_keys(w, b)), want)
+  mu, m2 = mips_key_stats(w, b)
+  w32 = np.asarray(w.astype(jnp.float32))
+  np.testing.assert_allclose(np.asarray(mu), w32.mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(float(m2), np.max(((w32 - w32.mean(0)) ** 2).sum(1) +
+                                               np.asarray(b) ** 2), rtol=1e-5)
+  # Memory: a 65,536 x 64 bfloat16 table (8 MB) rebuilt with every default.
+  big = jax.random.normal(KEY, (65_536, 64), jnp.bfloat16)
+  monkeypatch.undo()
+  index = jax.jit(lsh.build)(lsh.ClusterHash.init(KEY, 64, 6, 1, probes=4), big)
+  temp = jax.jit(lsh.rebuild).lower(index, big).compile().memory_analysis().temp_size_in_bytes
+  assert temp < big.nbytes * 1.5, (temp, big.nbytes)  # a float32 copy alone is 2x

@@ -301,3 +301,27 @@ def test_optax_wrappers_around_the_sparse_optimizer_are_refused_with_what_works(
   with pytest.raises(ValueError, match="jslide.optim.clip_by_global_norm before") as info:
     step(state, batch, jax.random.key(0))
   assert "jslide.optim.apply_if_finite" in str(info.value)
+
+
+def test_a_save_keeps_a_bounded_window_in_flight_and_grows_it_for_a_large_array(
+    tmp_path, monkeypatch):
+  """Issue 29: orbax handed every array to its writers at once, whose buffers held most of
+  the state a second time (the 1b preset's 7 GB state peaked about 5 GB above itself). Saves
+  now keep SAVE_WINDOW_BYTES in flight; an array larger than that widens the window of the
+  run's manager (orbax would fail in its threads), and a manager too narrow for a state is
+  refused before orbax sees it."""
+  import jax.numpy as jnp
+  monkeypatch.setattr(T.checkpoint, "SAVE_WINDOW_BYTES", 4096)
+  import collections
+  state = collections.namedtuple("S", "big step")(jnp.arange(4096, dtype=jnp.float32),
+                                                   jnp.int32(3))  # 16 KB
+  assert T.checkpoint.save_window(state) == 16384
+  mgr = T.checkpoint.manager(str(tmp_path / "narrow"))
+  with pytest.raises(ValueError, match="save window of 4,096"):
+    T.checkpoint.save(mgr, state, {})
+  with T.Checkpoints(str(tmp_path / "c"), resume=False, overwrite=False, best=False) as store:
+    store.save(state, {"k": 1})
+    assert store.mgr.jslide_save_window == 16384
+    restored, meta = T.checkpoint.restore_checked(str(tmp_path / "c"), state, lambda m: None)
+  np.testing.assert_array_equal(np.asarray(restored.big), np.arange(4096))
+  assert meta == {"k": 1}

@@ -124,6 +124,11 @@ class RunConfig(run_config.RunConfig):
                                 "the sparse FFNs computed (it costs the dense FFN's forward "
                                 "pass, hours for a billion-parameter FFN)",
                                 flag="--no-eval-exact-ffn", resumable=True)
+  rebuild_before_eval: bool = option(True, "no index rebuild before each evaluation: the "
+                                     "indices follow the rebuild schedule alone, and the "
+                                     "model is evaluated with the indices it trains with "
+                                     "(a rebuild of the 1b preset's four FFN indices takes "
+                                     "about 48 s)", flag="--no-rebuild-before-eval")
 
   def __post_init__(self):
     super().__post_init__()

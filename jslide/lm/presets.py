@@ -8,9 +8,9 @@ parameters together); each token computes the 256 neurons per block its LSH inde
 work per token does not. The token embedding, the lsh head and the FFN kernels are
 row-sparse bfloat16 tables with bfloat16 Adam moments (6 bytes a parameter in all, updates
 rounded stochastically). Indices are rebuilt less often than by default (a rebuild refits
-four k-means indices over 524,288 rows, about 12 s each), evaluations run every 10 minutes
-of training on 16,384 tokens, without the exact-FFN perplexity (the dense forward pass of a
-billion-parameter FFN).
+four k-means indices over 524,288 rows, about 12 s each) and only on their schedule, not
+before each evaluation; evaluations run every 10 minutes of training on 16,384 tokens,
+without the exact-FFN perplexity (the dense forward pass of a billion-parameter FFN).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ PRESETS: dict[str, dict] = {
         "moment_dtype": "bfloat16",
         # run
         "batch_size": 16, "eval_every": 0, "eval_seconds": 600.0, "max_eval_tokens": 16_384,
-        "eval_exact_ffn": False, "rebuild_initial": 100, "rebuild_growth": 2.0,
-        "rebuild_max": 3200,
+        "eval_exact_ffn": False, "rebuild_before_eval": False, "rebuild_initial": 100,
+        "rebuild_growth": 2.0, "rebuild_max": 3200,
     },
 }

@@ -177,7 +177,8 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   tokens_per_step = run.batch_size * cfg.context
 
   def prepare(state):
-    return jslide.train.rebuild_train_state(graphdef, jslide.train.catch_up_train_state(state))
+    state = jslide.train.catch_up_train_state(state)
+    return jslide.train.rebuild_train_state(graphdef, state) if run.rebuild_before_eval else state
 
   def evaluate_at(state, entry):
     tokens = entry["step"] * tokens_per_step

@@ -16,7 +16,7 @@ from jslide.lsh.cluster import ClusterHash
 from jslide.lsh.dwta import DWTA
 from jslide.lsh.families import FAMILIES, HashFamily, hash_family, rows_per_bucket_hashes
 from jslide.lsh.index import LSHIndex, build, rebuild
-from jslide.lsh.mips import MIPSHash, mips_keys, mips_queries
+from jslide.lsh.mips import MIPSHash, mips_key_stats, mips_keys, mips_queries
 from jslide.lsh.neuron_lists import (NeuronLists, build_neuron_lists, fit_query_centroids,
                                      nearest_centroids, neuron_list_candidates,
                                      neuron_list_topk)
@@ -28,7 +28,7 @@ from jslide.lsh.sparse_simhash import SparseSimHash
 
 __all__ = ["ClusterHash", "DWTA", "FAMILIES", "HashFamily", "LSHIndex", "MIPSHash", "NeuronLists", "RebuildSchedule",
            "RebuildState", "STRATEGIES", "SimHash", "SparseSimHash", "build",
-           "build_neuron_lists", "fit_query_centroids", "hash_family", "mips_keys",
+           "build_neuron_lists", "fit_query_centroids", "hash_family", "mips_key_stats", "mips_keys",
            "mips_queries", "rows_per_bucket_hashes",
            "nearest_centroids", "neuron_list_candidates", "neuron_list_topk", "query",
            "query_sparse", "rebuild", "recall_of_top_k"]

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jslide import _ffi
-from jslide._checks import float32_array, positive_int
-from jslide.lsh._common import check_kl, check_vectors
-from jslide.lsh.mips import mips_keys, mips_queries
+from jslide._checks import float32_array, positive_int, table_array
+from jslide.lsh._common import check_kl, check_vectors, concat_row_blocks, map_row_blocks
+from jslide.lsh.mips import mips_key_stats, mips_keys, mips_queries
 
 
 def top_indices(scores, k: int) -> jax.Array:
@@ -53,23 +53,29 @@ def _normalize(x):
 _CHUNK = 4096  # rows scored against the centroids at once: a [4096, L, C] block, not [N, L, C]
 
 
-def _assign(keys, centroids):
-  """int32[N, L]: each key's nearest centroid (highest cosine) in each table."""
-  n = keys.shape[0]
-  pad = -n % _CHUNK
-  blocks = jnp.pad(keys, ((0, pad), (0, 0))).reshape(-1, _CHUNK, keys.shape[1])
+def _nearest(keys, centroids):
+  """int32[n, L]: each key's nearest centroid (highest cosine) in each table."""
   c = centroids.shape[1]
   # top_indices(., 1) is jnp.argmax on finite scores (the first of equal ones), 4x faster on
   # the CPU.
-  best = jax.lax.map(
-      lambda k: top_indices(jnp.einsum("nd,lcd->nlc", k, centroids).reshape(-1, c), 1), blocks)
-  return best.reshape(-1, centroids.shape[0])[:n].astype(jnp.int32)
+  best = top_indices(jnp.einsum("nd,lcd->nlc", keys, centroids).reshape(-1, c), 1)
+  return best.reshape(-1, centroids.shape[0]).astype(jnp.int32)
+
+
+def _assign(rows, centroids, keys_of=lambda r: r):
+  """int32[N, L]: the nearest centroid of each row's key ``keys_of(part)``, ``rows`` a pytree
+  of arrays with N leading rows, _CHUNK rows at a time: neither the [N, L, C] scores nor,
+  when ``keys_of`` makes the keys, the [N, d + 2] keys exist at once."""
+  n = jax.tree.leaves(rows)[0].shape[0]
+  return concat_row_blocks(
+      map_row_blocks(lambda part, _: _nearest(keys_of(part), centroids), rows, _CHUNK), n)
 
 
 def _lloyd_step(keys, centroids):
   """One spherical k-means step per table. An empty cluster restarts at a key (spread over
   the rows, a different one per table): the keys fill a narrow cone of the sphere, so most
   random initial centroids start empty."""
+  keys = jnp.asarray(keys)
   codes = _assign(keys, centroids)
   n, (l, c) = keys.shape[0], centroids.shape[:2]
   spread = (jnp.arange(l)[:, None] * 7919 + jnp.arange(c)[None, :] * (n // c + 1)) % n
@@ -82,14 +88,13 @@ def _lloyd_step(keys, centroids):
   return jax.vmap(per_table, in_axes=(1, 0))(codes, spread)
 
 
-def fit_sample(keys, max_rows: int):
-  """keys f32[N, D] itself when N <= max_rows, else max_rows of its rows evenly spaced (a
-  table's rows are in no particular order, so a stride is as good a sample as a random one,
-  and the same from one rebuild to the next)."""
-  n = keys.shape[0]
+def sample_rows(n: int, max_rows: int) -> np.ndarray | None:
+  """int64[max_rows]: evenly spaced row numbers of an N-row table, or None (every row) when
+  N <= max_rows. A table's rows are in no particular order, so a stride is as good a sample
+  as a random one, and the same from one rebuild to the next."""
   if n <= max_rows:
-    return keys
-  return keys[np.arange(max_rows, dtype=np.int64) * n // max_rows]  # known when tracing
+    return None
+  return np.arange(max_rows, dtype=np.int64) * n // max_rows
 
 
 @jax.tree_util.register_dataclass
@@ -154,12 +159,24 @@ class ClusterHash:
     return jnp.swapaxes(best, 1, 2).reshape(b, -1)
 
   def refit(self, w, b=None) -> "ClusterHash":
-    """The family with its centroids moved to the rows w (bias b) by ``iters`` Lloyd steps."""
-    keys = fit_sample(mips_keys(w, b), self.sample_per_bucket * self.num_buckets)
+    """The family with its centroids moved to the rows w f32/bf16[N, d] (bias b) by ``iters``
+    Lloyd steps, on at most ``sample_per_bucket`` rows per centroid."""
+    w = table_array("ClusterHash.refit", "w", w, ndim=2)
+    stats = mips_key_stats(w, b)  # of the whole table: the sample's keys are the table's
+    rows = sample_rows(w.shape[0], self.sample_per_bucket * self.num_buckets)
+    if rows is not None:
+      w, b = w[rows], None if b is None else jnp.asarray(b)[rows]
+    keys = mips_keys(w, b, stats)
     cent = jax.lax.fori_loop(0, self.iters, lambda _, c: _lloyd_step(keys, c), self.centroids)
     return dataclasses.replace(self, centroids=cent)
 
   def hash_keys(self, w, b=None) -> jax.Array:
-    """Codes int32[N, L] of rows w f32[N, d] with biases b: their nearest centroids."""
-    w = check_vectors("ClusterHash.hash_keys", w, self.dim)
-    return _assign(mips_keys(w, b), self.centroids)
+    """Codes int32[N, L] of rows w f32/bf16[N, d] with biases b: their nearest centroids,
+    computed a block of rows at a time (no float32 copy of w, no [N, d + 2] keys)."""
+    w = table_array("ClusterHash.hash_keys", "w", w, ndim=2)
+    if w.shape[1] != self.dim:
+      raise ValueError(f"ClusterHash.hash_keys: w has {w.shape[1]} features but the hash "
+                       f"family was built for dim={self.dim}")
+    b = jnp.zeros(w.shape[:1], jnp.float32) if b is None else jnp.asarray(b, jnp.float32)
+    stats = mips_key_stats(w, b)
+    return _assign((w, b), self.centroids, lambda wb: mips_keys(*wb, stats=stats))

@@ -77,8 +77,10 @@ def build(hasher: HashFamily, w, b=None) -> LSHIndex:
   others hash the rows as vectors and ignore it. A learned family (one with ``refit``,
   :class:`ClusterHash`) is first refitted to the rows; the index holds the refitted family.
   """
-  # A bfloat16 table is hashed in float32 (the keys of the learned families are float32 anyway).
-  w = table_array("lsh.build", "w", w, ndim=2).astype(jnp.float32)
+  w = table_array("lsh.build", "w", w, ndim=2)
+  learned = hasattr(hasher, "refit")
+  if not learned:  # a learned family converts a bfloat16 table a block of rows at a time
+    w = w.astype(jnp.float32)
   if w.shape[1] != hasher.dim:
     raise ValueError(f"lsh.build: w has d={w.shape[1]} but the hash family was built for "
                      f"dim={hasher.dim}")
@@ -86,7 +88,7 @@ def build(hasher: HashFamily, w, b=None) -> LSHIndex:
     b = float32_array("lsh.build", "b", b, ndim=1)
     if b.shape[0] != w.shape[0]:
       raise ValueError(f"lsh.build: b shape {b.shape} must be ({w.shape[0]},), one per row")
-  if hasattr(hasher, "refit"):  # a learned family fits its buckets to the current rows
+  if learned:  # a learned family fits its buckets to the current rows
     hasher = hasher.refit(w, b)
   codes = hasher.hash_keys(w, b) if hasattr(hasher, "hash_keys") else hasher.hash(w)
   offsets, ids = _csr(codes, hasher.num_buckets)

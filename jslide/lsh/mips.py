@@ -26,21 +26,47 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jslide._checks import float32_array
-from jslide.lsh._common import check_vectors
+from jslide._checks import table_array
+from jslide.lsh._common import check_vectors, map_row_blocks
 from jslide.lsh.simhash import SimHash
 
 
-def mips_keys(w, b=None):
-  """f32[N, d + 2]: the unit-norm keys of rows w f32[N, d] with biases b f32[N] (or 0)."""
-  w = float32_array("mips_keys", "w", w, ndim=2)
-  b = jnp.zeros(w.shape[:1], w.dtype) if b is None else jnp.asarray(b, w.dtype)
+_BLOCK = 4096  # rows per block of a pass over a table (jslide.lsh._common.map_row_blocks)
+
+
+def mips_key_stats(w, b=None):
+  """(mu f32[d], m2 f32[]) of rows w f32/bf16[N, d] with biases b f32[N] (or 0): the row mean
+  :func:`mips_keys` centres on and the largest squared norm of ``[w_n - mu, b_n]`` it scales
+  by. Two passes over w a block of rows at a time: no float32 copy of a bfloat16 table."""
+  w = table_array("mips_key_stats", "w", w, ndim=2)
+  b = _bias("mips_key_stats", w, b)
+  sums = map_row_blocks(
+      lambda p, fresh: jnp.sum(jnp.where(fresh[:, None], p.astype(jnp.float32), 0.0), axis=0),
+      w, _BLOCK)
+  mu = jnp.sum(sums, axis=0) / w.shape[0]
+  sq = map_row_blocks(
+      lambda p, _: jnp.max(jnp.sum(jnp.square(p[0].astype(jnp.float32) - mu), axis=1) +
+                           p[1] * p[1]), (w, b), _BLOCK)
+  return mu, jnp.maximum(jnp.max(sq), 1e-30)
+
+
+def _bias(fn, w, b):
+  b = jnp.zeros(w.shape[:1], jnp.float32) if b is None else jnp.asarray(b, jnp.float32)
   if b.shape != w.shape[:1]:
-    raise ValueError(f"mips_keys: b shape {b.shape} must be ({w.shape[0]},), one per row")
-  w = w - jnp.mean(w, axis=0)  # x . mu is the same for every row: the ranking is unchanged
-  sq = jnp.sum(w * w, axis=1) + b * b
-  m2 = jnp.maximum(jnp.max(sq), 1e-30)
-  rest = jnp.sqrt(jnp.maximum(m2 - sq, 0.0))
+    raise ValueError(f"{fn}: b shape {b.shape} must be ({w.shape[0]},), one per row")
+  return b
+
+
+def mips_keys(w, b=None, stats=None):
+  """f32[N, d + 2]: the unit-norm keys of rows w f32[N, d] (or bf16) with biases b f32[N] (or
+  0). ``stats``: :func:`mips_key_stats` of the whole table when w is some of its rows (the
+  keys of a table computed a block of rows at a time, without [N, d + 2] keys at once)."""
+  w = table_array("mips_keys", "w", w, ndim=2)
+  b = _bias("mips_keys", w, b)
+  # x . mu is the same for every row: centring leaves the ranking unchanged.
+  mu, m2 = mips_key_stats(w, b) if stats is None else stats
+  w = w.astype(jnp.float32) - mu
+  rest = jnp.sqrt(jnp.maximum(m2 - (jnp.sum(w * w, axis=1) + b * b), 0.0))
   return jnp.concatenate([w, b[:, None], rest[:, None]], axis=1) / jnp.sqrt(m2)
 
 

@@ -65,10 +65,22 @@ class Checkpoints:
   def __exit__(self, *exc):
     self.close()
 
+  @staticmethod
+  def _fitted(mgr, directory: str, state):
+    # The save window must hold the largest array: a manager with a wider one for a state
+    # with an array over SAVE_WINDOW_BYTES (known only at the first save).
+    window = checkpoint.save_window(state)
+    if window <= mgr.jslide_save_window:
+      return mgr
+    mgr.close()
+    return checkpoint.manager(directory, window=window)
+
   def save(self, state, meta: dict) -> None:
+    self.mgr = self._fitted(self.mgr, self.directory, state)
     checkpoint.save(self.mgr, state, meta)
 
   def save_best(self, state, meta: dict) -> None:
+    self.best_mgr = self._fitted(self.best_mgr, self.best_directory, state)
     checkpoint.save(self.best_mgr, state, meta)
 
   def restore(self, state_like, wanted: dict, run_cls):
