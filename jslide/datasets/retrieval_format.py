@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Iterable, Iterator
 
 
 def write_retrieval_set(out_dir: str, docs: list[dict], queries: list[dict]) -> None:
@@ -16,3 +17,16 @@ def write_retrieval_set(out_dir: str, docs: list[dict], queries: list[dict]) -> 
     with open(os.path.join(out_dir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
       for row in rows:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def json_lines(path: str, lines: Iterable[str]) -> Iterator[tuple[int, object]]:
+  """``(line number, parsed value)`` of each non-blank line of a JSON-lines file ``path``
+  (``lines`` its text, line by line); ValueError naming ``path:line`` for one that is not
+  JSON."""
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      yield number, json.loads(line)
+    except ValueError:
+      raise ValueError(f"{path}:{number}: not a JSON object") from None

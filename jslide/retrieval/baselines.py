@@ -8,23 +8,12 @@ import time
 
 import numpy as np
 
-from jslide.retrieval.documents import Passage
+from jslide.retrieval.documents import RANKED, Passage, best_per_document
 
-RANKED = 100  # passages ranked per query, from which the best documents are taken
 
 
 def _best_documents(passages: list[Passage], order, k: int) -> list[str]:
-  out, seen = [], set()
-  for i in order:
-    if i < 0:
-      break
-    doc = passages[int(i)].doc
-    if doc not in seen:
-      seen.add(doc)
-      out.append(doc)
-      if len(out) == k:
-        break
-  return out
+  return [passages[i].doc for i in best_per_document(passages, order, k)]
 
 
 class BM25:

@@ -10,8 +10,12 @@ sentence ends, a longer sentence at ``max_words``): the unit the model learns to
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
+
+from jslide.datasets.retrieval_format import json_lines
+
+
+RANKED = 100  # passages ranked per query, from which the best documents are taken
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +45,7 @@ def _check_text(path: str, raw: bytes) -> str:
 
 def _jsonl(path: str, text: str) -> list[Document]:
   docs = []
-  for number, line in enumerate(text.splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except ValueError:
-      raise ValueError(f"{path}:{number}: not a JSON object") from None
+  for number, row in json_lines(path, text.splitlines()):
     if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
       raise ValueError(f"{path}:{number}: expected {{\"id\": ..., \"text\": \"...\"}}")
     if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
@@ -140,3 +138,17 @@ def passages_of(docs: list[Document], max_words: int = 128) -> list[Passage]:
   return [p for doc in docs for p in split_passages(doc, max_words)]
 
 
+
+
+def best_per_document(passages: list[Passage], order, k: int) -> list[int]:
+  """The first passage of each document in ``order`` (passage numbers, best first; a negative
+  number ends it), at most ``k``: a ranking of passages as one of documents."""
+  out, seen = [], set()
+  for i in order:
+    if i < 0 or len(out) == k:
+      break
+    doc = passages[int(i)].doc
+    if doc not in seen:
+      seen.add(doc)
+      out.append(int(i))
+  return out

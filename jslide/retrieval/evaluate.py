@@ -3,11 +3,12 @@ recall@10, MRR@10 and the latency of one query at a time."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable
 
 import numpy as np
+
+from jslide.datasets.retrieval_format import json_lines
 
 
 def read_queries(path: str) -> list[tuple[str, list[str]]]:
@@ -15,13 +16,7 @@ def read_queries(path: str) -> list[tuple[str, list[str]]]:
   "relevant": [ids]}`` (ValueError naming the line for a malformed one)."""
   out = []
   with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except ValueError:
-        raise ValueError(f"{path}:{number}: not a JSON object") from None
+    for number, row in json_lines(path, f):
       if (not isinstance(row, dict) or not isinstance(row.get("query"), str)
           or not isinstance(row.get("relevant"), list) or not row["relevant"]):
         raise ValueError(f"{path}:{number}: expected {{\"query\": \"...\", \"relevant\": "

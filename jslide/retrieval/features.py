@@ -38,22 +38,24 @@ class Featurizer:
     return (HashingVectorizer(analyzer="word", ngram_range=(1, 2), **common),
             HashingVectorizer(analyzer="char_wb", ngram_range=(4, 4), **common))
 
-  def words(self, texts: list[str]):
-    """scipy CSR of the word 1-2-gram counts alone (which words a text has)."""
-    return self._vectorizers()[0].transform(texts).tocsr()
-
-  def transform(self, texts: list[str]):
-    """scipy CSR float32[len(texts), num_features], unit rows (empty text: an empty row)."""
+  def featurize(self, texts: list[str], max_features: int | None = None):
+    """(the features of :meth:`transform`, each row cut to its ``max_features`` largest
+    (:func:`keep_largest`; None: all), and the word 1-2-gram counts alone, which say what
+    words a text has): one pass of the vectorizers for both."""
     from sklearn.preprocessing import normalize
-    words, chars = (v.transform(texts) for v in self._vectorizers())
+    words, chars = (v.transform(texts).tocsr() for v in self._vectorizers())
     parts = []
     for m, weight in ((words, 1.0), (chars, self.char_weight)):
-      m = m.tocsr()
+      m = m.copy()  # the word counts are returned as they are
       m.data = 1.0 + np.log(m.data)  # sublinear term frequency
       parts.append(normalize(m) * weight)
     out = normalize((parts[0] + parts[1]).tocsr()).astype(np.float32)
     out.sort_indices()
-    return out
+    return (out if max_features is None else keep_largest(out, max_features)), words
+
+  def transform(self, texts: list[str]):
+    """scipy CSR float32[len(texts), num_features], unit rows (empty text: an empty row)."""
+    return self.featurize(texts)[0]
 
 
 def to_xc(features, labels: np.ndarray | None, num_labels: int) -> XCData:

@@ -37,13 +37,12 @@ from jslide import datasets as D
 from jslide import optim
 from jslide import train as T
 from jslide.retrieval.config import IndexConfig, RunConfig
-from jslide.retrieval.documents import Document, Passage, passages_of
-from jslide.retrieval.features import Featurizer, keep_largest, to_xc
+from jslide.retrieval.documents import RANKED, Document, Passage, best_per_document, passages_of
+from jslide.retrieval.features import Featurizer, to_xc
 from jslide.retrieval.training_queries import training_queries
 from jslide.train import config as run_config
 
 FORMAT = 1
-RANKED = 100  # passages ranked exactly per query, from which the best documents are taken
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +117,12 @@ def _inference_index(graphdef, mstate, tables: int, candidates: int, key):
   return model.output.build_inference_index(key, num_hash_tables=tables, candidates=candidates)
 
 
+def _serving_index(graphdef, mstate, cfg: IndexConfig, num_passages: int, seed: int):
+  """The inference index ``search`` reads, over the output layer of ``mstate``."""
+  return _inference_index(graphdef, mstate, cfg.inference_tables,
+                          min(cfg.candidates, num_passages), jax.random.key(seed))
+
+
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
 def _rank(graphdef, mstate, inference, feat_ids, feat_vals, k: int, candidates: int):
   """(scores f32[B, k], passage numbers int32[B, k]): the k best of the ``candidates``
@@ -133,8 +138,7 @@ def _examples(passages: list[Passage], featurizer: Featurizer, cfg: IndexConfig,
   ``passages`` (labels counted from ``label_offset``)."""
   texts, labels = training_queries(passages, sentences=cfg.sentences, spans=cfg.spans,
                                    seed=seed)
-  feats = keep_largest(featurizer.transform(texts), cfg.max_features)
-  words = featurizer.words(texts)
+  feats, words = featurizer.featurize(texts, cfg.max_features)
   return feats, labels + label_offset, np.unique(words.indices)
 
 
@@ -179,9 +183,8 @@ class Index:
     graphdef, mstate, fit = _train(_model(cfg, len(passages), run.seed), data, cfg, run,
                                    progress=progress)
     t1 = time.perf_counter()
-    inference = jax.block_until_ready(_inference_index(
-        graphdef, mstate, cfg.inference_tables, min(cfg.candidates, len(passages)),
-        jax.random.key(run.seed)))
+    inference = jax.block_until_ready(
+        _serving_index(graphdef, mstate, cfg, len(passages), run.seed))
     seen = np.zeros(cfg.num_features, bool)
     seen[words] = True
     record = {"documents": len(docs), "passages": len(passages),
@@ -223,9 +226,8 @@ class Index:
     _imprint(model, data, old_n, cfg.max_features)
     graphdef, mstate, fit = _train(model, data, cfg, dataclasses.replace(
         run, epochs=run.add_epochs), progress=progress, first_trained=old_n)
-    inference = jax.block_until_ready(_inference_index(
-        graphdef, mstate, cfg.inference_tables, min(cfg.candidates, len(passages)),
-        jax.random.key(run.seed)))
+    inference = jax.block_until_ready(
+        _serving_index(graphdef, mstate, cfg, len(passages), run.seed))
     seen = self._seen.copy()
     seen[words] = True
     record = {**self.record, "add": {
@@ -238,18 +240,11 @@ class Index:
 
   # Searching ----------------------------------------------------------------------------
 
-  def known(self, queries: list[str]) -> np.ndarray:
-    """bool[len(queries)]: whether each query has a word (or word pair) of the indexed
-    passages' training queries."""
-    words = self.featurizer.words(queries)
+  def _known(self, words) -> np.ndarray:
+    """bool[n]: whether each text, by its word counts (:meth:`Featurizer.featurize`), has a
+    word (or word pair) of the indexed passages' training queries."""
     return np.array([self._seen[words.indices[words.indptr[i]:words.indptr[i + 1]]].any()
-                     for i in range(len(queries))], bool)
-
-  def _features(self, queries: list[str]):
-    feats = keep_largest(self.featurizer.transform(queries), self.cfg.max_features)
-    data = to_xc(feats, None, self.num_passages)
-    b = D.make_batch(data, np.arange(len(queries)), len(queries), self.cfg.max_features, 1)
-    return b.feat_ids, b.feat_vals
+                     for i in range(words.shape[0])], bool)
 
   def search_many(self, queries: list[str], k: int = 10, *,
                   strict: bool = True) -> list[list[Hit]]:
@@ -264,30 +259,23 @@ class Index:
         raise ValueError(f"search: a query must be a non-empty string, got {q!r}")
     if not queries:
       return []
-    known = self.known(queries)
+    feats, words = self.featurizer.featurize(queries, self.cfg.max_features)
+    known = self._known(words)
     if strict and not known.all():
       raise ValueError(f"query {queries[int(np.argmin(known))]!r} has no word of the indexed "
                        "passages")
-    feat_ids, feat_vals = self._features(queries)
+    b = D.make_batch(to_xc(feats, None, self.num_passages), np.arange(len(queries)),
+                     len(queries), self.cfg.max_features, 1)
     ranked = min(RANKED, self.candidates)
     scores, ids = jax.device_get(_rank(self._graphdef, self._mstate, self._inference,
-                                       jnp.asarray(feat_ids), jnp.asarray(feat_vals), ranked,
+                                       jnp.asarray(b.feat_ids), jnp.asarray(b.feat_vals), ranked,
                                        self.candidates))
     out = []
     for row_scores, row_ids, ok in zip(scores, ids, known):
-      hits, seen = [], set()
-      if not ok:
-        out.append(hits)
-        continue
-      for s, i in zip(row_scores, row_ids):
-        if i < 0 or len(hits) == k:
-          break
-        p = self.passages[int(i)]
-        if p.doc in seen:
-          continue
-        seen.add(p.doc)
-        hits.append(Hit(p.doc, float(s), int(i), p.text, p.title))
-      out.append(hits)
+      best = best_per_document(self.passages, row_ids, k) if ok else []
+      score = dict(zip(row_ids.tolist(), row_scores.tolist()))
+      out.append([Hit(self.passages[i].doc, score[i], i, self.passages[i].text,
+                      self.passages[i].title) for i in best])
     return out
 
   def search(self, query: str, k: int = 10, *, strict: bool = True) -> list[Hit]:
@@ -345,9 +333,8 @@ class Index:
     seen = np.unpackbits(np.load(os.path.join(path, "seen_words.npy")))[:cfg.num_features]
     graphdef, abstract_model = nnx.split(nnx.eval_shape(
         lambda: _model(cfg, len(passages), run.seed)))
-    abstract_inf = jax.eval_shape(lambda m: _inference_index(
-        graphdef, m, cfg.inference_tables, min(cfg.candidates, len(passages)),
-        jax.random.key(0)), abstract_model)
+    abstract_inf = jax.eval_shape(
+        lambda m: _serving_index(graphdef, m, cfg, len(passages), 0), abstract_model)
     target = {"model": nnx.to_pure_dict(abstract_model), "inference": abstract_inf}
     restored = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), target)
     nnx.replace_by_pure_dict(abstract_model, restored["model"])
