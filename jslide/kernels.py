@@ -2,7 +2,7 @@
 
 Every kernel works on tables of rows, ``w: f32[N, D]`` or ``bf16[N, D]`` (computed in float32:
 bfloat16 elements are widened exactly, and results written back to a bfloat16 table or
-moment are rounded stochastically, see docs/design.md), and on *factored row-sparse*
+moment are rounded stochastically, see docs/concepts/bfloat16.md), and on *factored row-sparse*
 matrices: ``ids: int32[R, A]`` (-1 is padding), ``coef: f32[R, A]`` and ``vecs: f32[R, D]``,
 standing for the [N, D] matrix whose row n is the sum of ``coef[r, j] * vecs[r]`` over all
 (r, j) with ``ids[r, j] == n``. Shapes and dtypes are checked here; the kernels check ids
@@ -59,7 +59,7 @@ def _gathered_table(fn, w, window):
 
 
 def gather_dot(x, w, b, ids, *, window: int = 0):
-  """``y[r, j] = x[r] . w[ids[r, j]] + b[ids[r, j]]``; 0 where ``ids[r, j] == -1``.
+  """``y[r, j] = x[r] @ w[ids[r, j]] + b[ids[r, j]]``; 0 where ``ids[r, j] == -1``.
 
   Args:
     x: f32[R, D]. w: f32[N, D] or bf16[N, D] (or, with ``window=D``, a 1-D table whose row n
@@ -300,8 +300,8 @@ def row_sparse_sq_norm(ids, coef, vecs, num_rows: int, *, window: int = 0):
   return _ffi.row_sparse_sq_norm(ids, coef, vecs, num_rows, window)
 
 
-# ROBE's hash (ffi/kernels.h): the prime, and the largest number of rows all the tables that
-# share one array may hold together.
+#: The prime P of ROBE's hash (``ffi/kernels.h``), and the largest number of rows all the
+#: tables that share one array may hold together.
 ROBE_PRIME = 2038074743
 
 
@@ -347,3 +347,8 @@ def huge_page_zeros(shape, dtype=jnp.float32):
   if any(s < 0 for s in shape):
     raise ValueError(f"huge_page_zeros: shape must have sizes >= 0, got {shape}")
   return _ffi.huge_page_zeros(shape, dtype)
+
+
+__all__ = ["gather_dot", "gather_weighted_sum", "scatter_outer", "as_rows", "sparse_adam_rows",
+           "adam_catch_up_rows", "sparse_sgd_rows", "check_unit", "row_sparse_sq_norm",
+           "ROBE_PRIME", "robe_slots", "huge_page_zeros"]

@@ -39,7 +39,7 @@ def active_softmax_cross_entropy(logits, active_ids, labels):
   """Softmax cross-entropy over each example's active neurons, f32[B].
 
   The softmax runs over the non-padding entries of ``active_ids``; the target puts mass
-  1/|labels| on each label present in the active set (SLIDE's multi-label loss). Examples
+  ``1 / len(labels)`` on each label present in the active set (SLIDE's multi-label loss). Examples
   with no label in their active set have loss 0.
 
   Args:
@@ -79,7 +79,7 @@ def active_binary_cross_entropy(logits, active_ids, labels):
 
 def chunked_softmax_cross_entropy(x, w, b, targets, *, chunk_size: int = 8192):
   """The exact softmax cross-entropy over all N rows of a layer, f32[T], without a [T, N]
-  array: ``logsumexp_n(x . w[n] + b[n]) - (x . w[t] + b[t])``.
+  array: ``logsumexp_n(x @ w[n] + b[n]) - (x @ w[t] + b[t])``.
 
   The log-partition is accumulated over blocks of ``chunk_size`` rows (a running max and
   sum, as in online softmax), so memory is O(T * chunk_size): honest perplexity of a
@@ -120,3 +120,7 @@ def chunked_softmax_cross_entropy(x, w, b, targets, *, chunk_size: int = 8192):
   (top, total), _ = jax.lax.scan(accumulate, start, (w_blocks, b_blocks))
   target_logit = sparse_linear(x, w, b, targets[:, None])[:, 0]
   return jnp.where(targets >= 0, top + jnp.log(total) - target_logit, 0.0)
+
+
+__all__ = ["label_targets", "active_softmax_cross_entropy", "softmax_cross_entropy",
+           "active_binary_cross_entropy", "chunked_softmax_cross_entropy"]

@@ -44,3 +44,6 @@ def summarize(top_ids, labels, mask, ks=(1, 3, 5)) -> dict:
     out[f"P@{k}"] = jnp.sum(jnp.where(mask, precision_at_k(top_ids, labels, k), 0.0))
     out[f"nDCG@{k}"] = jnp.sum(jnp.where(mask, ndcg_at_k(top_ids, labels, k), 0.0))
   return out
+
+
+__all__ = ["hits", "precision_at_k", "ndcg_at_k", "summarize"]

@@ -80,7 +80,7 @@ _sparse_linear.defvjp(_sparse_linear_fwd, _sparse_linear_bwd)
 
 
 def sparse_linear(x, w, b, ids):
-  """Scores of selected output neurons: ``y[..., j] = x[...] . w[ids[..., j]] + b[ids[..., j]]``.
+  """Scores of selected output neurons: ``y[..., j] = x[...] @ w[ids[..., j]] + b[ids[..., j]]``.
 
   Only the A neurons named in ``ids`` are computed per example, so the cost is O(B*A*d),
   not O(B*N*d). Padding ids (-1) give 0.
@@ -186,7 +186,7 @@ def _embedding_bag_table_grads(w_slot, n, saved, g):
 
 
 def shared_linear(x, w, b, ids):
-  """Scores of one set of neurons shared by every input: ``y[t, j] = x[t] . w[ids[j]] +
+  """Scores of one set of neurons shared by every input: ``y[t, j] = x[t] @ w[ids[j]] +
   b[ids[j]]``, a gather of S rows and one matmul (what sampled softmax does with its shared
   negatives).
 

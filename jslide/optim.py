@@ -42,6 +42,7 @@ from jslide import tree as jtree
 from jslide.rowsparse import RowSparseGrad, is_row_sparse, refuse_float_leaves
 from jslide.tables import TableSpec, table_mask
 
+#: A learning rate: a number, or an Optax schedule (a function of the step count).
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
 
 _UPDATE_MISUSE = (
@@ -169,7 +170,7 @@ def sparse_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
     catch_up: keep rows in step with dense Adam (an int32 per table row of extra state).
     moment_dtype: dtype of both moments of every leaf. Default: the parameter's dtype, at
       least float32, so a bfloat16 table keeps float32 moments (bfloat16 moments halve the
-      optimizer's memory traffic; the kernels round them stochastically, see docs/design.md).
+      optimizer's memory traffic; the kernels round them stochastically, see docs/concepts/bfloat16.md).
   """
 
   learning_rate = _checks.learning_rate("sparse_adam", learning_rate)
@@ -473,3 +474,9 @@ def apply_updates_if_finite(inner: optax.GradientTransformation,
     return params, counted(inner_state)
 
   return FiniteStep(skip.init, apply)
+
+
+__all__ = ["ScalarOrSchedule", "TableUpdate", "SparseAdamState", "CatchUpState", "sparse_adam",
+           "catch_up", "SparseSgdState", "sparse_sgd", "partition",
+           "ClipByGlobalNormState", "clip_by_global_norm", "apply_if_finite",
+           "FiniteStep", "apply_updates_if_finite"]

@@ -68,7 +68,7 @@ class RowSparseGrad:
   Attributes:
     ids: int32[R, A], table rows (window starts); -1 is padding. Duplicates are summed.
     coef: f32[R, A].
-    vecs: f32[R, *row_shape] (f32[R, window] with a window).
+    vecs: ``f32[R, *row_shape]`` (``f32[R, window]`` with a window).
     unit: int32[], 1 (0 for the zero gradient ``optax.tree.zeros_like`` makes); anything
       else means leafwise arithmetic touched the ids, and consumers refuse it.
     num_rows: N, the table's number of rows (elements, with a window) (static).
@@ -145,7 +145,7 @@ class RowSparseGrad:
     return self.ids, kernels.check_unit(self.unit, self.coef, what=_MISUSE), vecs
 
   def todense(self) -> jax.Array:
-    """The dense gradient, f32[num_rows, *row_shape]. Costs O(num_rows * D)."""
+    """The dense gradient, ``f32[num_rows, *row_shape]``. Costs O(num_rows * D)."""
     ids, coef, vecs = self.factors()
     return jnp.reshape(kernels.scatter_outer(ids, coef, vecs, self.num_rows,
                                              window=self.window), self.shape)

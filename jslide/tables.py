@@ -9,7 +9,8 @@ import jax.numpy as jnp
 
 from jslide.rowsparse import is_row_sparse
 
-# A spec is a predicate ``(path, leaf) -> bool`` or a tree of bools that is a prefix of params.
+#: Which leaves are tables: a predicate ``(path, leaf) -> bool``, or a tree of booleans that is
+#: a prefix of the parameters.
 TableSpec = Union[Callable[[Any, Any], bool], Any]
 
 
@@ -43,3 +44,6 @@ def table_mask(tables: TableSpec, tree) -> Any:
   return jax.tree.map(
       lambda flag, sub: jax.tree.map(lambda _: bool(flag), sub, is_leaf=is_row_sparse),
       tables, tree, is_leaf=lambda x: isinstance(x, bool))
+
+
+__all__ = ["TableSpec", "min_rows", "table_mask"]

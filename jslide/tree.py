@@ -92,3 +92,5 @@ def todense(tree):
   """The tree with every RowSparseGrad as its dense array. O(table size) per leaf."""
   return _map(lambda x: x.todense() if is_row_sparse(x) else x, tree)
 
+
+__all__ = ["add", "scale", "global_norm", "all_finite", "todense"]

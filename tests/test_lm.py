@@ -277,3 +277,23 @@ def test_indices_are_rebuilt_before_evaluating_unless_the_run_says_not(
   same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
              zip(jax.tree.leaves(saved), jax.tree.leaves(initial)))
   assert same == (not rebuild_before_eval)
+
+
+def test_plot_draws_each_record_labelled_by_its_model(tmp_path):
+  """``plot`` draws one line per record, named by its parameters, head and FFN."""
+  pytest.importorskip("matplotlib")
+  from jslide.lm.__main__ import main
+  paths = []
+  for i, (head, ffn, params) in enumerate([("lsh", "sparse", 1_102_563_664),
+                                           ("sampled", "dense", 26_000_000)]):
+    record = {"params": params, "model": {"head": head, "ffn": ffn, "hidden": 256},
+              "evals": [{"train_s": 600.0 * k, "valid_ppl": 100.0 / k} for k in (1, 2, 3)]}
+    paths.append(tmp_path / f"r{i}.json")
+    paths[-1].write_text(json.dumps(record))
+  out = tmp_path / "p.png"
+  assert main(["plot", *map(str, paths), "--out", str(out)]) == 0
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  import matplotlib.pyplot as plt
+  labels = [t.get_text() for t in plt.gcf().axes[0].get_legend().get_texts()]
+  assert labels == ["1,103 M parameters: lsh head, sparse FFN of 256",
+                    "26 M parameters: sampled head, dense FFN of 256"]

@@ -17,12 +17,16 @@ import dataclasses
 import gzip
 import math
 import os
+import re
 import sys
 
 import numpy as np
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_ID = 2**31 - 2  # ids are int32, and one more than an id (a count) must fit too
+# ASCII digits only: str.isdigit() also accepts '²' or '١', which int() then refuses.
+_UINT = re.compile(r"[0-9]+")
+_INT = re.compile(r"-?[0-9]+")
 
 
 class XCFormatError(ValueError):
@@ -139,7 +143,7 @@ def read(path: str, *, num_features: int | None = None, num_labels: int | None =
       for lineno, line in enumerate(f, start=1):
         if lineno == 1 and fmt != "libsvm":
           parts = line.split()
-          if len(parts) == 3 and all(p.isdigit() for p in parts):
+          if len(parts) == 3 and all(_UINT.fullmatch(p) for p in parts):
             declared_points, nf, nl = (int(p) for p in parts)
             if nf < 1 or nl < 1:
               raise XCFormatError(f"{path}:1: header declares {nf} features and {nl} "
@@ -158,7 +162,7 @@ def read(path: str, *, num_features: int | None = None, num_labels: int | None =
         if tokens and ":" not in tokens[0]:
           seen = set()
           for lab in tokens[0].split(","):
-            if not lab.lstrip("-").isdigit():
+            if not _INT.fullmatch(lab):
               raise XCFormatError(f"{path}:{lineno}: bad label {lab!r} (labels are "
                                   "comma-separated non-negative integers)")
             v = int(lab)
@@ -175,7 +179,7 @@ def read(path: str, *, num_features: int | None = None, num_labels: int | None =
           start = 1
         for tok in tokens[start:]:
           fid, sep, val = tok.partition(":")
-          if not sep or not fid.isdigit():
+          if not sep or not _UINT.fullmatch(fid):
             raise XCFormatError(f"{path}:{lineno}: bad feature {tok!r} (expected id:value)")
           try:
             x = float(val)

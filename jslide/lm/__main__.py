@@ -106,7 +106,8 @@ def _plot(args) -> None:
     with open(path) as f:
       record = json.load(f)
     c = record["model"]
-    label = f"{c['head']} head, {c['ffn']} FFN"
+    label = (f"{record['params'] / 1e6:,.0f} M parameters: {c['head']} head, {c['ffn']} FFN of "
+             f"{c['hidden']:,}")
     ax.plot([e["train_s"] for e in record["evals"]], [e["valid_ppl"] for e in record["evals"]],
             marker="o", label=label)
   ax.set_xlabel("training time (s)")

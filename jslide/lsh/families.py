@@ -68,6 +68,7 @@ def _cluster(key, dim, k, l, *, bin_size, num_rows, active):
   return ClusterHash.init(key, dim, k, l, probes=probes)
 
 
+#: Every hash family by name (:class:`HashFamily`: its default K, L and strategy).
 FAMILIES = {f.name: f for f in (
     HashFamily("cluster", "ranked", 1, None, _cluster),
     HashFamily("dwta", "vanilla", 16, 5,

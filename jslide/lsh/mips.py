@@ -80,7 +80,7 @@ def mips_queries(x):
 @dataclasses.dataclass(frozen=True)
 class MIPSHash:
   """SimHash over the MIPS transform: queries are hashed as ``[x, 1, 0]``, rows (with their
-  bias) as unit keys (:func:`mips_keys`), so collisions follow ``x . w_n + b_n``.
+  bias) as unit keys (:func:`mips_keys`), so collisions follow ``x @ w_n + b_n``.
 
   Attributes:
     simhash: a dense :class:`SimHash` over d + 2 coordinates. dim: d (static).

@@ -188,7 +188,7 @@ def neuron_list_candidates(index: NeuronLists, x) -> jax.Array:
 
 def neuron_list_topk(index: NeuronLists, x, w, b, k: int) -> tuple[jax.Array, jax.Array]:
   """(scores f32[B, k], ids int32[B, k]): the k best distinct neurons of a query's lists by
-  exact score ``x . w_n + b_n``, best first (ties: lower id first; -inf and -1 where fewer
+  exact score ``x @ w_n + b_n``, best first (ties: lower id first; -inf and -1 where fewer
   than k were found). x f32[B, d], w f32[N, d] or bf16[N, d] (a bfloat16 table is read as
   it is, each row widened exactly in the kernel, with no float32 copy), b f32[N]."""
   fn = "neuron_list_topk"

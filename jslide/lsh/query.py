@@ -9,6 +9,7 @@ from jslide import _ffi
 from jslide._checks import int32_ids, positive_int
 from jslide.lsh.index import LSHIndex
 
+#: The retrieval strategies of :func:`query` and the code the kernel takes for each.
 STRATEGIES = {"vanilla": 0, "topk": 1, "threshold": 2, "ranked": 3}
 
 

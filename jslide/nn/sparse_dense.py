@@ -59,7 +59,7 @@ class SparseDense(nnx.Module):
   neuron's weights are what the kernels gather and the index hashes; ``bias`` is
   ``Table[out_features]``. ``param_dtype`` (float32 or bfloat16) is the kernel's dtype: a
   bfloat16 table halves the memory traffic of every gather and update (the kernels compute in
-  float32 and round updates stochastically, docs/design.md); the bias, 1/in_features of the
+  float32 and round updates stochastically, docs/concepts/bfloat16.md); the bias, 1/in_features of the
   table, stays float32.
   """
 

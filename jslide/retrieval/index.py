@@ -312,7 +312,7 @@ class Index:
       f.write(f"v{version}\n")
     os.replace(os.path.join(directory, "CURRENT.tmp"), os.path.join(directory, "CURRENT"))
     for name in os.listdir(directory):  # older versions than the previous one
-      if name.startswith("v") and name[1:].isdigit() and int(name[1:]) < version - 1:
+      if 0 < _version_number(name) < version - 1:
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
     return final
 
@@ -415,9 +415,15 @@ def _current_number(directory: str) -> int:
     with open(os.path.join(directory, "CURRENT")) as f:
       name = f.read().strip()
   except FileNotFoundError:
-    return max([int(n[1:]) for n in os.listdir(directory)
-                if n.startswith("v") and n[1:].isdigit()], default=0)
-  return int(name[1:]) if name.startswith("v") and name[1:].isdigit() else 0
+    return max(map(_version_number, os.listdir(directory)), default=0)
+  return _version_number(name)
+
+
+def _version_number(name: str) -> int:
+  """N of a version folder's name ``vN``; 0 for any other name (ASCII digits only:
+  ``str.isdigit`` also accepts digits ``int`` refuses)."""
+  digits = name[1:]
+  return int(digits) if name.startswith("v") and digits.isascii() and digits.isdigit() else 0
 
 
 def current_version(directory: str) -> str:

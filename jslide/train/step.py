@@ -181,7 +181,7 @@ def make_train_step(model: nnx.Module, loss: Loss, *,
   ``loss(model, batch, key) -> (values, mask)``: per-example losses and the mask of those
   that count (:func:`active_set_loss` builds one for a model scoring an active set). The
   step is one ``jax.jit`` with the whole state donated: tables are updated in place by
-  ``table_tx`` (default ``sparse_adam(1e-3, catch_up=True)``, docs/design.md) from
+  ``table_tx`` (default ``sparse_adam(1e-3, catch_up=True)``, docs/concepts/adam.md) from
   row-sparse gradients, every other parameter by ``dense_tx`` (default
   ``optax.adam(1e-3)``), and every index of the model is rebuilt when ``schedule`` says so
   (through ``lax.cond``: no retracing; None: never).
