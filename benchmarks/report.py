@@ -34,6 +34,9 @@ import platform
 import subprocess
 import sys
 
+from _report import write_json
+from jslide.lm import plot as lm_plot
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PACKAGES = ("jslide", "jax", "jaxlib", "numpy", "flax", "optax", "orbax-checkpoint")
@@ -197,28 +200,6 @@ def plot_xc(runs: dict, dataset: str, path: str) -> None:
   plt.close(fig)
 
 
-def lm_label(record: dict) -> str:
-  c = record["model"]
-  return (f"{record['params'] / 1e6:,.0f} M parameters, {c['head']} head, {c['ffn']} FFN "
-          f"(hidden {c['hidden']:,})")
-
-
-def plot_lm(records: list[dict], path: str) -> None:
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for record in records:
-    ax.plot([e["train_s"] for e in record["evals"]], [e["valid_ppl"] for e in record["evals"]],
-            marker="o", label=lm_label(record))
-  ax.set_xlabel("training time (s)")
-  ax.set_ylabel("validation perplexity (exact softmax)")
-  ax.set_yscale("log")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 # ------------------------------------------------------------------------------ markdown
 
 
@@ -312,7 +293,7 @@ def render(report: dict, figures: dict[str, str]) -> str:
     for r in report["lm"]:
       last = r["evals"][-1]
       best = min(e["valid_ppl"] for e in r["evals"])
-      rows.append([lm_label(r), f"{r['active_params_per_token'] / 1e6:.2f} M",
+      rows.append([lm_plot.label(r), f"{r['active_params_per_token'] / 1e6:.2f} M",
                    f"{last['train_s']:,.0f}", f"{last['tokens'] / 1e6:.2f} M",
                    f"{last['tokens_per_s']:,.0f}", f"{last['valid_ppl']:.2f}", f"{best:.2f}",
                    f"{r['peak_rss_mb'] / 1024:.1f} GB"])
@@ -368,11 +349,10 @@ def main(argv=None) -> None:
     figures["xc_" + dataset] = f"{stem}_xc_{dataset}.png"
     plot_xc(entry["runs"], dataset, os.path.join(out_dir, figures["xc_" + dataset]))
   if report["lm"]:
-    plot_lm(report["lm"], os.path.join(out_dir, figures["lm"]))
+    lm_plot.plot_perplexity(report["lm"], os.path.join(out_dir, figures["lm"]))
   with open(args.out, "w") as f:
     f.write(render(report, figures))
-  with open(os.path.join(args.results, "report.json"), "w") as f:
-    json.dump(report, f, indent=2)
+  write_json(os.path.join(args.results, "report.json"), report)
   log(f"wrote {args.out} and its plots; the data in {args.results}/report.json")
 
 

@@ -8,7 +8,8 @@ to one thread, so latency is one thread's; training uses every core):
 
 1. ``index`` of every document (timed), then ``eval --baselines``: recall@1, recall@10,
    MRR@10, p50 / p99 latency of one query at a time, build seconds and index size, for
-   jslide, BM25 (bm25s) and TF-IDF + SVD + FAISS on the same passages;
+   jslide, its model without the lexical half (``jslide_model_alone``), BM25 (bm25s) and
+   TF-IDF + SVD + FAISS on the same passages;
 2. ``index`` of 90% of the documents (every tenth one left out), ``eval`` of the queries
    of those 90%, ``add`` of the other 10% (timed against the full index's build), and
    ``eval`` of the old and the new documents' queries on the grown index.
@@ -95,7 +96,7 @@ def table(rows: list[dict]) -> str:
       if isinstance(m, dict):
         lines.append(f"| {r['set']} | {method} | {m['recall@1']:.3f} | {m['recall@10']:.3f} | "
                      f"{m['mrr@10']:.3f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-                     f"{m['build_s'] or 0:.1f} | {m['memory_mb']:.1f} |")
+                     f"{m['build_s'] or 0:.1f} | {m['memory_mb'] or 0:.1f} |")
   lines += ["", "| set | add s / full build s | new docs' recall@10 | old docs' recall@10 "
             "before -> after |", "|---|---:|---:|---:|"]
   for r in rows:

@@ -25,6 +25,7 @@ using S32Out = xla::ffi::ResultBuffer<xla::ffi::S32>;
 using F32R1 = xla::ffi::BufferR1<xla::ffi::F32>;
 using F32R2 = xla::ffi::BufferR2<xla::ffi::F32>;
 using F32R3 = xla::ffi::BufferR3<xla::ffi::F32>;
+using S32R1 = xla::ffi::BufferR1<xla::ffi::S32>;
 using S32R2 = xla::ffi::BufferR2<xla::ffi::S32>;
 using S32R3 = xla::ffi::BufferR3<xla::ffi::S32>;
 using U32R1 = xla::ffi::BufferR1<xla::ffi::U32>;

@@ -201,7 +201,7 @@ ffi::Error ListTopKImpl(ffi::ThreadPool pool, F32R2 x, Any w, F32R1 bias, S32R2 
 }
 
 ffi::Error QueryImpl(ffi::ThreadPool pool, S32R2 codes, S32R2 offsets, S32R2 ids, S32R2 force,
-                     U32R1 seed, int64_t active, int64_t strategy, int64_t threshold,
+                     U32R1 seed, S32R1 first, int64_t active, int64_t strategy, int64_t threshold,
                      int64_t max_per_bucket, int64_t fill_group, int64_t fill,
                      int64_t retrieved, S32R2Out out) {
   const char* k = "jslide_lsh_query";
@@ -213,6 +213,11 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32R2 codes, S32R2 offsets, S32R2 ids
                       "[L, buckets + 1] and ids [L, N] disagree on L");
   if (force.dimensions()[0] != b) return Invalid(k, "force_ids must have one row per query");
   if (seed.element_count() != 2) return Invalid(k, "seed must hold 2 uint32");
+  // first: the number of this batch's row 0 in the whole batch (a data-parallel shard's
+  // offset), so each example draws the same random fill on any number of shards.
+  if (first.element_count() != 1 || first.typed_data()[0] < 0)
+    return Invalid(k, "first must hold one int32 >= 0");
+  const uint64_t first_example = static_cast<uint64_t>(first.typed_data()[0]);
   if (active < 1) return Invalid(k, "active must be >= 1");
   if (strategy < 0 || strategy > 3) return Invalid(k, "unknown strategy");
   if (max_per_bucket < 1) return Invalid(k, "max_per_bucket must be >= 1");
@@ -233,7 +238,7 @@ ffi::Error QueryImpl(ffi::ThreadPool pool, S32R2 codes, S32R2 offsets, S32R2 ids
     thread_local QueryScratch scratch;  // kept by the pool's threads: nothing allocated per call
     for (int64_t r = begin; r < end; ++r)
       if (!QueryOne(codes.typed_data() + r * num_codes, offsets.typed_data(), ids.typed_data(),
-                    force.typed_data() + r * f, f, cfg, static_cast<uint64_t>(r),
+                    force.typed_data() + r * f, f, cfg, first_example + static_cast<uint64_t>(r),
                     out->typed_data() + r * active, scratch)) {
         corrupt.store(true);
         return;
@@ -310,6 +315,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JslideLshQuery, jslide::QueryImpl,
                                   .Arg<jslide::S32R2>()  // ids
                                   .Arg<jslide::S32R2>()  // force
                                   .Arg<jslide::U32R1>()  // seed
+                                  .Arg<jslide::S32R1>()  // first
                                   .Attr<int64_t>("active")
                                   .Attr<int64_t>("strategy")
                                   .Attr<int64_t>("threshold")

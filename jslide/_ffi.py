@@ -174,11 +174,12 @@ def list_topk(x, w, b, lists, probes, k: int):
   return _call("jslide_list_topk", out, x, w, b, lists, probes)
 
 
-def lsh_query(codes, offsets, ids, force, seed, *, active, strategy, threshold,
+def lsh_query(codes, offsets, ids, force, seed, first, *, active, strategy, threshold,
               max_per_bucket, fill_group, fill, retrieved):
-  """int32[B, active]: the active ids of each query (jslide.lsh.query)."""
+  """int32[B, active]: the active ids of each query (jslide.lsh.query); ``first`` int32[1]
+  numbers row 0 in the whole batch (a data-parallel shard's offset)."""
   return _call("jslide_lsh_query", jax.ShapeDtypeStruct((codes.shape[0], active), jnp.int32),
-               codes, offsets, ids, force, seed, active=np.int64(active),
+               codes, offsets, ids, force, seed, first, active=np.int64(active),
                strategy=np.int64(strategy), threshold=np.int64(threshold),
                max_per_bucket=np.int64(max_per_bucket), fill_group=np.int64(fill_group),
                fill=np.int64(fill), retrieved=np.int64(retrieved))

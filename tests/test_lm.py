@@ -293,7 +293,7 @@ def test_plot_draws_each_record_labelled_by_its_model(tmp_path):
   out = tmp_path / "p.png"
   assert main(["plot", *map(str, paths), "--out", str(out)]) == 0
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  import matplotlib.pyplot as plt
-  labels = [t.get_text() for t in plt.gcf().axes[0].get_legend().get_texts()]
-  assert labels == ["1,103 M parameters: lsh head, sparse FFN of 256",
-                    "26 M parameters: sampled head, dense FFN of 256"]
+  from jslide.lm.plot import plot_perplexity
+  labels = plot_perplexity([json.loads(p.read_text()) for p in paths], str(out))
+  assert labels == ["1,103 M parameters, lsh head, sparse FFN (hidden 256)",
+                    "26 M parameters, sampled head, dense FFN (hidden 256)"]

@@ -96,27 +96,15 @@ def _generate(args) -> None:
 
 def _plot(args) -> None:
   try:
-    import matplotlib
+    import matplotlib  # noqa: F401
   except ImportError:
     raise SystemExit("plot needs matplotlib: pip install 'jslide[plot]'") from None
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
+  from jslide.lm.plot import plot_perplexity
+  records = []
   for path in args.runs:
     with open(path) as f:
-      record = json.load(f)
-    c = record["model"]
-    label = (f"{record['params'] / 1e6:,.0f} M parameters: {c['head']} head, {c['ffn']} FFN of "
-             f"{c['hidden']:,}")
-    ax.plot([e["train_s"] for e in record["evals"]], [e["valid_ppl"] for e in record["evals"]],
-            marker="o", label=label)
-  ax.set_xlabel("training time (s)")
-  ax.set_ylabel("validation perplexity (exact softmax)")
-  ax.set_yscale("log")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(args.out, dpi=120)
+      records.append(json.load(f))
+  plot_perplexity(records, args.out)
   print(f"wrote {args.out}")
 
 

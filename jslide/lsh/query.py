@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jslide import _ffi
+from jslide import _ffi, parallel
 from jslide._checks import int32_ids, positive_int
 from jslide.lsh.index import LSHIndex
 
@@ -41,11 +41,15 @@ def _retrieve(index: LSHIndex, codes, *, active, strategy, key, force_ids, thres
     retrieved = active
   if isinstance(retrieved, bool) or not isinstance(retrieved, int) or retrieved < 0:
     raise ValueError(f"{fn}: retrieved must be an int >= 0, got {retrieved!r}")
-  fill_group = b if fill_group is None else positive_int(fn, "fill_group", fill_group)
+  # Random choices follow an example's place in the whole batch, on any number of
+  # data-parallel shards (jslide.parallel).
+  fill_group = (parallel.whole_batch(b) if fill_group is None
+                else positive_int(fn, "fill_group", fill_group))
   if key is None:
     raise ValueError(f"{fn}: key (a jax.random key) is required")
   seed = jax.random.bits(key, (2,), jnp.uint32)
-  return _ffi.lsh_query(codes, index.offsets, index.ids, force_ids, seed, active=active,
+  return _ffi.lsh_query(codes, index.offsets, index.ids, force_ids, seed,
+                        parallel.first_example(b), active=active,
                         strategy=STRATEGIES[strategy], threshold=threshold or 1,
                         max_per_bucket=max_per_bucket, fill_group=max(fill_group, 1),
                         fill=bool(fill), retrieved=retrieved)

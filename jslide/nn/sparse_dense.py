@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jslide import lsh
+from jslide import lsh, parallel
 from jslide.initializers import check_param_dtype, init_table
 from jslide._checks import positive_int
 from jslide.nn.variables import Index, Table
@@ -106,7 +106,8 @@ class SparseDense(nnx.Module):
     if labels is not None and self.batch_negatives:
       key, sample_key = jax.random.split(key)
       room = max(0, min(self.batch_negatives, self.active - labels.shape[-1]))
-      shared = batch_label_sample(labels, room, sample_key)
+      # drawn from the whole batch's labels, however many data-parallel shards hold it
+      shared = batch_label_sample(parallel.gather_examples(labels), room, sample_key)
       force = jnp.concatenate(
           [labels.astype(jnp.int32), jnp.broadcast_to(shared, (labels.shape[0], room))], axis=-1)
     return lsh.query(self.index.get_value(), x, active=self.active, key=key,

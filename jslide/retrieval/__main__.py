@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("dir")
   e.add_argument("--queries", required=True, help="JSON lines of {query, relevant}")
   e.add_argument("--baselines", action="store_true",
-                 help="also BM25 and TF-IDF + SVD + FAISS on the same passages")
+                 help="also BM25, TF-IDF + SVD + FAISS on the same passages, and this "
+                 "index's model without its lexical half")
   e.add_argument("--json", help="write the results here")
   return p
 
@@ -108,6 +109,11 @@ def _eval(args) -> None:
                                    queries),
                         "build_s": index.record.get("build_s"),
                         "memory_mb": round(_dir_bytes(current_version(args.dir)) / 2**20, 1)}}
+  if args.baselines and index.lexical is not None:  # what each half brings
+    alone = index.with_lexical_weight(0.0)
+    results["jslide_model_alone"] = {
+        **evaluate(lambda q: [h.doc for h in alone.search(q, 10, strict=False)], queries),
+        "build_s": None, "memory_mb": None}
   if args.baselines:
     try:
       import faiss
@@ -126,7 +132,7 @@ def _eval(args) -> None:
     if isinstance(r, dict):
       print(f"{name:24} {r['recall@1']:9.4f} {r['recall@10']:9.4f} {r['mrr@10']:7.4f} "
             f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['build_s'] or 0:8.1f} "
-            f"{r['memory_mb']:7.1f}")
+            f"{r['memory_mb'] or 0:7.1f}")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)

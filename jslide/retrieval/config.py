@@ -17,7 +17,12 @@ class IndexConfig:
                           "sentence ends when longer)")
   num_features: int = option(1 << 18, "hashed word and character n-gram buckets of the input")
   char_weight: float = option(0.5, "weight of the character 4-grams beside the words")
+  idf: bool = option(True, "do not weight each n-gram by its inverse document frequency over "
+                     "the passages", flag="--no-idf")
   max_features: int = option(256, "features per text at most (the largest kept)")
+  lexical_weight: float = option(1.0, "weight of the lexical score (the cosine of the query's "
+                                 "and the passage's features) beside the model's, each "
+                                 "standardized over a query's candidates; 0: the model alone")
   hidden: int = option(256, "width of the hidden layer (the query's embedding)")
   active: int = option(512, "passages scored per training example: its own, the batch's, "
                        "those the LSH index retrieves, random ones")
@@ -34,6 +39,7 @@ class IndexConfig:
       check_int(self, name, lo)
     check_int(self, "num_features", 16, 1 << 26)
     check_float(self, "char_weight", 0.0)
+    check_float(self, "lexical_weight", 0.0)
 
   def to_json(self) -> dict:
     return run_config.to_json(self)

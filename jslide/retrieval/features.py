@@ -3,9 +3,11 @@
 scikit-learn's ``HashingVectorizer`` hashes words and word bigrams, and the character
 4-grams within words (``char_wb``, which match a word's other forms: "descriptor" and
 "descriptors"), into ``num_features`` buckets with no vocabulary to keep, so text added
-later featurizes the same way. Each part's counts are sublinear (``1 + log tf``), each part
-has unit norm, and the character part is weighted ``char_weight`` before the whole is
-normalized again.
+later featurizes the same way. Each part's counts are sublinear (``1 + log tf``), weighted
+by the bucket's inverse document frequency over the indexed passages once :meth:`Featurizer.fit`
+has seen them (so a query's rare words, not "a" and "the", carry it, and a long text's largest
+features, the ones kept, are its telling ones), each part has unit norm, and the character
+part is weighted ``char_weight`` before the whole is normalized again.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from jslide.datasets.xc_format import XCData
 
 @dataclasses.dataclass(frozen=True)
 class Featurizer:
-  """Hashed word 1-2-grams and in-word character 4-grams, ``num_features`` buckets."""
+  """Hashed word 1-2-grams and in-word character 4-grams, ``num_features`` buckets;
+  ``idf``: (word, character) float32[num_features] inverse document frequencies
+  (:meth:`fit`), or None for none."""
 
   num_features: int = 1 << 18
   char_weight: float = 0.5
+  idf: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, compare=False,
+                                                                repr=False)
 
   def __post_init__(self):
     if not isinstance(self.num_features, int) or not 16 <= self.num_features <= 1 << 26:
@@ -30,6 +36,11 @@ class Featurizer:
                        f"{self.num_features!r}")
     if not 0.0 <= self.char_weight <= 10.0:
       raise ValueError(f"Featurizer: char_weight must be in [0, 10], got {self.char_weight!r}")
+    if self.idf is not None:
+      if len(self.idf) != 2 or any(np.shape(a) != (self.num_features,) for a in self.idf):
+        raise ValueError(f"Featurizer: idf must be two arrays of shape ({self.num_features},)")
+      if not all(np.all(np.isfinite(a)) and np.all(a > 0) for a in self.idf):
+        raise ValueError("Featurizer: idf must be finite and positive")
 
   def _vectorizers(self):
     from sklearn.feature_extraction.text import HashingVectorizer
@@ -38,6 +49,14 @@ class Featurizer:
     return (HashingVectorizer(analyzer="word", ngram_range=(1, 2), **common),
             HashingVectorizer(analyzer="char_wb", ngram_range=(4, 4), **common))
 
+  def fit(self, texts: list[str]) -> "Featurizer":
+    """This featurizer with the smoothed inverse document frequency of each bucket over
+    ``texts`` (scikit-learn's ``TfidfTransformer``: ``ln((1 + n) / (1 + df)) + 1``)."""
+    from sklearn.feature_extraction.text import TfidfTransformer
+    idf = tuple(TfidfTransformer().fit(v.transform(texts)).idf_.astype(np.float32)
+                for v in self._vectorizers())
+    return dataclasses.replace(self, idf=idf)
+
   def featurize(self, texts: list[str], max_features: int | None = None):
     """(the features of :meth:`transform`, each row cut to its ``max_features`` largest
     (:func:`keep_largest`; None: all), and the word 1-2-gram counts alone, which say what
@@ -45,9 +64,12 @@ class Featurizer:
     from sklearn.preprocessing import normalize
     words, chars = (v.transform(texts).tocsr() for v in self._vectorizers())
     parts = []
-    for m, weight in ((words, 1.0), (chars, self.char_weight)):
+    idf = self.idf or (None, None)
+    for m, weight, part_idf in ((words, 1.0, idf[0]), (chars, self.char_weight, idf[1])):
       m = m.copy()  # the word counts are returned as they are
       m.data = 1.0 + np.log(m.data)  # sublinear term frequency
+      if part_idf is not None:
+        m.data *= part_idf[m.indices]
       parts.append(normalize(m) * weight)
     out = normalize((parts[0] + parts[1]).tocsr()).astype(np.float32)
     out.sort_indices()

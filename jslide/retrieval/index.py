@@ -38,7 +38,8 @@ from jslide import optim
 from jslide import train as T
 from jslide.retrieval.config import IndexConfig, RunConfig
 from jslide.retrieval.documents import RANKED, Document, Passage, best_per_document, passages_of
-from jslide.retrieval.features import Featurizer, to_xc
+from jslide.retrieval.features import Featurizer, keep_largest, to_xc
+from jslide.retrieval.lexical import LexicalIndex, fuse, top
 from jslide.retrieval.training_queries import training_queries
 from jslide.train import config as run_config
 
@@ -123,13 +124,16 @@ def _serving_index(graphdef, mstate, cfg: IndexConfig, num_passages: int, seed: 
                           min(cfg.candidates, num_passages), jax.random.key(seed))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _rank(graphdef, mstate, inference, feat_ids, feat_vals, k: int, candidates: int):
-  """(scores f32[B, k], passage numbers int32[B, k]): the k best of the ``candidates``
-  passages the inference index retrieves, rescored exactly (-1 where fewer)."""
+@functools.partial(jax.jit, static_argnums=(0, 6, 7))
+def _rank(graphdef, mstate, inference, feat_ids, feat_vals, extra_ids, k: int, candidates: int):
+  """(scores f32[B, k], passage numbers int32[B, k], the scores f32[B, M] of ``extra_ids``
+  int32[B, M]): the k best of the ``candidates`` passages the inference index retrieves,
+  rescored exactly (-1 where fewer), and the exact scores of other passages (-inf at -1)."""
   model = nnx.merge(graphdef, mstate)
   h = model.encode(feat_ids, feat_vals)
-  return model.output.topk(h, k, key=jax.random.key(0), candidates=candidates, index=inference)
+  scores, ids = model.output.topk(h, k, key=jax.random.key(0), candidates=candidates,
+                                  index=inference)
+  return scores, ids, model.output.scores(h, extra_ids)
 
 
 def _examples(passages: list[Passage], featurizer: Featurizer, cfg: IndexConfig, seed: int,
@@ -148,12 +152,14 @@ class Index:
   index)."""
 
   def __init__(self, cfg: IndexConfig, run: RunConfig, passages: list[Passage], graphdef,
-               mstate, inference, seen_words: np.ndarray, record: dict):
+               mstate, inference, seen_words: np.ndarray, record: dict,
+               featurizer: Featurizer, lexical: LexicalIndex | None):
     self.cfg, self.run, self.passages = cfg, run, passages
     self._graphdef, self._mstate, self._inference = graphdef, mstate, inference
     self._seen = seen_words  # bool[num_features]: word n-grams of the training queries
     self.record = record
-    self.featurizer = Featurizer(cfg.num_features, cfg.char_weight)
+    self.featurizer = featurizer
+    self.lexical = lexical  # None where cfg.lexical_weight is 0
     self._doc_ids = sorted({p.doc for p in passages})
 
   @property
@@ -177,7 +183,10 @@ class Index:
     t0 = time.perf_counter()
     passages = passages_of(docs, cfg.max_words)
     featurizer = Featurizer(cfg.num_features, cfg.char_weight)
+    if cfg.idf:  # fitted once: add keeps it, so the trained encoder's inputs keep their scale
+      featurizer = featurizer.fit([p.text for p in passages])
     feats, labels, words = _examples(passages, featurizer, cfg, run.seed)
+    lexical = _lexical(passages, featurizer, cfg)
     data = to_xc(feats, labels, len(passages))
     t_features = time.perf_counter() - t0
     graphdef, mstate, fit = _train(_model(cfg, len(passages), run.seed), data, cfg, run,
@@ -192,7 +201,8 @@ class Index:
               "train_s": fit["evals"][-1]["train_s"] if fit.get("evals") else None,
               "inference_index_s": round(time.perf_counter() - t1, 2),
               "build_s": round(time.perf_counter() - t0, 2), "steps": _steps(fit)}
-    return cls(cfg, run, passages, graphdef, mstate, inference, seen, record)
+    return cls(cfg, run, passages, graphdef, mstate, inference, seen, record, featurizer,
+               lexical)
 
   def add(self, docs: list[Document], run: RunConfig | None = None, *,
           progress: bool = True) -> "Index":
@@ -236,7 +246,19 @@ class Index:
         "steps": _steps(fit), "add_s": round(time.perf_counter() - t0, 2)}}
     record["documents"] = self.record.get("documents", 0) + len(docs)
     record["passages"] = len(passages)
-    return Index(cfg, run, passages, graphdef, mstate, inference, seen, record)
+    lexical = self.lexical and self.lexical.grown(
+        self.featurizer.featurize([p.text for p in new_passages])[0])
+    return Index(cfg, run, passages, graphdef, mstate, inference, seen, record, self.featurizer,
+                 lexical)
+
+  def with_lexical_weight(self, weight: float) -> "Index":
+    """This index searching with another ``lexical_weight`` (0: the model alone); the
+    lexical index is built if it had none. The model is shared, not copied."""
+    cfg = dataclasses.replace(self.cfg, lexical_weight=weight)  # checks the weight
+    lexical = None if weight == 0 else (self.lexical or _lexical(self.passages,
+                                                                 self.featurizer, cfg))
+    return Index(cfg, self.run, self.passages, self._graphdef, self._mstate, self._inference,
+                 self._seen, self.record, self.featurizer, lexical)
 
   # Searching ----------------------------------------------------------------------------
 
@@ -259,19 +281,29 @@ class Index:
         raise ValueError(f"search: a query must be a non-empty string, got {q!r}")
     if not queries:
       return []
-    feats, words = self.featurizer.featurize(queries, self.cfg.max_features)
+    full, words = self.featurizer.featurize(queries)
     known = self._known(words)
     if strict and not known.all():
       raise ValueError(f"query {queries[int(np.argmin(known))]!r} has no word of the indexed "
                        "passages")
+    feats = keep_largest(full, self.cfg.max_features)
     b = D.make_batch(to_xc(feats, None, self.num_passages), np.arange(len(queries)),
                      len(queries), self.cfg.max_features, 1)
     ranked = min(RANKED, self.candidates)
-    scores, ids = jax.device_get(_rank(self._graphdef, self._mstate, self._inference,
-                                       jnp.asarray(b.feat_ids), jnp.asarray(b.feat_vals), ranked,
-                                       self.candidates))
+    lexical = self.lexical.scores(full) if self.lexical is not None else None
+    lexical_ids = (top(lexical, ranked) if lexical is not None
+                   else np.zeros((len(queries), 0), np.int32))
+    scores, ids, lexical_ids_scores = jax.device_get(_rank(
+        self._graphdef, self._mstate, self._inference, jnp.asarray(b.feat_ids),
+        jnp.asarray(b.feat_vals), jnp.asarray(lexical_ids), ranked, self.candidates))
     out = []
-    for row_scores, row_ids, ok in zip(scores, ids, known):
+    for row, ok in enumerate(known):
+      row_ids, row_scores = ids[row], scores[row]
+      if lexical is not None:  # both halves' best, each scored by both
+        both = np.concatenate([row_ids, lexical_ids[row]])
+        row_ids, row_scores = fuse(
+            both, np.concatenate([row_scores, lexical_ids_scores[row]]),
+            lexical[row][np.maximum(both, 0)], self.cfg.lexical_weight)
       best = best_per_document(self.passages, row_ids, k) if ok else []
       score = dict(zip(row_ids.tolist(), row_scores.tolist()))
       out.append([Hit(self.passages[i].doc, score[i], i, self.passages[i].text,
@@ -299,6 +331,11 @@ class Index:
         f.write(json.dumps({"doc": p.doc, "title": p.title, "text": p.text},
                            ensure_ascii=False) + "\n")
     np.save(os.path.join(tmp, "seen_words.npy"), np.packbits(self._seen))
+    if self.lexical is not None:
+      self.lexical.save(os.path.join(tmp, "lexical.npz"))
+    if self.featurizer.idf is not None:
+      np.savez(os.path.join(tmp, "idf.npz"), words=self.featurizer.idf[0],
+               chars=self.featurizer.idf[1])
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(os.path.join(tmp, "state"), {"model": nnx.to_pure_dict(self._mstate),
                                            "inference": self._inference})
@@ -326,11 +363,16 @@ class Index:
     if meta.get("format") != FORMAT:
       raise ValueError(f"{directory}: an index of format {meta.get('format')}, this jslide "
                        f"reads format {FORMAT}")
-    cfg = run_config.from_json(IndexConfig, meta["index"])
+    cfg = run_config.from_json(IndexConfig, meta["index"],
+                               old={"idf": False, "lexical_weight": 0.0})
     run = run_config.from_json(RunConfig, meta["run"])
     with open(os.path.join(path, "passages.jsonl"), encoding="utf-8") as f:
       passages = [Passage(r["doc"], r["text"], r["title"]) for r in map(json.loads, f)]
     seen = np.unpackbits(np.load(os.path.join(path, "seen_words.npy")))[:cfg.num_features]
+    featurizer = Featurizer(cfg.num_features, cfg.char_weight)
+    if cfg.idf:
+      with np.load(os.path.join(path, "idf.npz")) as f:
+        featurizer = dataclasses.replace(featurizer, idf=(f["words"], f["chars"]))
     graphdef, abstract_model = nnx.split(nnx.eval_shape(
         lambda: _model(cfg, len(passages), run.seed)))
     abstract_inf = jax.eval_shape(
@@ -338,8 +380,18 @@ class Index:
     target = {"model": nnx.to_pure_dict(abstract_model), "inference": abstract_inf}
     restored = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), target)
     nnx.replace_by_pure_dict(abstract_model, restored["model"])
+    lexical = (LexicalIndex.load(os.path.join(path, "lexical.npz"))
+               if cfg.lexical_weight > 0 else None)
     return cls(cfg, run, passages, graphdef, abstract_model, restored["inference"],
-               seen.astype(bool), meta.get("record", {}))
+               seen.astype(bool), meta.get("record", {}), featurizer, lexical)
+
+
+def _lexical(passages: list[Passage], featurizer: Featurizer,
+             cfg: IndexConfig) -> LexicalIndex | None:
+  """The lexical index of ``passages`` (every feature of each), None if it has no weight."""
+  if cfg.lexical_weight == 0:
+    return None
+  return LexicalIndex(featurizer.featurize([p.text for p in passages])[0])
 
 
 def _steps(fit: dict) -> int:

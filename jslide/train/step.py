@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jslide import losses, lsh, optim
+from jslide import losses, lsh, optim, parallel
+from jslide import tree as jtree
 from jslide._autodiff import value_and_grad
 from jslide.nn.variables import Index, Table
 from jslide.rowsparse import is_row_sparse
@@ -96,9 +97,11 @@ def _check_loss(fn: str, loss) -> None:
 
 
 def _loss_and_state(graphdef, loss: Loss) -> Callable:
-  """``loss_fn(trainable, rest, batch, key) -> (loss, rest)``, for ``has_aux=True``: the
-  masked mean of ``loss(model, batch, key)`` and the state the forward moved (a
-  :class:`jslide.nn.RouteBias`)."""
+  """``loss_fn(trainable, rest, batch, key) -> (loss, (count, rest))``, for
+  ``has_aux=True``: the masked mean of ``loss(model, batch, key)``, how many values counted,
+  and the state the forward moved (a :class:`jslide.nn.RouteBias`). In a data-parallel step
+  (:func:`jslide.parallel.current_shard`) the loss is the masked *sum* of the device's share,
+  divided once the shares' counts are summed."""
 
   def loss_fn(trainable, rest, batch, key):
     # Fresh Variables: NNX lets a forward pass move a Variable only at the trace level it
@@ -108,9 +111,46 @@ def _loss_and_state(graphdef, loss: Loss) -> Callable:
     if jnp.shape(values) != jnp.shape(mask):
       raise ValueError(f"the loss returned values of shape {jnp.shape(values)} and a mask of "
                        f"shape {jnp.shape(mask)}; they must match")
-    return masked_mean(values, mask), split_model(model)[3]
+    count = jnp.sum(mask.astype(jnp.float32))
+    if parallel.current_shard() is not None:
+      value = jnp.sum(values * mask.astype(values.dtype))
+    else:
+      value = masked_mean(values, mask)
+    return value, (count, split_model(model)[3])
 
   return loss_fn
+
+
+def _mean_move(new, old, axis: str):
+  """``old`` moved by the mean over ``axis`` of ``new - old``, where any device moved it
+  (elsewhere ``old`` as it was, an infinity included), the same on every device."""
+  same = new == old
+  delta = jnp.where(same, jnp.zeros_like(new), new - old)
+  moved = jax.lax.pmax(jnp.logical_not(same).astype(jnp.int32), axis) > 0
+  return jnp.where(moved, old + jax.lax.pmean(delta, axis), old)
+
+
+def _data_parallel_gradient(gradient, axis: str, size: int):
+  """``gradient`` (``value_and_grad`` of a :func:`_loss_and_state` loss) over a share of the
+  batch on each of ``size`` devices of mesh axis ``axis``, summed over them
+  (:func:`jslide.parallel.sum_gradients`): the masked mean and gradients of the whole batch,
+  and the moved state averaged over the devices."""
+
+  def run(loss_fn):
+    def value_and_grads(trainable, rest, batch, key):
+      with parallel.data_sharded(axis, size):
+        (total, (count, moved)), grads = gradient(loss_fn)(trainable, rest, batch, key)
+      count = jnp.maximum(jax.lax.psum(count, axis), 1.0)
+      grads = jtree.scale(parallel.sum_gradients(grads, axis), 1.0 / count)
+      # What the forward moved, by the mean of the devices' moves: a leaf no device moved
+      # keeps its bits (a mean of equal values might round them apart).
+      moved = jax.tree.map(lambda new, old: _mean_move(new, old, axis)
+                           if jnp.issubdtype(new.dtype, jnp.floating) else new, moved, rest)
+      return (jax.lax.psum(total, axis) / count, (count, moved)), grads
+
+    return value_and_grads
+
+  return run
 
 
 # Optax's wrappers see a RowSparseGrad (ids, coefficients, vectors) or a TableUpdate (a new
@@ -149,16 +189,40 @@ def _rebuilding(graphdef, schedule: lsh.RebuildSchedule | None):
   return rebuild
 
 
-def _build(model, loss, tx, schedule, gradient):
+def _check_mesh(fn: str, mesh, axis: str) -> int:
+  """The size of ``mesh``'s axis ``axis`` (TypeError / ValueError naming them)."""
+  if not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f"{fn}: mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+  if axis not in mesh.axis_names:
+    raise ValueError(f"{fn}: data_axis {axis!r} is not an axis of the mesh "
+                     f"{tuple(mesh.axis_names)}")
+  return int(mesh.shape[axis])
+
+
+def _check_batch(fn: str, batch, axis: str, size: int) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
+    shape = jnp.shape(leaf)
+    if not shape or shape[0] % size:
+      raise ValueError(f"{fn}: batch{jax.tree_util.keystr(path)} has shape {shape}; a "
+                       f"data-parallel step splits every batch array's first dimension over "
+                       f"the {size} devices of mesh axis {axis!r}, so it must be a multiple "
+                       f"of {size}")
+
+
+def _build(model, loss, tx, schedule, gradient, mesh=None, axis: str = "data"):
   graphdef, tables, params, rest = split_model(model)
   state = TrainState(tables, params, rest, tx.init((tables, params)),
                      (schedule or lsh.RebuildSchedule()).init(), jnp.zeros([], jnp.int32))
   loss_fn = _loss_and_state(graphdef, loss)
   rebuild = _rebuilding(graphdef, schedule)
 
+  if mesh is not None:
+    size = _check_mesh("make_train_step", mesh, axis)
+    gradient = _data_parallel_gradient(gradient, axis, size)
+
   def step(state: TrainState, batch, key):
     trainable = (state.tables, state.params)
-    (value, rest), grads = gradient(loss_fn)(trainable, state.rest, batch, key)
+    (value, (_, rest)), grads = gradient(loss_fn)(trainable, state.rest, batch, key)
     try:
       (tables, params), opt_state = tx.apply(grads, state.opt_state, trainable)
     except (TypeError, ValueError) as e:  # raised while tracing, from inside Optax
@@ -169,13 +233,38 @@ def _build(model, loss, tx, schedule, gradient):
     new = TrainState(tables, params, rest, opt_state, rebuild_state, state.step + 1)
     return new, {"loss": value, "rebuilt": due, "finite": opt_state.last_finite}
 
-  return graphdef, state, jax.jit(step, donate_argnums=(0,))
+  if mesh is None:
+    return graphdef, state, jax.jit(step, donate_argnums=(0,))
+  # The whole step on every device: its share of the batch in, the summed gradients applied
+  # to its replica of the state (the same update everywhere, so the replicas stay equal).
+  P = jax.sharding.PartitionSpec
+  sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(axis), P()),
+                          out_specs=(P(), P()), check_vma=False)
+
+  explicit = mesh.axis_types[mesh.axis_names.index(axis)] == jax.sharding.AxisType.Explicit
+
+  def place(tree, spec):
+    """``tree`` laid out as ``spec`` on the mesh, as shard_map takes it: with an explicit
+    axis the layout is part of the type (``reshard``), with an automatic one a constraint."""
+    named = jax.sharding.NamedSharding(mesh, spec)
+    if explicit:
+      return jax.sharding.reshard(tree, named)
+    return jax.lax.with_sharding_constraint(tree, named)
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def data_parallel_step(state: TrainState, batch, key):
+    _check_batch("make_train_step", batch, axis, size)  # shapes: checked while tracing
+    return sharded(place(state, P()), place(batch, P(axis)), place(key, P()))
+
+  replicated = jax.sharding.NamedSharding(mesh, P())
+  return graphdef, jax.device_put(state, replicated), data_parallel_step
 
 
 def make_train_step(model: nnx.Module, loss: Loss, *,
                     table_tx: optax.GradientTransformation | None = None,
                     dense_tx: optax.GradientTransformation | None = None,
-                    schedule: lsh.RebuildSchedule | None = lsh.RebuildSchedule()):
+                    schedule: lsh.RebuildSchedule | None = lsh.RebuildSchedule(),
+                    mesh: jax.sharding.Mesh | None = None, data_axis: str = "data"):
   """``(graphdef, state, step)`` where ``step(state, batch, key) -> (state, metrics)``.
 
   ``loss(model, batch, key) -> (values, mask)``: per-example losses and the mask of those
@@ -189,24 +278,34 @@ def make_train_step(model: nnx.Module, loss: Loss, *,
   A step whose gradients are not all finite is skipped (:func:`jslide.optim.apply_if_finite`):
   the state comes back unchanged and ``metrics["finite"]`` is False. ``metrics["loss"]`` is
   the masked mean, ``metrics["rebuilt"]`` whether the indices were rebuilt after the step.
+
+  With a ``mesh``, the step is data-parallel over its axis ``data_axis``
+  (:mod:`jslide.parallel`): each device takes an equal share of the batch (every batch
+  array's first dimension, which must divide evenly), the shares' row-sparse gradients are
+  exchanged in factored form and the dense ones all-reduced, and every device applies the
+  same update to its replica of the state (returned placed on the mesh, replicated). The
+  step computes what the one-device step computes on the whole batch, to float rounding.
   """
   _check_loss("make_train_step", loss)
   tx = _skip_nonfinite(optim.partition(table_tx or optim.sparse_adam(1e-3, catch_up=True),
                                        dense_tx or optax.adam(1e-3), TABLES_FIRST))
   gradient = functools.partial(value_and_grad, tables=TABLES_FIRST, has_aux=True)
-  return _build(model, loss, tx, schedule, gradient)
+  return _build(model, loss, tx, schedule, gradient, mesh, data_axis)
 
 
 def make_dense_train_step(model: nnx.Module, loss: Loss, *,
                           tx: optax.GradientTransformation | None = None,
-                          schedule: lsh.RebuildSchedule | None = None):
+                          schedule: lsh.RebuildSchedule | None = None,
+                          mesh: jax.sharding.Mesh | None = None, data_axis: str = "data"):
   """:func:`make_train_step` with dense gradients: every parameter, tables included, is
   updated by ``tx`` (default ``optax.adam(1e-3)``) from ``jax.value_and_grad``; the
   baselines a JAX user writes. Indices are rebuilt on ``schedule`` (default None: never,
-  for a baseline that does not read them)."""
+  for a baseline that does not read them). ``mesh`` and ``data_axis`` as there (the
+  all-reduce of every gradient, dense tables included: the program a JAX user writes)."""
   _check_loss("make_dense_train_step", loss)
   gradient = functools.partial(jax.value_and_grad, has_aux=True)
-  return _build(model, loss, _skip_nonfinite(tx or optax.adam(1e-3)), schedule, gradient)
+  return _build(model, loss, _skip_nonfinite(tx or optax.adam(1e-3)), schedule, gradient,
+                mesh, data_axis)
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
