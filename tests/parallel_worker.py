@@ -85,30 +85,53 @@ def xc_steps(mesh, steps: int = 6, size: int = 64) -> dict:
   tx = dict(table_tx=jslide.optim.sparse_adam(1e-2, catch_up=True), dense_tx=optax.adam(1e-2))
   results = {}
   for name, kw in (("one", {}), ("dp", {"mesh": mesh})):
-    _, state, step = jslide.train.make_train_step(_xc_model(data, 0), _xc_loss(),
-                                                  schedule=schedule, **tx, **kw)
+    graphdef, state, step = jslide.train.make_train_step(_xc_model(data, 0), _xc_loss(),
+                                                         schedule=schedule, **tx, **kw)
     losses = []
     for i, batch in enumerate(batches):
       state, metrics = step(state, batch, jax.random.key(i))
       losses.append(float(metrics["loss"]))
     results[name] = (state, losses)
   (one, one_losses), (dp, dp_losses) = results["one"], results["dp"]
+
   trainable = lambda s: (s.tables, s.params)  # noqa: E731
   replicas = [[np.asarray(shard.data) for shard in leaf.addressable_shards]
               for leaf in jax.tree.leaves(trainable(dp))]
   spread = max(float(np.max(np.abs(r[0] - x))) for r in replicas for x in r[1:] if r[0].size)
-  return {"xc_param_diff": _max_diff(trainable(one), trainable(dp)),
+  out = {"xc_param_diff": _max_diff(trainable(one), trainable(dp)),
           "xc_param_scale": max(float(np.max(np.abs(np.asarray(x))))
                                 for x in jax.tree.leaves(trainable(one)) if np.size(x)),
           "xc_index_equal": all(np.array_equal(np.asarray(x), np.asarray(y))
                                 for x, y in zip(jax.tree.leaves(one.rest),
                                                 jax.tree.leaves(dp.rest))),
           "xc_losses_one": one_losses, "xc_losses_dp": dp_losses,
+
           "xc_replica_spread": spread,
           "xc_replicated": all(leaf.sharding.is_fully_replicated
                                for leaf in jax.tree.leaves(trainable(dp))),
-          "xc_bytes": parallel.exchange_bytes(
-              jax.eval_shape(lambda: _grads_of(data, batches[0])), DEVICES)}
+          "xc_bytes": _exchange_bytes(data, batches[0])}
+  # What fit does before evaluating or saving (the states are donated: measured last), on
+  # the replicated state as on the other.
+  ready = [jslide.train.rebuild_train_state(graphdef, jslide.train.catch_up_train_state(s))
+           for s in (one, dp)]
+  out["xc_ready_diff"] = _max_diff(trainable(ready[0]), trainable(ready[1]))
+  out["xc_ready_index_equal"] = all(np.array_equal(np.asarray(x), np.asarray(y))
+                                    for x, y in zip(jax.tree.leaves(ready[0].rest),
+                                                    jax.tree.leaves(ready[1].rest)))
+  return out
+
+
+def _exchange_bytes(data, batch) -> dict:
+  """exchange_bytes of one device's gradients, traced (so the arrays that gradients share
+  are the same object and count once)."""
+  out = {}
+
+  def traced():
+    out.update(parallel.exchange_bytes(_grads_of(data, batch), DEVICES))
+    return 0.0
+
+  jax.eval_shape(traced)
+  return out
 
 
 def _grads_of(data, batch):

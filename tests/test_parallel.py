@@ -42,6 +42,9 @@ def test_a_data_parallel_xc_run_equals_the_one_device_run(measured):
   assert measured["xc_losses_dp"] == pytest.approx(measured["xc_losses_one"], rel=1e-5)
   assert measured["xc_losses_one"][-1] < measured["xc_losses_one"][0]  # it trains
   assert measured["xc_replicated"] and measured["xc_replica_spread"] == 0.0
+  # catch-up and an index rebuild (what fit does before evaluating) on the replicated state
+  assert measured["xc_ready_diff"] <= 1e-5 * max(1.0, measured["xc_param_scale"])
+  assert measured["xc_ready_index_equal"]
 
 
 @pytest.mark.slow

@@ -209,7 +209,8 @@ def _check_batch(fn: str, batch, axis: str, size: int) -> None:
                        f"of {size}")
 
 
-def _build(model, loss, tx, schedule, gradient, mesh=None, axis: str = "data"):
+def _build(model, loss, tx, schedule, gradient, mesh=None, axis: str = "data",
+           fn: str = "make_train_step"):
   graphdef, tables, params, rest = split_model(model)
   state = TrainState(tables, params, rest, tx.init((tables, params)),
                      (schedule or lsh.RebuildSchedule()).init(), jnp.zeros([], jnp.int32))
@@ -217,7 +218,7 @@ def _build(model, loss, tx, schedule, gradient, mesh=None, axis: str = "data"):
   rebuild = _rebuilding(graphdef, schedule)
 
   if mesh is not None:
-    size = _check_mesh("make_train_step", mesh, axis)
+    size = _check_mesh(fn, mesh, axis)
     gradient = _data_parallel_gradient(gradient, axis, size)
 
   def step(state: TrainState, batch, key):
@@ -253,7 +254,7 @@ def _build(model, loss, tx, schedule, gradient, mesh=None, axis: str = "data"):
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def data_parallel_step(state: TrainState, batch, key):
-    _check_batch("make_train_step", batch, axis, size)  # shapes: checked while tracing
+    _check_batch(fn, batch, axis, size)  # shapes: checked while tracing
     return sharded(place(state, P()), place(batch, P(axis)), place(key, P()))
 
   replicated = jax.sharding.NamedSharding(mesh, P())
@@ -305,7 +306,7 @@ def make_dense_train_step(model: nnx.Module, loss: Loss, *,
   _check_loss("make_dense_train_step", loss)
   gradient = functools.partial(jax.value_and_grad, has_aux=True)
   return _build(model, loss, _skip_nonfinite(tx or optax.adam(1e-3)), schedule, gradient,
-                mesh, data_axis)
+                mesh, data_axis, "make_dense_train_step")
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
