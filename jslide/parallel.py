@@ -27,11 +27,13 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jslide.rowsparse import RowSparseGrad, is_row_sparse
 
 __all__ = ["DataShard", "current_shard", "data_sharded", "exchange_bytes", "first_example",
-           "gather_examples", "gather_rows", "sum_gradients", "whole_batch"]
+           "gather_examples", "gather_rows", "global_batch", "replicated", "sum_gradients",
+           "whole_batch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,35 @@ def gather_examples(x: jax.Array) -> jax.Array:
   order ([whole batch, ...]); ``x`` itself outside a data-parallel step."""
   shard = current_shard()
   return x if shard is None else jax.lax.all_gather(x, shard.axis, tiled=True)
+
+
+def global_batch(batch, mesh: jax.sharding.Mesh, axis: str = "data"):
+  """``batch`` (a pytree of host arrays: the whole batch, the same on every process) as
+  global arrays split over mesh axis ``axis`` by their first dimension: each process keeps
+  only the rows of its own devices. What a data-parallel step takes when its mesh spans
+  processes (``jax.distributed.initialize``); on one process it only places the rows."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
+
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(place, batch)
+
+
+def replicated(tree, mesh: jax.sharding.Mesh):
+  """``tree`` (host values, the same on every process, e.g. a key or a state) as global
+  arrays held whole by every device of ``mesh``."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def place(x):
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(place(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(place, tree)
 
 
 def gather_rows(g: RowSparseGrad, axis: str, gathered: dict | None = None) -> RowSparseGrad:

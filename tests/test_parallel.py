@@ -60,6 +60,40 @@ def test_data_parallel_steps_refuse_bad_meshes_and_batches(measured):
   assert "mesh must be a jax.sharding.Mesh" in measured["mesh"]
 
 
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_train_like_one(tmp_path):
+  """The same data-parallel XC steps on 2 processes (jax.distributed, gloo collectives, one
+  device each, every process building global batches of its own rows) and on 1: the same
+  parameters to float rounding and the same loss."""
+  import numpy as np
+  worker = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  port = str(_free_port())
+  procs = [subprocess.Popen([sys.executable, worker, str(i), "2", port, str(tmp_path / "two.npz")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+           for i in range(2)]
+  try:
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+  one = subprocess.run([sys.executable, worker, "0", "1", "0", str(tmp_path / "one.npz")],
+                       capture_output=True, text=True, env=env, timeout=600)
+  assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+  a, b = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+  assert len(a.files) == len(b.files) > 3
+  for k in a.files:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
 def test_exchange_bytes_follow_the_ring_and_gather_formulas():
   table = jslide.RowSparseGrad(jnp.zeros((8, 5), jnp.int32), jnp.zeros((8, 5)),
                                jnp.zeros((8, 16)), 1000)
