@@ -15,6 +15,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import gzip
+import hashlib
 import math
 import os
 import re
@@ -61,6 +62,14 @@ class XCData:
 
   def labels_per_example(self) -> np.ndarray:
     return np.diff(self.label_indptr)
+
+  def digest(self) -> str:
+    """A SHA-256 of the dataset's arrays and dimensions (the same data, the same digest)."""
+    h = hashlib.sha256(f"{self.num_features} {self.num_labels}".encode())
+    for a in (self.feat_indptr, self.feat_ids, self.feat_vals, self.label_indptr,
+              self.label_ids):
+      h.update(np.ascontiguousarray(a).view(np.uint8).data)
+    return h.hexdigest()
 
   def label_frequencies(self) -> np.ndarray:
     return np.bincount(self.label_ids, minlength=self.num_labels)

@@ -2,6 +2,7 @@
 
     python -m jslide.lm train --train T.txt --valid V.txt [--preset 1b] [--head lsh|sampled|full]
         [--ffn sparse|block|dense] [--vocab-size N] [--json PATH] [--ckpt DIR [--resume]]
+        [--processes N | --coordinator HOST:PORT --num-processes N --process-id I | --cluster]
     python -m jslide.lm eval --ckpt DIR --valid V.txt
     python -m jslide.lm generate --ckpt DIR --prompt "the word" [--words 20]
     python -m jslide.lm plot RUN.json [RUN.json ...] --out FIG.png
@@ -15,8 +16,12 @@ import json
 import math
 import sys
 import time
+import traceback
+
+import jax
 
 from jslide import train as T
+from jslide.train import distributed
 from jslide.lm.config import ModelConfig, RunConfig
 from jslide.lm.presets import PRESETS
 
@@ -36,10 +41,14 @@ def _train_parser(sub):
                  help="delete another run's checkpoints in --ckpt")
   p.add_argument("--no-progress", dest="progress", action="store_false",
                  help="no progress bar")
+  distributed.add_arguments(p)
   return p
 
 
 def _train(args) -> int | None:
+  launched = distributed.start(args, "jslide.lm", args.argv)
+  if launched is not None:
+    return launched
   from jslide.lm import trainer
   cfg, run = T.from_args(ModelConfig, args), T.from_args(RunConfig, args)
   record = trainer.train(args.train, args.valid, cfg, run, json_path=args.json,
@@ -47,6 +56,8 @@ def _train(args) -> int | None:
                          overwrite=args.overwrite)
   if record.get("interrupted"):
     return 130
+  if not distributed.is_primary():
+    return 0
   last = record["evals"][-1]
   print(f"{cfg.head} head, {cfg.ffn} FFN: valid perplexity {last['valid_ppl']:.2f} after "
         f"{last['tokens']:,} tokens, {last['train_s']:.1f} s of training "
@@ -132,15 +143,28 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = sub.add_parser("plot", help="validation perplexity against training time")
   p.add_argument("runs", nargs="+", help="JSON records written by train --json")
   p.add_argument("--out", required=True)
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parser.parse_args(argv)
   if args.command == "train" and args.preset:
     train_parser.set_defaults(**PRESETS[args.preset])  # the command line still wins
     args = parser.parse_args(argv)
+  args.argv = argv  # what --processes launches again
   return args
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  try:
+    status = _run(args)
+  except BaseException:
+    if jax.process_count() > 1:  # a process of several: said why, ends now
+      traceback.print_exc()
+      distributed.exit_status(1)
+    raise
+  return distributed.exit_status(status)
+
+
+def _run(args) -> int:
   try:
     code = {"train": _train, "eval": _eval, "generate": _generate,
             "plot": _plot}[args.command](args)

@@ -126,6 +126,15 @@ def _write_atomically(path: str, write) -> None:
       os.remove(tmp)
 
 
+def digest(ids) -> str:
+  """A SHA-256 of a token stream (the same ids, the same digest)."""
+  h = hashlib.sha256()
+  flat = np.asarray(ids).reshape(-1)
+  for i in range(0, flat.size, 1 << 24):  # a memory-mapped stream is read in blocks
+    h.update(np.ascontiguousarray(flat[i:i + (1 << 24)]).view(np.uint8).data)
+  return h.hexdigest()
+
+
 def num_windows(ids, context: int, path: str = "the text") -> int:
   """The windows of ``context + 1`` tokens (stride ``context``) in ``ids``; ValueError when
   there is not one."""

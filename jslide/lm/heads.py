@@ -79,11 +79,12 @@ class LSHHead:
   moment_dtype: str = "float32"
   uses_head_index = True
 
-  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None):
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None, *,
+                 mesh=None):
     return make_train_step(model, lsh_softmax_loss,
                            table_tx=optim.sparse_adam(learning_rate, catch_up=True,
                                                       moment_dtype=jnp.dtype(self.moment_dtype)),
-                           dense_tx=optax.adam(learning_rate), schedule=schedule)
+                           dense_tx=optax.adam(learning_rate), schedule=schedule, mesh=mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +96,12 @@ class SampledHead:
   proposal: str = "log-uniform"
   uses_head_index = False
 
-  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None):
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None, *,
+                 mesh=None):
     loss = functools.partial(sampled_softmax_loss, num_sampled=self.num_sampled,
                              proposal=self.proposal)
-    return make_dense_train_step(model, loss, tx=optax.adam(learning_rate), schedule=schedule)
+    return make_dense_train_step(model, loss, tx=optax.adam(learning_rate), schedule=schedule,
+                                 mesh=mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +110,10 @@ class FullHead:
 
   uses_head_index = False
 
-  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None):
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None, *,
+                 mesh=None):
     return make_dense_train_step(model, full_softmax_loss, tx=optax.adam(learning_rate),
-                                 schedule=schedule)
+                                 schedule=schedule, mesh=mesh)
 
 
 # The heads by the name the command line and the run config use.

@@ -18,7 +18,7 @@ from jslide import train as T
 from jslide.lm.config import ModelConfig, RunConfig
 from jslide.lm import corpus
 from jslide.lm.vocab import Vocabulary
-from jslide.train import checkpoint
+from jslide.train import checkpoint, distributed
 from jslide.train import config as run_config
 
 
@@ -28,13 +28,14 @@ def windows(ids: np.ndarray, context: int) -> np.ndarray:
   return corpus.window_rows(ids, np.arange(corpus.num_windows(ids, context)), context)
 
 
-def make_step(model, cfg: ModelConfig, run: RunConfig):
+def make_step(model, cfg: ModelConfig, run: RunConfig, mesh=None):
   """(graphdef, state, step) of the configured head (one jit, state donated). The indices
-  the step reads (the lsh head's, the sparse FFNs') are rebuilt on the run's schedule."""
+  the step reads (the lsh head's, the sparse FFNs') are rebuilt on the run's schedule. With a
+  ``mesh``, the step is data-parallel over its axis ``data``."""
   head = cfg.head_objective()
   reads_index = head.uses_head_index or cfg.ffn == "sparse"
   return head.train_step(model, run.learning_rate,
-                         run.rebuild_schedule() if reads_index else None)
+                         run.rebuild_schedule() if reads_index else None, mesh=mesh)
 
 
 def abstract_state(cfg: ModelConfig, run: RunConfig, vocab_size: int):
@@ -142,9 +143,17 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   latest checkpoint exactly (same batches, keys and rebuilds as an uninterrupted run), and
   refuses one made on another training text (another vocabulary or number of windows).
   """
+  # Several processes (jslide.train.distributed): a data-parallel step over all their
+  # devices; process 0 alone prints and writes.
+  mesh = distributed.data_mesh()
+  if mesh is not None and run.batch_size % mesh.size:
+    raise ValueError(f"train: batch_size={run.batch_size} must be a multiple of the "
+                     f"{mesh.size} devices of the {jax.process_count()} processes (each "
+                     "takes an equal share of every batch)")
+  if not distributed.is_primary():
+    progress, json_path = False, None
   if json_path:
     T.check_writable(json_path)
-  store = T.Checkpoints(ckpt, resume=resume, overwrite=overwrite, best=False) if ckpt else None
   t0 = time.perf_counter()
   vocab, train_ids, valid_ids = load_corpus(train_path, valid_path, cfg.vocab_size)
   n_train = corpus.num_windows(train_ids, cfg.context, train_path)
@@ -155,24 +164,40 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   rng = np.random.default_rng(run.seed)
   train_sample = corpus.window_rows(train_ids, rng.permutation(n_train)[:len(valid_w)],
                                     cfg.context)
-  # The step compiled from the model's shapes alone, and its peak memory checked, before any
-  # of the model is allocated.
-  graphdef, shapes, step = abstract_state(cfg, run, len(vocab))
-  step, peak = compile_step(step, shapes, cfg, run)
-  T.check_fits(peak, f"this model's training step ({cfg.vocab_size:,} words, "
-                     f"{cfg.layers} layers of width {cfg.features}, FFN {cfg.hidden:,})")
-  if resume:  # fit restores the state into its shapes
-    state = shapes
-  else:
-    graphdef, state, _ = make_step(cfg.build(len(vocab), run.seed, train_ids), cfg, run)
+  meta = {"model": cfg.to_json(), "run": run.to_json(), "vocab": vocab.words,
+          "data": {"windows": n_train, "vocabulary": vocabulary_digest(vocab)}}
+  distributed.check_same("the run (model, run settings, data)",
+                         {**meta, "vocab": None, "data": {
+                             **meta["data"], "train": corpus.digest(train_ids),
+                             "valid": corpus.digest(valid_ids)}})
+  store = T.Checkpoints(ckpt, resume=resume, overwrite=overwrite, best=False) if ckpt else None
+  fits = (f"this model's training step ({cfg.vocab_size:,} words, {cfg.layers} layers of "
+          f"width {cfg.features}, FFN {cfg.hidden:,})")
+  if mesh is None:
+    # The step compiled from the model's shapes alone, and its peak memory checked, before
+    # any of the model is allocated.
+    graphdef, shapes, step = abstract_state(cfg, run, len(vocab))
+    step, peak = compile_step(step, shapes, cfg, run)
+    T.check_fits(peak, fits)
+    if resume:  # fit restores the state into its shapes
+      state = shapes
+    else:
+      graphdef, state, _ = make_step(cfg.build(len(vocab), run.seed, train_ids), cfg, run)
+  else:  # the replicated state is placed on the mesh as it is made: made first
+    graphdef, state, step = make_step(cfg.build(len(vocab), run.seed, train_ids), cfg, run,
+                                      mesh)
+    tokens = jax.ShapeDtypeStruct((run.batch_size, cfg.context), jnp.int32)
+    step = distributed.compiled_step(step, state, {"tokens": tokens, "targets": tokens},
+                                     jax.random.key(0), mesh)
+    peak = T.step_peak_bytes(step.compiled)
+    T.check_fits(peak, fits)
   record = {"model": cfg.to_json(), "run": run.to_json(), "vocab_size": len(vocab),
             "train_tokens": int(len(train_ids)),
             "unknown_share": float(np.mean(train_ids == 0)),
             "params": int(sum(x.size for x in jax.tree.leaves((state.tables, state.params)))),
             "active_params_per_token": cfg.active_params_per_token(len(vocab)),
-            "estimated_step_peak_mb": round(peak / 2**20, 1), "evals": []}
-  meta = {"model": cfg.to_json(), "run": run.to_json(), "vocab": vocab.words,
-          "data": {"windows": n_train, "vocabulary": vocabulary_digest(vocab)}}
+            "estimated_step_peak_mb": round(peak / 2**20, 1), "evals": [],
+            "processes": jax.process_count()}
   per_epoch = n_train // run.batch_size
   tokens_per_step = run.batch_size * cfg.context
 
@@ -184,7 +209,9 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
     tokens = entry["step"] * tokens_per_step
     out = {"tokens": tokens,
            "tokens_per_s": round(tokens / max(entry["train_s"], 1e-9), 1)}
-    out.update(evaluate(graphdef, state, cfg, run, valid_w, train_sample))
+    # every process evaluates its own replica (the same numbers)
+    out.update(evaluate(graphdef, distributed.local_replica(state), cfg, run, valid_w,
+                        train_sample))
     return out
 
   def batches(epoch, start):
@@ -194,6 +221,8 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
       yield batch_of(corpus.window_rows(train_ids, rows, cfg.context)), run.batch_size
 
   def log(entry):
+    if not distributed.is_primary():
+      return
     tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in entry.items()))
 
@@ -205,7 +234,7 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
     if store is not None:
       store.close()
   record = result.record
-  if result.interrupted:
+  if result.interrupted and distributed.is_primary():
     tqdm.write(f"interrupted at step {record['interrupted']['step']}" +
                (f"; saved in {ckpt} (continue with --resume)" if ckpt else ""))
   record["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -49,13 +49,26 @@ def manager(directory: str, *, window: int | None = None) -> ocp.CheckpointManag
   ocp = _ocp()
   window = SAVE_WINDOW_BYTES if window is None else window
   mgr = ocp.CheckpointManager(
-      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=2),
+      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
+          max_to_keep=2, multiprocessing_options=_this_process_only(),
+          create=jax.process_count() == 1),  # (orbax refuses to with active_processes)
       # (+1 KB: orbax compares bytes with its limit in float GB, rounded)
       item_handlers={"state": ocp.StandardCheckpointHandler(
           save_concurrent_gb=(window + 1024) / 1e9),
                      "meta": ocp.JsonCheckpointHandler()})
   mgr.jslide_save_window = window  # read by save()
   return mgr
+
+
+def _this_process_only():
+  """Orbax's options for a manager that this process uses alone: in a run of several
+  processes, process 0 writes its replica of the (replicated) state and the others never
+  touch the directory (jslide.train.distributed), so no barrier waits for them."""
+  ocp = _ocp()
+  if jax.process_count() == 1:
+    return ocp.options.MultiprocessingOptions()
+  return ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                            active_processes={jax.process_index()})
 
 
 def _release_freed_memory() -> None:
@@ -160,7 +173,9 @@ def _write_checksums(directory: str, step: int) -> None:
   with open(path + ".tmp", "w") as f:
     json.dump(_digests(os.path.join(directory, str(step))), f)
   os.replace(path + ".tmp", path)  # atomic: a crash leaves the old file or the new one
-  kept = {str(s) for s in _ocp().CheckpointManager(directory).all_steps()}
+  kept = {str(s) for s in _ocp().CheckpointManager(
+      directory, options=_ocp().CheckpointManagerOptions(
+          multiprocessing_options=_this_process_only(), create=False)).all_steps()}
   for name in os.listdir(os.path.join(directory, "checksums")):
     if name.endswith(".json") and name[:-5] not in kept:
       os.remove(os.path.join(directory, "checksums", name))

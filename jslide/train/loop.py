@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jslide.train import checkpoint
+from jslide.train import checkpoint, distributed
 from jslide.train.config import RunConfig
 from jslide.train.step import TrainState
 
@@ -39,14 +39,37 @@ class Checkpoints:
   """A run's checkpoint directory (and, for a run that selects its best evaluation, the
   ``<directory>-best`` beside it), opened for writing before any training: a directory that
   cannot be written fails now, a directory another run is writing is refused (a lock), and a
-  new run refuses to delete another run's checkpoints unless ``overwrite``."""
+  new run refuses to delete another run's checkpoints unless ``overwrite``.
+
+  In a run of several processes (:mod:`jslide.train.distributed`) only process 0 touches the
+  directory: it saves its replica of the state, and a restored state is read there and
+  broadcast to the others; an error opening the directory is raised in every process.
+  """
 
   def __init__(self, directory: str, *, resume: bool, overwrite: bool, best: bool):
     self.directory = directory
+    self.best_directory = directory.rstrip("/") + "-best" if best else None
+    self.mgr = self.best_mgr = self._lock = None
+    self.writer = distributed.is_primary()
+    failure = None
+    if self.writer:
+      try:
+        self._open(resume, overwrite)
+      except (checkpoint.CheckpointError, OSError) as e:
+        failure = e
+    said = distributed.broadcast_json(None if failure is None else str(failure))
+    if failure is not None:
+      self.close()
+      raise failure
+    if said is not None:
+      raise checkpoint.CheckpointError(f"process 0: {said}")
+
+  def _open(self, resume: bool, overwrite: bool) -> None:
+    directory = self.directory
     self.mgr = checkpoint.writable_manager(directory)
     self._lock = checkpoint.lock(directory)  # held while this object lives
-    self.best_directory = directory.rstrip("/") + "-best" if best else None
-    self.best_mgr = checkpoint.writable_manager(self.best_directory) if best else None
+    if self.best_directory:
+      self.best_mgr = checkpoint.writable_manager(self.best_directory)
     if not resume:
       checkpoint.refuse_to_overwrite(self.mgr, directory, overwrite)
       if self.best_mgr:  # goes with the run
@@ -56,6 +79,7 @@ class Checkpoints:
     """Releases the directory (its lock); the checkpoints stay."""
     if getattr(self, "_lock", None) is not None:
       self._lock.close()
+      self._lock = None
 
   __del__ = close  # a run that failed before closing it releases the directory too
 
@@ -75,23 +99,57 @@ class Checkpoints:
     mgr.close()
     return checkpoint.manager(directory, window=window)
 
+  @staticmethod
+  def _host(state):
+    # Orbax refuses a process's own arrays in a run of several processes: host copies.
+    if jax.process_count() == 1:
+      return state
+    return jax.tree.map(np.asarray, distributed.local_replica(state))
+
   def save(self, state, meta: dict) -> None:
-    self.mgr = self._fitted(self.mgr, self.directory, state)
-    checkpoint.save(self.mgr, state, meta)
+    if self.writer:
+      state = self._host(state)
+      self.mgr = self._fitted(self.mgr, self.directory, state)
+      checkpoint.save(self.mgr, state, meta)
 
   def save_best(self, state, meta: dict) -> None:
-    self.best_mgr = self._fitted(self.best_mgr, self.best_directory, state)
-    checkpoint.save(self.best_mgr, state, meta)
+    if self.writer:
+      state = self._host(state)
+      self.best_mgr = self._fitted(self.best_mgr, self.best_directory, state)
+      checkpoint.save(self.best_mgr, state, meta)
+
+  def _restored(self, directory: str, state_like, check_meta):
+    """(state placed like ``state_like``, meta): read by process 0, broadcast to the others
+    (a CheckpointError raised in every process)."""
+    if jax.process_count() == 1:
+      return checkpoint.restore_checked(directory, state_like, check_meta)
+    local_like = distributed.local_replica(state_like)
+    state = meta = failure = None
+    if self.writer:
+      try:
+        state, meta = checkpoint.restore_checked(directory, local_like, check_meta)
+      except checkpoint.CheckpointError as e:
+        failure = e
+    said = distributed.broadcast_json({"meta": meta, "error": None if failure is None
+                                       else str(failure)})
+    if failure is not None:
+      raise failure
+    if said["error"] is not None:
+      raise checkpoint.CheckpointError(f"process 0: {said['error']}")
+    if state is None:
+      state = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), local_like)
+    state = distributed.broadcast_tree(state)
+    return distributed.place_like(state, state_like), said["meta"]
 
   def restore(self, state_like, wanted: dict, run_cls):
     """(state, meta) of the newest intact checkpoint, refused (CheckpointError) unless it
     continues the run ``wanted`` (:func:`jslide.train.checkpoint.check_same_run`)."""
-    return checkpoint.restore_checked(
+    return self._restored(
         self.directory, state_like,
         lambda meta: checkpoint.check_same_run(self.directory, meta, wanted, run_cls))
 
   def restore_best(self, state_like):
-    return checkpoint.restore_checked(self.best_directory, state_like, lambda meta: None)[0]
+    return self._restored(self.best_directory, state_like, lambda meta: None)[0]
 
 
 @dataclasses.dataclass

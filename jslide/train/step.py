@@ -257,8 +257,9 @@ def _build(model, loss, tx, schedule, gradient, mesh=None, axis: str = "data",
     _check_batch(fn, batch, axis, size)  # shapes: checked while tracing
     return sharded(place(state, P()), place(batch, P(axis)), place(key, P()))
 
-  replicated = jax.sharding.NamedSharding(mesh, P())
-  return graphdef, jax.device_put(state, replicated), data_parallel_step
+  # (jax.device_put of a process's own arrays onto a mesh of several processes makes arrays
+  # whose replicas cannot be read back one by one: placed from host copies instead.)
+  return graphdef, parallel.replicated(state, mesh), data_parallel_step
 
 
 def make_train_step(model: nnx.Module, loss: Loss, *,

@@ -5,6 +5,7 @@
     python -m jslide.xc train --dense               # the same architecture, dense output layer
     python -m jslide.xc train --train a.txt --test b.txt --ckpt run/ --json run.json
     python -m jslide.xc train --ckpt run/ --resume  # continue exactly where it stopped
+    python -m jslide.xc train --processes 2         # data-parallel over 2 local processes
     python -m jslide.xc eval --ckpt run/ --test b.txt
     python -m jslide.xc predict --ckpt run/ --input b.txt --out top5.txt --k 5
 """
@@ -14,10 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
+
+import jax
 
 from jslide import datasets as D
 from jslide import train as T
-from jslide.train import checkpoint
+from jslide.train import checkpoint, distributed
 from jslide.xc import trainer
 from jslide.xc.config import ModelConfig, RunConfig
 
@@ -85,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--resume", action="store_true", help="continue from --ckpt")
   t.add_argument("--json", help="write the run's metrics to this file")
   t.add_argument("--no-progress", dest="progress", action="store_false")
+  distributed.add_arguments(t)
 
   e = sub.add_parser("eval", help="P@k and nDCG@k of a checkpoint")
   e.add_argument("--ckpt", required=True)
@@ -111,15 +116,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = _parser().parse_args(argv)
   try:
+    status = _run(args, argv)
+  except BaseException:
+    if jax.process_count() > 1:  # a process of several: said why, ends now
+      traceback.print_exc()
+      distributed.exit_status(1)
+    raise
+  return distributed.exit_status(status)
+
+
+def _run(args, argv) -> int:
+  try:
     if args.command == "train":
+      launched = distributed.start(args, "jslide.xc", argv)
+      if launched is not None:
+        return launched
       train, test = _load_train_test(args)
       model_cfg = T.from_args(ModelConfig, args, num_features=train.num_features,
                               num_labels=train.num_labels)
       cfg = T.from_args(RunConfig, args)
-      print(f"data: {train.stats()}")
-      print(f"model: {model_cfg} ({cfg.objective()})")
+      if distributed.is_primary():
+        print(f"data: {train.stats()}")
+        print(f"model: {model_cfg} ({cfg.objective()})")
       valid = None
       if cfg.valid_fraction:
         train, valid = train.split(cfg.valid_fraction, seed=0)

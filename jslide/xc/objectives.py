@@ -99,13 +99,14 @@ class Sparse:
   moment_dtype: str | None = None
   uses_index = True  # sparse inference through the index is evaluated
 
-  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule):
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule, *,
+                 mesh=None):
     moments = None if self.moment_dtype is None else jnp.dtype(self.moment_dtype)
     return make_train_step(
         model, active_set_loss(self.loss),
         table_tx=optim.sparse_adam(learning_rate, catch_up=self.catch_up,
                                    moment_dtype=moments),
-        dense_tx=optax.adam(learning_rate), schedule=schedule)
+        dense_tx=optax.adam(learning_rate), schedule=schedule, mesh=mesh)
 
   def __str__(self):
     return "jslide"
@@ -118,9 +119,11 @@ class Dense:
 
   uses_index = False
 
-  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule):
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule, *,
+                 mesh=None):
     del schedule  # no index is read
-    return make_dense_train_step(model, full_softmax_loss, tx=optax.adam(learning_rate))
+    return make_dense_train_step(model, full_softmax_loss, tx=optax.adam(learning_rate),
+                                 mesh=mesh)
 
   def __str__(self):
     return "dense output layer"
@@ -134,10 +137,11 @@ class Sampled:
   num_sampled: int
   uses_index = False
 
-  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule):
+  def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule, *,
+                 mesh=None):
     del schedule  # no index is read
     return make_dense_train_step(model, sampled_softmax_loss(model, self.num_sampled),
-                                 tx=optax.adam(learning_rate))
+                                 tx=optax.adam(learning_rate), mesh=mesh)
 
   def __str__(self):
     return f"sampled softmax, {self.num_sampled} shared labels"

@@ -14,7 +14,7 @@ import jslide
 from jslide import datasets as D
 from jslide import train as T
 from jslide.lsh.cluster import top_indices
-from jslide.train import checkpoint
+from jslide.train import checkpoint, distributed
 from jslide.train import config as run_config
 from jslide.xc.config import ModelConfig, RunConfig
 
@@ -315,22 +315,39 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   if model_cfg.active < cfg.max_labels:  # every example's labels are in its active set
     raise ValueError(f"train: active={model_cfg.active} must be at least max_labels="
                      f"{cfg.max_labels} (the labels an example keeps, all in its active set)")
+  # Several processes (jslide.train.distributed): a data-parallel step over all their
+  # devices; process 0 alone prints and writes.
+  mesh = distributed.data_mesh()
+  primary = distributed.is_primary()
+  if mesh is not None and cfg.batch_size % mesh.size:
+    raise ValueError(f"train: batch_size={cfg.batch_size} must be a multiple of the "
+                     f"{mesh.size} devices of the {jax.process_count()} processes (each "
+                     "takes an equal share of every batch)")
+  if not primary:
+    log, progress, json_path = (lambda *_: None), False, None
   if json_path:
     T.check_writable(json_path)
+  meta = {"model": model_cfg.to_json(), "run": cfg.to_json(),
+          "data": {"examples": len(train_data)}}
+  distributed.check_same("the run (model, run settings, data)",
+                         {**meta, "data": {"train": train_data.digest(),
+                                           "valid": valid_data and valid_data.digest(),
+                                           "test": test_data and test_data.digest()}})
   store = (T.Checkpoints(checkpoint_dir, resume=resume, overwrite=overwrite,
                          best=valid_data is not None) if checkpoint_dir else None)
   model = model_cfg.build(cfg.seed)
   objective = cfg.objective(model_cfg.moment_dtype)
   sparse = objective.uses_index
-  graphdef, state, step = objective.train_step(model, cfg.learning_rate, cfg.rebuild_schedule())
-  record = {"model": model_cfg.to_json(), "run": cfg.to_json(), "evals": []}
-  meta = {"model": model_cfg.to_json(), "run": cfg.to_json(),
-          "data": {"examples": len(train_data)}}
+  graphdef, state, step = objective.train_step(model, cfg.learning_rate, cfg.rebuild_schedule(),
+                                               mesh=mesh)
+  record = {"model": model_cfg.to_json(), "run": cfg.to_json(), "evals": [],
+            "processes": jax.process_count()}
   n_batches = D.num_batches(train_data, cfg.batch_size)
   # Compiled ahead of the first epoch, so an epoch's seconds are training alone (the same
   # for jslide and the baselines); the compilation is recorded on its own.
   t0 = time.perf_counter()
-  step = step.lower(state, _batch_spec(cfg), jax.random.PRNGKey(cfg.seed)).compile()
+  step = distributed.compiled_step(step, state, _batch_spec(cfg), jax.random.PRNGKey(cfg.seed),
+                                   mesh)
   jslide.train.catch_up_train_state.lower(state).compile()  # what each evaluation starts with
   if sparse:
     jslide.train.rebuild_train_state.lower(graphdef, state).compile()
@@ -344,6 +361,8 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
       state = jslide.train.rebuild_train_state(graphdef, state)
     return state
 
+  # Every process evaluates its own replica (the same numbers: every process selects the
+  # same evaluation).
   evaluate = functools.partial(_evaluate_run, graphdef, model_cfg, cfg, train_data)
   inference = {"index": None, "lists": None}  # warm from the last evaluation's
 
@@ -400,6 +419,7 @@ def _evaluate_run(graphdef, model_cfg: ModelConfig, cfg: RunConfig, train_data, 
   """:func:`evaluate_state` of a training run's state; with ``with_lsh`` its inference index
   (or neuron lists) built first: warm from ``inference``'s last one, which it replaces, or
   (the first) as ``eval`` builds it from a checkpoint."""
+  state = distributed.local_replica(state)
   index = lists = None
   seconds = None
   if with_lsh:
