@@ -11,6 +11,8 @@ and their command line, checkpoints and records.
   (a config's fields are its command-line options);
 - :mod:`jslide.train.checkpoint` (orbax, with checksums and fallback to the newest intact
   step), :func:`write_json`, :func:`check_writable`;
+- :mod:`jslide.train.distributed`: a run on several processes and hosts (the trainers'
+  ``--processes``, ``--coordinator``, ``--cluster``);
 - memory: :func:`step_peak_bytes` (a compiled step's peak, from XLA), :func:`check_fits`,
   :func:`available_bytes`, :class:`NotEnoughMemoryError`.
 
@@ -18,7 +20,7 @@ The applications (:mod:`jslide.xc`, :mod:`jslide.lm`) are built on it; it import
 them.
 """
 
-from jslide.train import checkpoint
+from jslide.train import checkpoint, distributed
 from jslide.train.checkpoint import CheckpointError
 from jslide.train.config import RunConfig, add_arguments, from_args, option
 from jslide.train.loop import Checkpoints, FitResult, NonFiniteLossError, Position, fit
@@ -32,6 +34,6 @@ __all__ = ["CheckpointError", "Checkpoints", "FitResult", "NonFiniteLossError",
            "NotEnoughMemoryError", "Position", "available_bytes", "check_fits",
            "step_peak_bytes",
            "RunConfig", "TrainState", "active_set_loss", "add_arguments", "catch_up_train_state",
-           "check_writable", "checkpoint", "fit", "from_args", "make_dense_train_step",
-           "make_train_step", "masked_mean", "option", "rebuild_indices",
+           "check_writable", "checkpoint", "distributed", "fit", "from_args",
+           "make_dense_train_step", "make_train_step", "masked_mean", "option", "rebuild_indices",
            "rebuild_train_state", "split_model", "write_json"]

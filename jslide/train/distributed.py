@@ -305,9 +305,3 @@ def compiled_step(step, state, batch_spec, key, mesh: jax.sharding.Mesh | None =
 
   run.compiled = compiled
   return run
-
-
-def environment_note() -> str:
-  """One line on the run's processes, for a log."""
-  return (f"process {jax.process_index()} of {jax.process_count()}, "
-          f"{jax.local_device_count()} of {jax.device_count()} devices, pid {os.getpid()}")
