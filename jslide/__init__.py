@@ -13,7 +13,8 @@ Public API (each name means one thing):
   :mod:`jslide.initializers`, :mod:`jslide.lsh` (hashing, index, retrieval), :mod:`jslide.nn`
   (Flax NNX modules), :mod:`jslide.train` (training steps, the training loop, run settings,
   checkpoints: what every application shares), :mod:`jslide.parallel` (data parallelism over a
-  device mesh, row-sparse gradient exchange), :mod:`jslide.datasets`; the applications
+  device mesh, row-sparse gradient exchange), :mod:`jslide.row_sharded` (tables split by rows
+  over a mesh axis), :mod:`jslide.datasets`; the applications
   :mod:`jslide.xc` (extreme classification, ``python -m jslide.xc``) and :mod:`jslide.lm`
   (language models, ``python -m jslide.lm``), imported explicitly;
 - threads: :func:`set_num_threads`, :func:`num_threads`, :func:`kernel_isa`.
@@ -23,7 +24,7 @@ Plain ``jax.numpy`` versions of the kernels, for tests, live in ``jslide.referen
 """
 
 from jslide import (datasets, initializers, kernels, losses, lsh, metrics, nn, optim, parallel,
-                    tables, train, tree)
+                    row_sharded, tables, train, tree)
 from jslide._autodiff import grad, value_and_grad
 from jslide._ffi import kernel_isa, num_threads, set_num_threads
 from jslide._tape import TableRef
@@ -35,7 +36,8 @@ __version__ = "0.1.0"
 __all__ = [
     "RowSparseGrad", "TableRef", "datasets", "embedding_bag", "grad", "initializers",
     "is_row_sparse", "kernel_isa", "kernels", "losses", "lsh", "metrics", "nn", "num_threads",
-    "optim", "parallel", "robe_embedding_bag", "set_num_threads", "shared_linear", "sparse_linear",
+    "optim", "parallel", "robe_embedding_bag", "row_sharded", "set_num_threads", "shared_linear",
+    "sparse_linear",
     "tables", "train", "tree",
     "value_and_grad",
 ]

@@ -1,0 +1,149 @@
+"""Run by tests/test_row_sharded.py in a process of its own, with 4 forced host devices: the
+row-sharded functions (jslide.row_sharded) inside shard_map against the unsharded ones.
+Prints one JSON object of measured differences on its last line."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=4")
+
+import json  # noqa: E402
+import re  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jslide  # noqa: E402
+from jslide import row_sharded  # noqa: E402
+
+DEVICES, AXIS = 4, "rows"
+P = jax.sharding.PartitionSpec
+
+
+def _diff(a, b) -> float:
+  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _collectives(hlo: str) -> list[tuple[str, int]]:
+  """(op, result bytes) of every all-gather / all-reduce / all-to-all in an HLO text."""
+  out = []
+  for line in hlo.splitlines():
+    m = re.search(r"=\s*(.*?)\s(all-gather|all-reduce|all-to-all|collective-permute)"
+                  r"(?:-start)?\(", line)
+    if m:
+      for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", re.sub(r"/\*.*?\*/", "", m.group(1))):
+        size = int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
+        out.append((m.group(2), size * (2 if dtype in ("bf16", "f16") else 4)))
+  return out
+
+
+def output_layer(mesh, rng) -> dict:
+  """Scores of each example's active set (sparse_linear), the softmax cross-entropy over it,
+  and the gradients of the table, bias and inputs: the table split by rows over 4 devices
+  (each device scoring the active ids in its rows) against one device."""
+  n, d, b, a, l = 64, 8, 6, 24, 3
+  x = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(n, d)) * 0.5, jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(n,)) * 0.1, jnp.float32)
+  labels = rng.integers(0, n, size=(b, l))
+  labels[0, 1:] = -1  # one label
+  labels[1, 2] = labels[1, 0]  # a repeated label
+  ids = rng.integers(-1, n, size=(b, a))
+  ids[:, :l] = labels  # the labels in the active set (SLIDE forces them in)
+  ids[2, 5] = ids[2, 6]  # a duplicate active id
+  ids[3, :l] = -1  # an example with no label in its active set: loss 0
+  ids, labels = jnp.asarray(ids, jnp.int32), jnp.asarray(labels, jnp.int32)
+
+  def one_device(x, w, bias):
+    scores = jslide.sparse_linear(x, w, bias, ids)
+    return jnp.mean(jslide.losses.active_softmax_cross_entropy(scores, ids, labels))
+
+  def shard(x, w_shard, b_shard, ids, labels):
+    local = row_sharded.local_ids(ids, w_shard.shape[0], AXIS)
+    scores = jslide.sparse_linear(x, w_shard, b_shard, local)
+    mine = jnp.where(local >= 0, ids, -1)
+    return jnp.mean(row_sharded.active_softmax_cross_entropy(scores, mine, labels, AXIS))
+
+  sharded = jax.shard_map(shard, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(), P()),
+                          out_specs=P(), check_vma=False)
+  row_spec = jax.sharding.NamedSharding(mesh, P(AXIS))
+  w_s, b_s = jax.device_put(w, row_spec), jax.device_put(bias, row_spec)
+  fn = jax.jit(jax.value_and_grad(lambda x, w, b: sharded(x, w, b, ids, labels),
+                                  argnums=(0, 1, 2)))
+  loss, (gx, gw, gb) = fn(x, w_s, b_s)
+  ref_loss, (rx, rw, rb) = jax.value_and_grad(one_device, argnums=(0, 1, 2))(x, w, bias)
+  table_bytes = w.size * 4
+  coll = _collectives(fn.lower(x, w_s, b_s).compile().as_text())
+  return {"loss_diff": _diff(loss, ref_loss), "loss": float(ref_loss),
+          "grad_w_diff": _diff(gw, rw), "grad_b_diff": _diff(gb, rb), "grad_x_diff": _diff(gx, rx),
+          "grad_w_scale": float(jnp.max(jnp.abs(rw))),
+          "grad_w_shard_rows": [int(s.data.shape[0]) for s in gw.addressable_shards],
+          "shard_bytes": int(w_s.addressable_shards[0].data.nbytes), "table_bytes": table_bytes,
+          "largest_collective": max((s for _, s in coll), default=0),
+          "collectives": sorted({op for op, _ in coll})}
+
+
+def embedding(mesh, rng) -> dict:
+  n, d, b, f = 40, 6, 5, 7
+  ids = rng.integers(-1, n, size=(b, f))
+  ids[0] = -1  # an empty bag
+  ids[1, :2] = 3  # a repeated feature
+  ids = jnp.asarray(ids, jnp.int32)
+  vals = jnp.asarray(rng.normal(size=(b, f)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+
+  def loss_one(w):
+    h = jslide.embedding_bag(ids, vals, w)
+    return jnp.sum(jnp.tanh(h) * jnp.arange(d)), h
+
+  sharded = jax.shard_map(lambda ids, vals, w: row_sharded.embedding_bag(ids, vals, w, AXIS),
+                          mesh=mesh, in_specs=(P(), P(), P(AXIS)), out_specs=P(),
+                          check_vma=False)
+
+  def loss_sharded(w):
+    h = sharded(ids, vals, w)
+    return jnp.sum(jnp.tanh(h) * jnp.arange(d)), h
+
+  w_s = jax.device_put(w, jax.sharding.NamedSharding(mesh, P(AXIS)))
+  fn = jax.jit(jax.value_and_grad(loss_sharded, has_aux=True))
+  (_, h), g = fn(w_s)
+  (_, rh), rg = jax.value_and_grad(loss_one, has_aux=True)(w)
+  coll = _collectives(fn.lower(w_s).compile().as_text())
+  return {"bag_diff": _diff(h, rh), "bag_grad_diff": _diff(g, rg),
+          "bag_largest_collective": max((s for _, s in coll), default=0),
+          "bag_output_bytes": b * d * 4, "bag_table_bytes": n * d * 4}
+
+
+def ranking(mesh, rng) -> dict:
+  n, d, b, k = 64, 8, 5, 7
+  x = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+
+  def shard(x, w_shard):
+    rows = w_shard.shape[0]
+    ids = row_sharded.shard_start(rows, AXIS) + jnp.arange(rows, dtype=jnp.int32)
+    ids = jnp.broadcast_to(ids, (x.shape[0], rows))
+    ids = jnp.where(ids % 5 == 0, -1, ids)  # some rows not retrieved
+    return row_sharded.top_k(x @ w_shard.T, ids, k, AXIS)
+
+  top, ids = jax.jit(jax.shard_map(shard, mesh=mesh, in_specs=(P(), P(AXIS)),
+                                   out_specs=(P(), P()), check_vma=False))(
+      x, jax.device_put(w, jax.sharding.NamedSharding(mesh, P(AXIS))))
+  full = jnp.where(jnp.arange(n) % 5 == 0, -jnp.inf, x @ w.T)
+  ref_top, ref_ids = jax.lax.top_k(full, k)
+  return {"topk_diff": _diff(top, ref_top),
+          "topk_ids_equal": bool(np.array_equal(np.asarray(ids), np.asarray(ref_ids)))}
+
+
+def main() -> None:
+  mesh = jax.make_mesh((DEVICES,), (AXIS,))
+  rng = np.random.default_rng(0)
+  out = {**output_layer(mesh, rng), **embedding(mesh, rng), **ranking(mesh, rng)}
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
