@@ -22,6 +22,9 @@ from jslide.lm import corpus
 from jslide.train import distributed
 
 ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device per process
+# The commands run outside the repository: python -m there would import its source tree,
+# which has no built kernels.
+CWD = os.path.dirname(os.path.abspath(sys.executable))
 # A short WordNet run: the steps, an evaluation with its catch-up and index rebuild, the
 # test set scored through the inference index.
 XC = ["train", "--batch-size", "64", "--no-progress", "--rebuild-initial", "2"]
@@ -29,7 +32,7 @@ XC = ["train", "--batch-size", "64", "--no-progress", "--rebuild-initial", "2"]
 
 def _xc(*args, timeout=600):
   out = subprocess.run([sys.executable, "-m", "jslide.xc", *XC, *map(str, args)],
-                       capture_output=True, text=True, env=ENV, timeout=timeout)
+                       capture_output=True, text=True, env=ENV, timeout=timeout, cwd=CWD)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   return out
 
@@ -93,7 +96,7 @@ def test_lm_on_two_processes_trains_like_one(tmp_path):
   for n in (1, 2):
     out = subprocess.run([sys.executable, "-m", "jslide.lm", *map(str, common), "--json",
                           str(tmp_path / f"{n}.json"), "--processes", str(n)],
-                         capture_output=True, text=True, env=ENV, timeout=600)
+                         capture_output=True, text=True, env=ENV, timeout=600, cwd=CWD)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     records.append(json.loads((tmp_path / f"{n}.json").read_text()))
   one, two = records
@@ -108,7 +111,8 @@ def _start(i: int, port: int, *args, heartbeat: int = 60):
   return subprocess.Popen(
       [sys.executable, "-m", "jslide.xc", *XC, "--coordinator", f"localhost:{port}",
        "--num-processes", "2", "--process-id", str(i), "--heartbeat-timeout", str(heartbeat),
-       *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+       *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+      cwd=CWD)
 
 
 def _finish(procs, timeout=300):
@@ -161,6 +165,38 @@ def test_a_killed_process_stops_the_others(victim):
       p.wait()
 
 
+@pytest.mark.slow
+def test_ctrl_c_and_the_time_limit_stop_every_process_at_the_same_step(tmp_path):
+  """A SIGINT to ``--processes 2`` stops both processes at the same step (a multiple of
+  DECISION_STEPS), process 0 saving it; the run resumed on 2 processes with a time limit
+  stops both at an agreed step and ends normally."""
+  ckpt, rec = tmp_path / "run", tmp_path / "run.json"
+  launcher = subprocess.Popen(
+      [sys.executable, "-m", "jslide.xc", *XC, "--processes", "2", "--ckpt", str(ckpt),
+       "--json", str(rec)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=ENV, cwd=CWD)
+  try:
+    deadline = time.monotonic() + 300
+    line = ""
+    while "compiled" not in line:
+      line = launcher.stdout.readline()
+      assert line or launcher.poll() is None, "the run ended before training"
+      assert time.monotonic() < deadline
+    time.sleep(3)
+    launcher.send_signal(signal.SIGINT)
+    out = launcher.communicate(timeout=120)[0]
+  finally:
+    launcher.kill()
+  assert launcher.returncode == 130, out[-3000:]
+  stopped = json.loads(rec.read_text())["interrupted"]
+  assert stopped["step"] > 0 and stopped["step"] % distributed.DECISION_STEPS == 0
+  assert sorted(os.listdir(ckpt)) == sorted([str(stopped["step"]), "checksums", ".jslide.lock"])
+  _xc("--processes", 2, "--ckpt", ckpt, "--resume", "--json", rec,
+      "--time-limit", stopped["train_s"] + 2)
+  last = json.loads(rec.read_text())["evals"][-1]
+  assert last["step"] > stopped["step"] and last["step"] % distributed.DECISION_STEPS == 0
+
+
 def test_launch_options_are_checked():
   import argparse
   parser = argparse.ArgumentParser()
@@ -189,6 +225,7 @@ def test_on_one_process_the_collectives_are_the_identity():
   assert distributed.local_replica({"x": x})["x"] is x
   assert distributed._differences({"run": {"lr": 1, "b": 2}}, {"run": {"lr": 3, "b": 2}}) == [
       "run.lr: 3 in process 0, 1 here"]
+  assert distributed.agree([True, False], [False]) == ([True, False], [False])
 
 
 def test_data_digests_see_every_change():

@@ -19,6 +19,10 @@ batch, whatever the number of processes, and may be resumed with another number.
   reads them on process 0 and broadcasts them (:func:`broadcast_tree`), so no shared file
   system is needed to resume. Evaluation runs in every process on its own replica
   (:func:`local_replica`), so every process selects the same state.
+- What depends on a process's clock or signals is decided together every
+  ``DECISION_STEPS`` steps (:func:`agree`): the time limit and evaluations by time follow
+  process 0's clock, and a SIGINT (Ctrl-C) reaching any process stops all of them at the
+  same step, process 0 saving the state.
 - A process that dies stops the others: JAX's coordination service misses its heartbeats
   and ends them (exit status 134) within ``--heartbeat-timeout`` seconds; the local launcher
   (:func:`launch`) ends the others as soon as one exits with an error.
@@ -38,7 +42,7 @@ import time
 import jax
 import numpy as np
 
-__all__ = ["add_arguments", "broadcast_json", "broadcast_tree", "check_same", "compiled_step",
+__all__ = ["add_arguments", "agree", "broadcast_json", "broadcast_tree", "check_same", "compiled_step",
            "data_mesh", "exit_status",
            "initialize", "is_primary", "launch", "local_replica", "place_like", "start"]
 
@@ -129,7 +133,8 @@ def launch(n: int, module: str, argv: list[str], *,
   port on localhost as the coordinator) and waits for them. Process 0 prints; the others'
   output goes to stderr only on failure. When one exits with an error, the others are
   stopped (SIGTERM, then SIGKILL after ``grace_s``) and its status is returned; a SIGINT
-  (Ctrl-C) is passed on to every process (each stops after its step, process 0 saves)."""
+  (Ctrl-C) is passed on to every process (they stop together within
+  ``DECISION_STEPS`` steps, process 0 saves) and 130 is returned."""
   port = _free_port()
   argv = _without(argv, "--processes")
   procs = []
@@ -142,7 +147,7 @@ def launch(n: int, module: str, argv: list[str], *,
     procs.append(subprocess.Popen(
         cmd, stdout=None if i == 0 else subprocess.DEVNULL,
         stderr=None if i == 0 else subprocess.PIPE, text=True,
-        start_new_session=i > 0))  # Ctrl-C reaches them through this process only
+        start_new_session=True))  # Ctrl-C reaches them through this process only
   status = 0
   try:
     while any(p.poll() is None for p in procs):
@@ -151,8 +156,8 @@ def launch(n: int, module: str, argv: list[str], *,
         status = failed[0].returncode
         break
       time.sleep(0.2)
-  except KeyboardInterrupt:
-    for p in procs[1:]:
+  except KeyboardInterrupt:  # every process stops at the same step; process 0 saves
+    for p in procs:
       if p.poll() is None:
         p.send_signal(signal.SIGINT)
     for p in procs:
@@ -189,6 +194,24 @@ def exit_status(status: int) -> int:
     sys.stderr.flush()
     os._exit(status)
   return status
+
+
+# A run of several processes decides what depends on a process's clock or signals (the time
+# limit, evaluations by time, a SIGINT) every this many steps (jslide.train.fit).
+DECISION_STEPS = 8
+
+
+def agree(first: list[bool], anyone: list[bool]) -> tuple[list[bool], list[bool]]:
+  """Decisions every process takes alike: ``first``'s values as process 0 has them (its clock
+  decides), ``anyone``'s true where any process's is (a SIGINT reaching one stops all). One
+  small all-gather; every process must call it at the same point."""
+  if jax.process_count() == 1:
+    return [bool(v) for v in first], [bool(v) for v in anyone]
+  from jax.experimental import multihost_utils
+  mine = np.asarray([*first, *anyone], np.int32)
+  rows = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, mine.size)
+  return ([bool(v) for v in rows[0, :len(first)]],
+          [bool(v) for v in rows[:, len(first):].any(axis=0)])
 
 
 def is_primary() -> bool:

@@ -258,9 +258,21 @@ def fit(state: TrainState, step: Callable, *, run: RunConfig, key, num_batches: 
   def train_seconds():
     return position.train_s + (time.perf_counter() - t_start)
 
+  # In a run of several processes, what depends on each process's clock or signals (the time
+  # limit, evaluations by time, a SIGINT) is decided together, at the same steps everywhere
+  # (every DECISION_STEPS steps and at epochs' ends): one process stopping or evaluating
+  # alone would leave the others waiting in the next step's collectives.
+  together = jax.process_count() > 1
+
+  def out_of_time() -> bool:
+    return bool(run.time_limit and train_seconds() >= run.time_limit)
+
   def finished():
-    return bool((run.max_steps and steps_done >= run.max_steps) or
-                (run.time_limit and train_seconds() >= run.time_limit))
+    """Whether the run is over (decided with the other processes)."""
+    late = out_of_time()
+    if together:
+      (late,), _ = distributed.agree([late], [])
+    return bool((run.max_steps and steps_done >= run.max_steps) or late)
 
   total = num_batches * run.epochs
   if run.max_steps:
@@ -334,12 +346,18 @@ def fit(state: TrainState, step: Callable, *, run: RunConfig, key, num_batches: 
         pending = (m, n, steps_done)
         steps_done += 1
         at_end = i + 1 == num_batches
-        due = ((run.eval_every and steps_done % run.eval_every == 0) or
-               train_seconds() >= next_eval_s)
+        timed_eval, late, interrupted = (train_seconds() >= next_eval_s, out_of_time(),
+                                         sigint.requested)
+        if together:  # process 0's clock, anyone's SIGINT, at agreed steps only
+          if steps_done % distributed.DECISION_STEPS == 0:
+            (timed_eval, late), (interrupted,) = distributed.agree([timed_eval, late],
+                                                                   [interrupted])
+          else:
+            timed_eval = late = interrupted = False
+        due = bool((run.eval_every and steps_done % run.eval_every == 0) or timed_eval)
         save_due = store is not None and run.checkpoint_every and \
             steps_done % run.checkpoint_every == 0
-        done = finished()
-        interrupted = sigint.requested
+        done = bool((run.max_steps and steps_done >= run.max_steps) or late)
         if due or save_due or done or at_end or interrupted:
           check(pending)  # a step is evaluated or saved only once known to be good
           pending = None
