@@ -134,11 +134,38 @@ def gather_rows(g: RowSparseGrad, axis: str, gathered: dict | None = None) -> Ro
                        unit=jax.lax.pmax(g.unit, axis), window=g.window)
 
 
+def _gather_packed(arrays: list, axis: str) -> list:
+  """``all_gather(x, axis, tiled=True)`` of every array of ``arrays`` (32-bit dtypes, a
+  leading dimension each) in one collective: their bits packed into one flat buffer, gathered,
+  and unpacked. One all-gather instead of one per array: across processes each collective
+  costs a round trip (gloo over TCP), whatever its size."""
+  if not arrays:
+    return []
+  flat = [jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1) for x in arrays]
+  whole = jax.lax.all_gather(jnp.concatenate(flat), axis)  # [devices, total]
+  out, start = [], 0
+  for x, f in zip(arrays, flat):
+    part = whole[:, start:start + f.size].reshape(whole.shape[0], *x.shape)
+    part = part.reshape(whole.shape[0] * x.shape[0], *x.shape[1:])
+    out.append(jax.lax.bitcast_convert_type(part, x.dtype))
+    start += f.size
+  return out
+
+
 def sum_gradients(grads, axis: str):
   """``grads`` (a pytree of arrays and :class:`jslide.RowSparseGrad`) summed over the devices
-  of mesh axis ``axis``: arrays by ``psum``, row-sparse gradients by :func:`gather_rows`
-  (each factor array once, however many gradients share it)."""
-  gathered: dict = {}
+  of mesh axis ``axis``: arrays by ``psum``, row-sparse gradients as :func:`gather_rows` sums
+  them (each factor array once, however many gradients share it), every 32-bit factor of
+  every gradient gathered in one all-gather."""
+  leaves = jax.tree.leaves(grads, is_leaf=is_row_sparse)
+  factors: dict = {}
+  for g in leaves:
+    if is_row_sparse(g):
+      for x in (g.ids, g.coef, g.vecs):
+        if jnp.dtype(x.dtype).itemsize == 4 and jnp.ndim(x) >= 1:
+          factors.setdefault(id(x), x)
+  packed = _gather_packed(list(factors.values()), axis)
+  gathered = {k: (x, y) for (k, x), y in zip(factors.items(), packed)}  # x kept: its id stays
   return jax.tree.map(lambda g: gather_rows(g, axis, gathered) if is_row_sparse(g)
                       else jax.lax.psum(g, axis), grads, is_leaf=is_row_sparse)
 
