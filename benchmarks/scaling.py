@@ -33,6 +33,7 @@ import optax
 from flax import nnx
 
 from _report import write_json
+from lm_step import median_step_ms
 import jslide
 from jslide import parallel
 from jslide.rowsparse import RowSparseGrad, is_row_sparse
@@ -53,16 +54,6 @@ def _median_ms(fn, args_fn, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t)
   return 1e3 * statistics.median(times[2:])
-
-
-def step_ms(step, state, batch, repeats: int) -> float:
-  times = []
-  for i in range(repeats + 3):  # 3 warm-up steps (compilation)
-    t = time.perf_counter()
-    state, metrics = step(state, batch, jax.random.key(i))
-    float(metrics["loss"])
-    times.append(time.perf_counter() - t)
-  return 1e3 * statistics.median(times[3:])
 
 
 def xc_case():
@@ -130,11 +121,11 @@ def measure(case, repeats: int) -> dict:
   _, state, step = jslide.train.make_train_step(
       case["model"](), case["loss"], table_tx=jslide.optim.sparse_adam(1e-3, catch_up=True),
       dense_tx=optax.adam(1e-3), schedule=jslide.lsh.RebuildSchedule(50, 1.3, 2000))
-  out["jslide_step_ms"] = step_ms(step, state, batch, repeats)
+  out["jslide_step_ms"] = median_step_ms(step, state, batch, repeats)
   del state, step
   _, state, step = jslide.train.make_dense_train_step(
       case.get("dense_model", case["model"])(), case["dense_loss"], tx=optax.adam(1e-3))
-  out["dense_step_ms"] = step_ms(step, state, batch, repeats)
+  out["dense_step_ms"] = median_step_ms(step, state, batch, repeats)
   del state, step
 
   # One host's gradients, and the bytes each host sends on p hosts.

@@ -16,9 +16,6 @@ import json
 import math
 import sys
 import time
-import traceback
-
-import jax
 
 from jslide import train as T
 from jslide.train import distributed
@@ -154,14 +151,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  try:
-    status = _run(args)
-  except BaseException:
-    if jax.process_count() > 1:  # a process of several: said why, ends now
-      traceback.print_exc()
-      distributed.exit_status(1)
-    raise
-  return distributed.exit_status(status)
+  return distributed.command_status(lambda: _run(args))
 
 
 def _run(args) -> int:

@@ -38,12 +38,13 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 
 import jax
 import numpy as np
 
-__all__ = ["add_arguments", "agree", "broadcast_json", "broadcast_tree", "check_same", "compiled_step",
-           "data_mesh", "exit_status",
+__all__ = ["add_arguments", "agree", "broadcast_json", "broadcast_tree", "check_same",
+           "command_status", "compiled_step", "data_mesh", "exit_status",
            "initialize", "is_primary", "launch", "local_replica", "place_like", "start"]
 
 # Seconds without a heartbeat after which the coordination service declares a process dead
@@ -212,6 +213,20 @@ def agree(first: list[bool], anyone: list[bool]) -> tuple[list[bool], list[bool]
   rows = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, mine.size)
   return ([bool(v) for v in rows[0, :len(first)]],
           [bool(v) for v in rows[:, len(first):].any(axis=0)])
+
+
+def command_status(run) -> int:
+  """The status a command exits with: ``run()``'s, through :func:`exit_status`. In a run of
+  several processes an exception escaping ``run`` is printed and ends the process at once
+  (status 1), rather than waiting in JAX's shutdown barrier for processes that wait for it."""
+  try:
+    status = run()
+  except BaseException:
+    if jax.process_count() > 1:
+      traceback.print_exc()
+      exit_status(1)
+    raise
+  return exit_status(status)
 
 
 def is_primary() -> bool:

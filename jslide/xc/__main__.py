@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
-
-import jax
 
 from jslide import datasets as D
 from jslide import train as T
@@ -118,14 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = _parser().parse_args(argv)
-  try:
-    status = _run(args, argv)
-  except BaseException:
-    if jax.process_count() > 1:  # a process of several: said why, ends now
-      traceback.print_exc()
-      distributed.exit_status(1)
-    raise
-  return distributed.exit_status(status)
+  return distributed.command_status(lambda: _run(args, argv))
 
 
 def _run(args, argv) -> int:
