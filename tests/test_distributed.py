@@ -220,6 +220,7 @@ def test_on_one_process_the_collectives_are_the_identity():
   assert distributed.broadcast_tree(tree) is tree
   assert distributed.broadcast_json({"x": [1, 2]}) == {"x": [1, 2]}
   distributed.check_same("a setting", {"x": 1})  # nothing to differ from
+  distributed.check_same("the data", lambda: pytest.fail("one process hashes nothing"))
   assert distributed.data_mesh() is None and distributed.is_primary()
   x = jax.numpy.ones(3)
   assert distributed.local_replica({"x": x})["x"] is x

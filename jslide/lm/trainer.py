@@ -54,13 +54,15 @@ def abstract_state(cfg: ModelConfig, run: RunConfig, vocab_size: int):
   return built["graphdef"], state, built["step"]
 
 
-def compile_step(step, state, cfg: ModelConfig, run: RunConfig):
-  """(``step`` compiled for the state shapes ``state`` and a batch of ``cfg``/``run``, its
-  peak bytes)."""
+def compile_step(step, state, cfg: ModelConfig, run: RunConfig, mesh=None):
+  """(``step`` compiled for the state (or its shapes) ``state`` and a batch of ``cfg``/``run``,
+  its peak bytes). With a ``mesh``, the data-parallel step taking the whole batch
+  (:func:`jslide.train.distributed.compiled_step`)."""
   tokens = jax.ShapeDtypeStruct((run.batch_size, cfg.context), jnp.int32)
   key = jax.eval_shape(lambda: jax.random.key(0))
-  compiled = step.lower(state, {"tokens": tokens, "targets": tokens}, key).compile()
-  return compiled, T.step_peak_bytes(compiled)
+  compiled = distributed.compiled_step(step, state, {"tokens": tokens, "targets": tokens}, key,
+                                       mesh)
+  return compiled, T.step_peak_bytes(getattr(compiled, "compiled", compiled))
 
 
 def batch_of(win: np.ndarray) -> dict:
@@ -145,11 +147,7 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   """
   # Several processes (jslide.train.distributed): a data-parallel step over all their
   # devices; process 0 alone prints and writes.
-  mesh = distributed.data_mesh()
-  if mesh is not None and run.batch_size % mesh.size:
-    raise ValueError(f"train: batch_size={run.batch_size} must be a multiple of the "
-                     f"{mesh.size} devices of the {jax.process_count()} processes (each "
-                     "takes an equal share of every batch)")
+  mesh = distributed.data_mesh(batch_size=run.batch_size)
   if not distributed.is_primary():
     progress, json_path = False, None
   if json_path:
@@ -167,7 +165,7 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   meta = {"model": cfg.to_json(), "run": run.to_json(), "vocab": vocab.words,
           "data": {"windows": n_train, "vocabulary": vocabulary_digest(vocab)}}
   distributed.check_same("the run (model, run settings, data)",
-                         {**meta, "vocab": None, "data": {
+                         lambda: {**meta, "vocab": None, "data": {
                              **meta["data"], "train": corpus.digest(train_ids),
                              "valid": corpus.digest(valid_ids)}})
   store = T.Checkpoints(ckpt, resume=resume, overwrite=overwrite, best=False) if ckpt else None
@@ -186,10 +184,7 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   else:  # the replicated state is placed on the mesh as it is made: made first
     graphdef, state, step = make_step(cfg.build(len(vocab), run.seed, train_ids), cfg, run,
                                       mesh)
-    tokens = jax.ShapeDtypeStruct((run.batch_size, cfg.context), jnp.int32)
-    step = distributed.compiled_step(step, state, {"tokens": tokens, "targets": tokens},
-                                     jax.random.key(0), mesh)
-    peak = T.step_peak_bytes(step.compiled)
+    step, peak = compile_step(step, state, cfg, run, mesh)
     T.check_fits(peak, fits)
   record = {"model": cfg.to_json(), "run": run.to_json(), "vocab_size": len(vocab),
             "train_tokens": int(len(train_ids)),

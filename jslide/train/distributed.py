@@ -234,11 +234,17 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def data_mesh(axis: str = "data") -> jax.sharding.Mesh | None:
+def data_mesh(axis: str = "data", *,
+              batch_size: int | None = None) -> jax.sharding.Mesh | None:
   """A one-axis mesh over every device of every process, for a run of several processes;
-  None for a run of one (the step then runs on one device, as without a mesh)."""
+  None for a run of one (the step then runs on one device, as without a mesh). With
+  ``batch_size``, ValueError unless every device can take an equal share of it."""
   if jax.process_count() == 1:
     return None
+  if batch_size is not None and batch_size % jax.device_count():
+    raise ValueError(f"train: batch_size={batch_size} must be a multiple of the "
+                     f"{jax.device_count()} devices of the {jax.process_count()} processes "
+                     "(each takes an equal share of every batch)")
   return jax.make_mesh((jax.device_count(),), (axis,),
                        axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -275,12 +281,14 @@ def _differences(mine, first, path: str = "") -> list[str]:
 
 def check_same(what: str, value) -> None:
   """Refuses a run whose processes were given different ``value`` (JSON-ready: settings, a
-  digest of the data): every process raises the same ValueError (naming the processes that
-  differ), so none starts training alone and waits for the others forever."""
+  digest of the data; or a function that makes it, called only in a run of several
+  processes, so one process never hashes its data for nothing): every process raises the
+  same ValueError (naming the processes that differ), so none starts training alone and
+  waits for the others forever."""
   if jax.process_count() == 1:
     return
   from jax.experimental import multihost_utils
-  mine = json.loads(json.dumps(value))
+  mine = json.loads(json.dumps(value() if callable(value) else value))
   first = broadcast_json(mine)
   differs = np.asarray(multihost_utils.process_allgather(np.int32(mine != first)))
   if differs.any():

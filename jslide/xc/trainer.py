@@ -317,22 +317,18 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
                      f"{cfg.max_labels} (the labels an example keeps, all in its active set)")
   # Several processes (jslide.train.distributed): a data-parallel step over all their
   # devices; process 0 alone prints and writes.
-  mesh = distributed.data_mesh()
-  primary = distributed.is_primary()
-  if mesh is not None and cfg.batch_size % mesh.size:
-    raise ValueError(f"train: batch_size={cfg.batch_size} must be a multiple of the "
-                     f"{mesh.size} devices of the {jax.process_count()} processes (each "
-                     "takes an equal share of every batch)")
-  if not primary:
+  mesh = distributed.data_mesh(batch_size=cfg.batch_size)
+  if not distributed.is_primary():
     log, progress, json_path = (lambda *_: None), False, None
   if json_path:
     T.check_writable(json_path)
   meta = {"model": model_cfg.to_json(), "run": cfg.to_json(),
           "data": {"examples": len(train_data)}}
   distributed.check_same("the run (model, run settings, data)",
-                         {**meta, "data": {"train": train_data.digest(),
-                                           "valid": valid_data and valid_data.digest(),
-                                           "test": test_data and test_data.digest()}})
+                         lambda: {**meta, "data": {
+                             "train": train_data.digest(),
+                             "valid": valid_data and valid_data.digest(),
+                             "test": test_data and test_data.digest()}})
   store = (T.Checkpoints(checkpoint_dir, resume=resume, overwrite=overwrite,
                          best=valid_data is not None) if checkpoint_dir else None)
   model = model_cfg.build(cfg.seed)
