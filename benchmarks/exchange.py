@@ -2,7 +2,10 @@
 XLA compiles, against the formula (:func:`jslide.parallel.exchange_bytes`) and against the
 dense way (every gradient all-reduced, tables included: what a plain data-parallel JAX
 program with dense gradients does), at SLIDE's Amazon-670K shape and for the default
-language model.
+language model; for the XC shape also the step with its output layer split by rows over the
+devices (jslide.row_sharded: every device the whole batch, its own rows), whose formula is
+three all-reduces of per-example numbers: [B] (the largest logit), [3, B] (the sums) and
+[B, d] (the input's gradient).
 
 The step is compiled, not run, for 2, 4 and 8 forced host devices (nothing is allocated:
 the shapes suffice), and every all-gather and all-reduce in its HLO is counted: an
@@ -60,13 +63,18 @@ def sent_per_device(counted: dict, devices: int) -> int:
              + 2 * (devices - 1) / devices * counted["all-reduce"])
 
 
+XC_HIDDEN = 128
+
+
 def xc_case():
   """SLIDE's Amazon-670K network: 135,909 features (75 a row) -> 128 -> 670,091 labels,
   0.5% active (3,351), batch 128 (and 1,024 for many devices)."""
-  n_in, n_out, hidden, nnz, active = 135_909, 670_091, 128, 75, 3_351
+  n_in, n_out, hidden, nnz, active = 135_909, 670_091, XC_HIDDEN, 75, 3_351
 
-  def model():
-    return jslide.nn.SparseMLP(n_in, n_out, hidden=(hidden,), active=active, num_hashes=6,
+  def model(multiple_of: int = 1):
+    # split by rows: the labels rounded up to a multiple of the devices (670,096 for 8)
+    labels = -(-n_out // multiple_of) * multiple_of
+    return jslide.nn.SparseMLP(n_in, labels, hidden=(hidden,), active=active, num_hashes=6,
                                num_hash_tables=50, rngs=nnx.Rngs(0))
 
   def loss():
@@ -95,7 +103,31 @@ def measure(case, batch_size: int, devices: int) -> dict:
     row[way + "_largest"] = counted["largest"][1]
   f = formula_row(case, batch_size // devices, devices)
   row["formula_sent"], row["formula_dense"] = f["formula_sent"], f["formula_dense"]
+  if name.startswith("XC"):
+    rows_mesh = jax.make_mesh((1, devices), ("data", "rows"), devices=jax.devices()[:devices])
+
+    def split():
+      return jslide.row_sharded.split_rows(model_fn(devices), devices, "rows")
+
+    state, step = _abstract_step(jslide.train.make_train_step, split, row_loss(), rows_mesh,
+                                 row_axis="rows")
+    hlo = step.lower(state, batch_fn(batch_size), jax.random.key(0)).compile().as_text()
+    counted = collectives(hlo)
+    row["rows_sent"] = sent_per_device(counted, devices)
+    row["rows_largest"] = counted["largest"][1]
+    row["rows_formula"] = rows_formula(batch_size, XC_HIDDEN, devices)
   return row
+
+
+def row_loss():
+  from jslide.xc import objectives
+  return objectives.active_set_loss()
+
+
+def rows_formula(batch: int, hidden: int, devices: int) -> int:
+  """Bytes each device sends per step of a row-sharded output layer: ring all-reduces of
+  f32 [B] + [3, B] + [B, d]."""
+  return int(2 * (devices - 1) / devices * 4 * batch * (1 + 3 + hidden))
 
 
 def lm_case():
@@ -113,12 +145,12 @@ def lm_case():
           batch)
 
 
-def _abstract_step(build, model_fn, loss, mesh):
+def _abstract_step(build, model_fn, loss, mesh, **kw):
   """(the state as shapes, the step): the step builder traced, so no state is allocated."""
   built = {}
 
   def state():
-    _, s, built["step"] = build(model_fn(), loss, mesh=mesh)
+    _, s, built["step"] = build(model_fn(), loss, mesh=mesh, **kw)
     return s
 
   return jax.eval_shape(state), built["step"]
@@ -144,7 +176,8 @@ def seconds(sent: int, gbit: float) -> float:
 def table(rows: list[dict]) -> str:
   lines = ["| case | devices | batch | jslide MB sent (compiled / formula) | dense MB sent "
            "(compiled / formula) | dense / jslide | jslide ms at 10 / 100 Gbit/s | dense ms "
-           "at 10 / 100 Gbit/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "at 10 / 100 Gbit/s | rows split: MB sent (compiled / formula) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     js = r.get("jslide_sent", r["formula_sent"])
     dn = r.get("dense_sent", r["formula_dense"])
@@ -154,7 +187,10 @@ def table(rows: list[dict]) -> str:
         f"| {r['case']} | {r['devices']} | {r['batch']:,} | {compiled}"
         f"{r['formula_sent'] / 1e6:,.1f} | {compiled_dense}{r['formula_dense'] / 1e6:,.1f} | "
         f"{dn / js:,.1f}x | {1e3 * seconds(js, 10):,.1f} / {1e3 * seconds(js, 100):,.2f} | "
-        f"{1e3 * seconds(dn, 10):,.0f} / {1e3 * seconds(dn, 100):,.1f} |")
+        f"{1e3 * seconds(dn, 10):,.0f} / {1e3 * seconds(dn, 100):,.1f} | "
+        + (f"{r['rows_sent'] / 1e6:,.2f} / " if "rows_sent" in r else "- / " if "rows_formula" in r
+           else "- |")
+        + (f"{r['rows_formula'] / 1e6:,.2f} |" if "rows_formula" in r else ""))
   return "\n".join(lines)
 
 
@@ -169,6 +205,8 @@ def main() -> None:
     one = rows[-1]
     for d in (16, 32, 64):  # the formula, checked against the compiled programs above
       rows.append({**formula_row(case, per_device, d), "case": one["case"]})
+      if "rows_formula" in one:
+        rows[-1]["rows_formula"] = rows_formula(per_device * d, XC_HIDDEN, d)
   print(table(rows))
   write_json(args.json, rows)
 

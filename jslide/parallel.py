@@ -32,7 +32,7 @@ import numpy as np
 from jslide.rowsparse import RowSparseGrad, is_row_sparse
 
 __all__ = ["DataShard", "current_shard", "data_sharded", "exchange_bytes", "first_example",
-           "gather_examples", "gather_rows", "global_batch", "replicated", "sum_gradients",
+           "gather_examples", "gather_rows", "global_batch", "placed", "replicated", "sum_gradients",
            "whole_batch"]
 
 
@@ -105,12 +105,22 @@ def global_batch(batch, mesh: jax.sharding.Mesh, axis: str = "data"):
 def replicated(tree, mesh: jax.sharding.Mesh):
   """``tree`` (host values, the same on every process, e.g. a key or a state) as global
   arrays held whole by every device of ``mesh``."""
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return placed(tree, mesh, jax.sharding.PartitionSpec())
+
+
+def placed(tree, mesh: jax.sharding.Mesh, spec: jax.sharding.PartitionSpec):
+  """``tree`` (host values, the same on every process) as global arrays laid out on ``mesh``
+  as ``spec`` says (each process making only its own devices' parts)."""
+  sharding = jax.sharding.NamedSharding(mesh, spec)
 
   def place(x):
     if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
       return jax.random.wrap_key_data(place(jax.random.key_data(x)),
                                       impl=jax.random.key_impl(x))
+    if isinstance(x, jax.core.Tracer):  # traced (e.g. jax.eval_shape of a step builder)
+      if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        return jax.sharding.reshard(x, sharding)
+      return jax.lax.with_sharding_constraint(x, sharding)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 

@@ -1,7 +1,12 @@
 """Tables split by rows over one axis of a device mesh (vocabulary parallelism), for tables
-bigger than one device's memory. Used inside ``shard_map`` over the axis: device i of the
-axis holds rows ``[i * rows, (i + 1) * rows)`` of an [N, d] table (``rows = N / devices``),
-and every device holds the same batch.
+bigger than one device's memory: device i of the axis holds rows ``[i * rows, (i + 1) *
+rows)`` of an [N, d] table (``rows = N / devices``), and every device holds the same batch.
+
+A model's layers are split by :func:`split_rows` (every variable stacked, entry i being
+device i's) and trained by :func:`jslide.train.make_train_step` with ``row_axis``; a split
+:class:`jslide.nn.SparseDense` reads its input through :func:`shared_input` and is trained
+with :func:`active_softmax_cross_entropy`. :func:`each_shard` runs any function of a
+device's entry (an index rebuild, an evaluation).
 
 What crosses devices is O(batch) per example, never a table nor [batch, N] scores:
 
@@ -11,6 +16,7 @@ What crosses devices is O(batch) per example, never a table nor [batch, N] score
   active set (the active ids in its rows, :func:`local_ids`); the softmax over the union is
   formed from a max and a sum of exponentials per example (all-reduced, O(batch)), as
   Megatron's vocabulary-parallel cross-entropy forms the full softmax.
+- :func:`shared_input`: the gradient of a split layer's input, all-reduced, O(batch x d).
 - :func:`top_k`: each device's k best of its rows, gathered (O(batch x k x devices)) and
   merged.
 
@@ -21,14 +27,18 @@ optimizer state stay on their shard. Every function is the unsharded one to floa
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jslide import ops
 from jslide.losses import _check_active
 
-__all__ = ["active_softmax_cross_entropy", "embedding_bag", "local_ids", "shard_start",
-           "top_k"]
+__all__ = ["active_softmax_cross_entropy", "each_shard", "embedding_bag", "global_ids",
+           "local_ids", "local_state", "shard_start", "shared_input", "split_rows",
+           "stacked_state", "top_k"]
 
 
 def shard_start(rows: int, axis: str) -> jax.Array:
@@ -44,6 +54,78 @@ def local_ids(ids, rows: int, axis: str) -> jax.Array:
   return jnp.where((ids >= 0) & (local >= 0) & (local < rows), local, -1)
 
 
+def global_ids(local, rows: int, axis: str) -> jax.Array:
+  """int32, shaped as ``local``: rows of this device's shard (-1 padding) as global ids."""
+  local = jnp.asarray(local, jnp.int32)
+  return jnp.where(local >= 0, local + shard_start(rows, axis), -1)
+
+
+def split_rows(model, shards: int, axis: str = "rows"):
+  """``model`` with every layer that can be split by rows (a module with a ``keep_rows``
+  method: :class:`jslide.nn.SparseDense`) split into ``shards`` blocks of rows, in the
+  layout a row-sharded training step takes (:func:`jslide.train.make_train_step` with
+  ``row_axis=axis``): every variable gets a leading axis of ``shards``, device i of mesh
+  axis ``axis`` holding entry i. A split layer's entry i holds rows ``[i * rows, (i + 1) *
+  rows)``, an index over them and ``1 / shards`` of the active set; every other variable
+  is the same in every entry (a replica per device, as a replicated array would be).
+
+  The whole model is built on the host first: a model whose table does not fit one host
+  would build each shard on its own devices (not done here).
+  """
+  from flax import nnx  # here: jslide.nn imports this module
+
+  if not isinstance(shards, int) or shards < 1:
+    raise ValueError(f"row_sharded.split_rows: shards must be an int >= 1, got {shards!r}")
+  parts, split = [], 0
+  for shard in range(shards):
+    part = nnx.clone(model)  # new Variables (the arrays shared until a layer keeps its rows)
+    split = 0
+    for _, module in nnx.iter_modules(part):
+      if callable(getattr(module, "keep_rows", None)):
+        module.keep_rows(shard, shards, axis)
+        split += 1
+    parts.append(nnx.split(part))
+  if not split:
+    raise ValueError("row_sharded.split_rows: the model has no layer that can be split by rows "
+                     "(a module with a keep_rows method, as jslide.nn.SparseDense)")
+  return nnx.merge(parts[0][0], stacked_state([state for _, state in parts]))
+
+
+def stacked_state(states):
+  """The pytrees ``states`` (one per device, the same structure) stacked on a new leading
+  axis: the layout of a row-sharded state (:func:`split_rows`)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def local_state(tree):
+  """Inside ``shard_map`` over the row axis: this device's entry of a stacked state (every
+  leaf's leading axis, of size 1 here, dropped)."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def _restack(tree):
+  return jax.tree.map(lambda x: x[None], tree)
+
+
+def each_shard(fn, mesh, axis: str = "rows", *, returns_state: bool = False):
+  """``fn(state, *args)`` of every device's own entry of a stacked state (:func:`split_rows`)
+  over mesh axis ``axis``, jitted: ``args`` replicated; the result the same on every device
+  (``returns_state=False``: e.g. metrics, scores merged with :func:`top_k`), or a new stacked
+  state (``returns_state=True``: e.g. an index rebuild; the state is donated)."""
+  P = jax.sharding.PartitionSpec
+
+  def local(state, *args):
+    out = fn(local_state(state), *args)
+    return _restack(out) if returns_state else out
+
+  def run(state, *args):
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(axis),) + (P(),) * len(args),
+                         out_specs=P(axis) if returns_state else P(),
+                         check_vma=False)(state, *args)
+
+  return jax.jit(run, donate_argnums=(0,) if returns_state else ())
+
+
 def embedding_bag(feat_ids, feat_vals, w_shard, axis: str):
   """:func:`jslide.embedding_bag` of a table split by rows over ``axis``: f32[..., d].
 
@@ -57,6 +139,30 @@ def embedding_bag(feat_ids, feat_vals, w_shard, axis: str):
   return jax.lax.psum(partial, axis)
 
 
+def shared_input(x, axis: str):
+  """``x`` (the same on every device of ``axis``: what a row-sharded layer reads), whose
+  gradient is summed over ``axis``: each device's gradient of ``x`` comes from its own rows
+  only, and the sum is the whole layer's (Megatron's copy into a tensor-parallel region).
+  Whatever computed ``x`` then gets the same, complete gradient on every device."""
+  return _shared_input(x, axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _shared_input(x, axis):
+  return x
+
+
+def _shared_input_fwd(x, axis):
+  return x, None
+
+
+def _shared_input_bwd(axis, _, g):
+  return (jax.lax.psum(g, axis),)
+
+
+_shared_input.defvjp(_shared_input_fwd, _shared_input_bwd)
+
+
 def active_softmax_cross_entropy(logits, active_ids, labels, axis: str):
   """:func:`jslide.losses.active_softmax_cross_entropy` over the union of every device's
   part of each example's active set, f32[B] (the same on every device).
@@ -68,22 +174,58 @@ def active_softmax_cross_entropy(logits, active_ids, labels, axis: str):
     labels: int[B, L], global label ids (-1 padding), the same on every device.
 
   The softmax's normalizer is ``m + log(sum over devices of sum exp(logits - m))`` with ``m``
-  the largest valid logit of the example over the devices (its gradient is zero, so ``m``
-  is held constant); the target spreads ``1 / (labels found in the union)`` over them.
+  the largest valid logit of the example over the devices; the target spreads ``1 / (labels
+  found in the union)`` over them. Two collectives, O(B) each: a max, and one sum of the
+  exponentials, the labels found and their logits. The gradient of ``logits`` is this
+  device's part of ``softmax - target``, computed here with no collective (the losses being
+  the same on every device, each device differentiates its own rows' share).
   """
   logits, active_ids, labels = _check_active("row_sharded.active_softmax_cross_entropy",
                                              logits, active_ids, labels)
+  return _sharded_cross_entropy(logits, jnp.asarray(active_ids, jnp.int32),
+                                jnp.asarray(labels, jnp.int32), axis)
+
+
+def _cross_entropy_parts(logits, active_ids, labels, axis):
+  """(loss f32[B], softmax f32[B, A], target f32[B, A]) of this device's active ids."""
   valid = active_ids >= 0
   masked = jnp.where(valid, logits, -jnp.inf)
-  m = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(masked, axis=-1)), axis)
-  m = jnp.where(jnp.isfinite(m), m, 0.0)[:, None]
-  total = jax.lax.psum(jnp.sum(jnp.where(valid, jnp.exp(logits - m), 0.0), axis=-1), axis)
-  log_z = m[:, 0] + jnp.log(jnp.maximum(total, jnp.finfo(jnp.float32).tiny))
+  m = jax.lax.pmax(jnp.max(masked, axis=-1), axis)
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  exp = jnp.where(valid, jnp.exp(logits - m[:, None]), 0.0)
   hit = (active_ids[..., :, None] == labels[..., None, :]) & (labels[..., None, :] >= 0)
   hit = jnp.any(hit, axis=-1) & valid
-  hits = jax.lax.psum(jnp.sum(hit, axis=-1).astype(jnp.float32), axis)
-  label_logits = jax.lax.psum(jnp.sum(jnp.where(hit, logits, 0.0), axis=-1), axis)
-  return jnp.where(hits > 0, log_z - label_logits / jnp.maximum(hits, 1.0), 0.0)
+  # one all-reduce for the three per-example sums
+  sums = jax.lax.psum(jnp.stack([jnp.sum(exp, axis=-1),
+                                 jnp.sum(hit, axis=-1).astype(jnp.float32),
+                                 jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)]), axis)
+  total = jnp.maximum(sums[0], jnp.finfo(jnp.float32).tiny)
+  hits = sums[1]
+  log_z = m + jnp.log(total)
+  loss = jnp.where(hits > 0, log_z - sums[2] / jnp.maximum(hits, 1.0), 0.0)
+  softmax = exp / total[:, None]
+  target = hit.astype(jnp.float32) / jnp.maximum(hits, 1.0)[:, None]
+  return loss, jnp.where((hits > 0)[:, None], softmax, 0.0), target
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _sharded_cross_entropy(logits, active_ids, labels, axis):
+  return _cross_entropy_parts(logits, active_ids, labels, axis)[0]
+
+
+def _sharded_cross_entropy_fwd(logits, active_ids, labels, axis):
+  loss, softmax, target = _cross_entropy_parts(logits, active_ids, labels, axis)
+  return loss, (softmax - target, active_ids, labels)
+
+
+def _sharded_cross_entropy_bwd(axis, res, g):
+  del axis
+  delta, active_ids, labels = res
+  zero = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # noqa: E731 (integer inputs)
+  return g[:, None] * delta, zero(active_ids), zero(labels)
+
+
+_sharded_cross_entropy.defvjp(_sharded_cross_entropy_fwd, _sharded_cross_entropy_bwd)
 
 
 def top_k(scores, ids, k: int, axis: str):

@@ -28,12 +28,13 @@ def _diff(a, b) -> float:
 
 
 def _collectives(hlo: str) -> list[tuple[str, int]]:
-  """(op, result bytes) of every all-gather / all-reduce / all-to-all in an HLO text."""
+  """(op, result bytes) of every all-gather / all-reduce / all-to-all in an HLO text (but
+  those whose every group is one device: an axis of size 1)."""
   out = []
   for line in hlo.splitlines():
     m = re.search(r"=\s*(.*?)\s(all-gather|all-reduce|all-to-all|collective-permute)"
                   r"(?:-start)?\(", line)
-    if m:
+    if m and not re.search(r"replica_groups=\{(\{\d+\},?)+\}", line):  # not among 1s
       for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", re.sub(r"/\*.*?\*/", "", m.group(1))):
         size = int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
         out.append((m.group(2), size * (2 if dtype in ("bf16", "f16") else 4)))
@@ -62,17 +63,21 @@ def output_layer(mesh, rng) -> dict:
     return jnp.mean(jslide.losses.active_softmax_cross_entropy(scores, ids, labels))
 
   def shard(x, w_shard, b_shard, ids, labels):
-    local = row_sharded.local_ids(ids, w_shard.shape[0], AXIS)
-    scores = jslide.sparse_linear(x, w_shard, b_shard, local)
-    mine = jnp.where(local >= 0, ids, -1)
-    return jnp.mean(row_sharded.active_softmax_cross_entropy(scores, mine, labels, AXIS))
+    # differentiated on each device, as a training step inside shard_map does: the input's
+    # gradient summed over the devices (shared_input), the table's from its own rows
+    def loss(x, w_shard, b_shard):
+      x = row_sharded.shared_input(x, AXIS)
+      local = row_sharded.local_ids(ids, w_shard.shape[0], AXIS)
+      scores = jslide.sparse_linear(x, w_shard, b_shard, local)
+      mine = jnp.where(local >= 0, ids, -1)
+      return jnp.mean(row_sharded.active_softmax_cross_entropy(scores, mine, labels, AXIS))
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(x, w_shard, b_shard)
 
   sharded = jax.shard_map(shard, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(), P()),
-                          out_specs=P(), check_vma=False)
+                          out_specs=(P(), (P(), P(AXIS), P(AXIS))), check_vma=False)
   row_spec = jax.sharding.NamedSharding(mesh, P(AXIS))
   w_s, b_s = jax.device_put(w, row_spec), jax.device_put(bias, row_spec)
-  fn = jax.jit(jax.value_and_grad(lambda x, w, b: sharded(x, w, b, ids, labels),
-                                  argnums=(0, 1, 2)))
+  fn = jax.jit(lambda x, w, b: sharded(x, w, b, ids, labels))
   loss, (gx, gw, gb) = fn(x, w_s, b_s)
   ref_loss, (rx, rw, rb) = jax.value_and_grad(one_device, argnums=(0, 1, 2))(x, w, bias)
   table_bytes = w.size * 4
@@ -138,10 +143,77 @@ def ranking(mesh, rng) -> dict:
           "topk_ids_equal": bool(np.array_equal(np.asarray(ids), np.asarray(ref_ids)))}
 
 
+def training(rng) -> dict:
+  """Three training steps of a SparseMLP whose active set covers every label: its output
+  layer split by rows over 4 devices (and over 2 rows x 2 data devices) against one device,
+  from the same weights: losses and updated tables."""
+  from flax import nnx
+  from jslide.xc import objectives
+
+  n, f, b = 64, 50, 8
+  def model():
+    return jslide.nn.SparseMLP(f, n, hidden=(16,), active=n, rngs=nnx.Rngs(0))
+  labels = rng.integers(-1, n, (b, 3))
+  labels[:, 0] = rng.integers(0, n, b)
+  labels[1, 1] = labels[1, 0]  # a repeated label
+  batch = {"feat_ids": jnp.asarray(rng.integers(-1, f, (b, 6)), jnp.int32),
+           "feat_vals": jnp.asarray(rng.random((b, 6)), jnp.float32),
+           "labels": jnp.asarray(labels, jnp.int32), "mask": jnp.asarray(np.arange(b) < b - 1)}
+  loss = objectives.active_set_loss()
+  _, state, step = jslide.train.make_train_step(model(), loss)
+  keys = [jax.random.fold_in(jax.random.PRNGKey(1), i) for i in range(3)]
+  ref_losses = []
+  for key in keys:
+    state, m = step(state, batch, key)
+    ref_losses.append(float(m["loss"]))
+  out = {"train_loss": ref_losses}
+  for name, shape in (("rows", (1, DEVICES)), ("rows_data", (2, DEVICES // 2))):
+    mesh = jax.make_mesh(shape, ("data", AXIS))
+    split = row_sharded.split_rows(model(), shape[1], AXIS)
+    _, sharded, sharded_step = jslide.train.make_train_step(split, loss, mesh=mesh,
+                                                            row_axis=AXIS)
+    losses = []
+    for key in keys:
+      sharded, m = sharded_step(sharded, batch, key)
+      losses.append(float(m["loss"]))
+    w = sharded.tables["output"]["kernel"].get_value()
+    out[f"{name}_loss_diff"] = max(abs(a - c) for a, c in zip(losses, ref_losses))
+    out[f"{name}_output_diff"] = _diff(
+        w.reshape(n, -1), state.tables["output"]["kernel"].get_value())
+    out[f"{name}_bias_diff"] = _diff(sharded.tables["output"]["bias"].get_value().reshape(n),
+                                     state.tables["output"]["bias"].get_value())
+    replicas = sharded.tables["input"]["kernel"].get_value()
+    out[f"{name}_input_diff"] = _diff(replicas, state.tables["input"]["kernel"].get_value()[None])
+    out[f"{name}_shard_bytes"] = sorted({int(s.data.nbytes) for s in w.addressable_shards})
+    out[f"{name}_table_bytes"] = n * 16 * 4
+    hlo = sharded_step.lower(sharded, batch, keys[0]).compile().as_text()
+    coll = _collectives(hlo)
+    out[f"{name}_largest_gather"] = max((s for op, s in coll if op == "all-gather"), default=0)
+    out[f"{name}_largest_collective"] = max((s for _, s in coll), default=0)
+  return out
+
+
+def plain_jit(mesh, rng) -> dict:
+  """``jslide.sparse_linear`` under plain ``jit`` with its table split by rows, no
+  shard_map: XLA cannot split a custom call by the rows its ids point to (a batch-
+  partitionable FFI target splits only operands that all share the batch dimension, and
+  the table does not), so it gathers the table first. What shard_map avoids."""
+  n, d, b, a = 64, 8, 4, 5
+  w = jax.device_put(jnp.asarray(rng.normal(size=(n, d)), jnp.float32),
+                     jax.sharding.NamedSharding(mesh, P(AXIS)))
+  x = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
+  ids = jnp.asarray(rng.integers(0, n, size=(b, a)), jnp.int32)
+  fn = jax.jit(lambda x, w, ids: jslide.sparse_linear(x, w, None, ids))
+  coll = _collectives(fn.lower(x, w, ids).compile().as_text())
+  return {"plain_jit_largest_gather": max((s for op, s in coll if op == "all-gather"), default=0),
+          "plain_jit_table_bytes": n * d * 4}
+
+
 def main() -> None:
   mesh = jax.make_mesh((DEVICES,), (AXIS,))
   rng = np.random.default_rng(0)
-  out = {**output_layer(mesh, rng), **embedding(mesh, rng), **ranking(mesh, rng)}
+  out = {**output_layer(mesh, rng), **embedding(mesh, rng), **ranking(mesh, rng),
+         **training(rng), **plain_jit(mesh, rng)}
   print(json.dumps(out))
 
 

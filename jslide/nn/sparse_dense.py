@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jslide import lsh, parallel
+from jslide import lsh, parallel, row_sharded
 from jslide.initializers import check_param_dtype, init_table
 from jslide._checks import positive_int
 from jslide.nn.variables import Index, Table
@@ -52,6 +52,12 @@ class SparseDense(nnx.Module):
 
   Call :meth:`rebuild_index` (or let :func:`jslide.nn.training` do it on a schedule) after
   the weights have moved.
+
+  Split by rows over a mesh axis (:func:`jslide.row_sharded.split_rows`, for a table bigger
+  than one device), each device's layer holds ``out_features / shards`` rows, an index of its
+  own over them and ``active / shards`` of each example's active set, and runs inside the
+  training step's ``shard_map``: it takes global label ids and returns the global ids of the
+  active rows it holds (``row_axis`` names the axis; None when whole).
 
   Parameters follow ``nnx.Linear`` (``kernel_init``, ``bias_init``, ``param_dtype``,
   ``rngs``), with one difference of layout: ``kernel`` is ``Table[out_features,
@@ -98,10 +104,39 @@ class SparseDense(nnx.Module):
                            bin_size=bin_size)
     self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value(),
                                           self.bias.get_value()))
+    self.row_axis: str | None = None
+
+  def keep_rows(self, shard: int, shards: int, axis: str) -> None:
+    """Keeps rows ``[shard * rows, (shard + 1) * rows)`` (``rows = out_features / shards``),
+    an index over them with the same hash functions, and ``1 / shards`` of the active set
+    and of its parts: the layer of device ``shard`` of mesh axis ``axis``
+    (:func:`jslide.row_sharded.split_rows`)."""
+    if self.row_axis is not None:
+      raise ValueError(f"SparseDense.keep_rows: the layer is already split over {self.row_axis!r}")
+    if self.out_features % shards:
+      raise ValueError(f"SparseDense.keep_rows: out_features={self.out_features} must be a "
+                       f"multiple of shards={shards}")
+    rows = self.out_features // shards
+    part = lambda n: -(-n // shards)  # noqa: E731 (a share, rounded up)
+    if part(self.active) > rows:
+      raise ValueError(f"SparseDense.keep_rows: active={self.active} over {shards} shards is "
+                       f"more than a shard's {rows} rows")
+    kernel = self.kernel.get_value()[shard * rows:(shard + 1) * rows]
+    bias = self.bias.get_value()[shard * rows:(shard + 1) * rows]
+    self.kernel.set_value(kernel)
+    self.bias.set_value(bias)
+    self.index.set_value(lsh.build(self.index.get_value().hasher, kernel, bias))
+    self.out_features, self.row_axis = rows, axis
+    self.active = part(self.active)
+    self.batch_negatives = min(part(self.batch_negatives), max(self.active - 1, 0))
+    if self.retrieved is not None:
+      self.retrieved = part(self.retrieved)
 
   def active_ids(self, x, labels=None, *, key):
     """Active ids int32[B, active] for inputs x f32[B, in_features] (labels int[B, L])."""
     x = jax.lax.stop_gradient(x)
+    if labels is not None and self.row_axis is not None:  # the labels among this shard's rows
+      labels = row_sharded.local_ids(labels, self.out_features, self.row_axis)
     force = labels
     if labels is not None and self.batch_negatives:
       key, sample_key = jax.random.split(key)
@@ -115,9 +150,23 @@ class SparseDense(nnx.Module):
                      retrieved=self.retrieved)
 
   def __call__(self, x, labels=None, *, key):
-    """(logits f32[B, active], active ids int32[B, active])."""
+    """(logits f32[B, active], active ids int32[B, active]); split by rows, the ids are
+    global (this device's rows; -1 padding)."""
+    if self.row_axis is not None:
+      self._check_local("__call__")
+      x = row_sharded.shared_input(x, self.row_axis)
     ids = self.active_ids(x, labels, key=key)
-    return sparse_linear(x, self.kernel.get_value(), self.bias.get_value(), ids), ids
+    logits = sparse_linear(x, self.kernel.get_value(), self.bias.get_value(), ids)
+    if self.row_axis is not None:
+      ids = row_sharded.global_ids(ids, self.out_features, self.row_axis)
+    return logits, ids
+
+  def _check_local(self, fn: str) -> None:
+    if self.kernel.get_value().ndim != 2:
+      raise ValueError(f"SparseDense.{fn}: the layer is split over {self.row_axis!r} and holds "
+                       f"every shard (kernel {self.kernel.get_value().shape}); call it inside "
+                       "shard_map over that axis (jslide.train.make_train_step(row_axis=...), "
+                       "jslide.row_sharded.each_shard)")
 
   def scores(self, x, ids):
     """Exact scores of given ids int32[B, A] (-1 padding scores -inf)."""

@@ -249,6 +249,23 @@ def data_mesh(axis: str = "data", *,
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def row_mesh(row_shards: int, *, batch_size: int | None = None) -> jax.sharding.Mesh:
+  """A 2-D mesh ``("data", "rows")`` over every device of every process: ``row_shards``
+  devices along ``"rows"`` (a table split by rows over them, :mod:`jslide.row_sharded`), the
+  batch split over the rest. ValueError unless ``row_shards`` divides the devices (and the
+  data axis divides ``batch_size``)."""
+  devices = jax.device_count()
+  if row_shards < 1 or devices % row_shards:
+    raise ValueError(f"train: row_shards={row_shards} must divide the {devices} devices of the "
+                     f"{jax.process_count()} process(es)")
+  data = devices // row_shards
+  if batch_size is not None and batch_size % data:
+    raise ValueError(f"train: batch_size={batch_size} must be a multiple of the {data} "
+                     f"data-parallel groups ({devices} devices / row_shards={row_shards})")
+  return jax.make_mesh((data, row_shards), ("data", "rows"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
 def broadcast_tree(tree, *, is_source: bool | None = None):
   """Process 0's ``tree`` of arrays (every process passes arrays of the same shapes and
   dtypes; the others' values are ignored), as host arrays in every process; one leaf at a

@@ -189,6 +189,15 @@ def _evaluated_part(state: TrainState):
   return jax.tree.map(jnp.copy, state._replace(opt_state=None))
 
 
+
+def steps_taken(state) -> int:
+  """``state.step`` as an int, whatever its layout: a scalar, or one per device of a
+  row-sharded state (all equal; this process's first is read)."""
+  step = state.step
+  if isinstance(step, jax.Array) and not step.is_fully_addressable:
+    step = step.addressable_shards[0].data
+  return int(np.ravel(np.asarray(step))[0])
+
 def fit(state: TrainState, step: Callable, *, run: RunConfig, key, num_batches: int,
         batches: Callable[[int, int], Iterable[tuple[Any, int]]],
         evaluate: Callable[[TrainState, dict], dict], prepare: Callable | None = None,
@@ -237,12 +246,12 @@ def fit(state: TrainState, step: Callable, *, run: RunConfig, key, num_batches: 
     position = Position(**saved["position"])
     record.update(saved["record"])
     record.setdefault("restores", []).append(
-        {"step": int(state.step), "restore_s": round(time.perf_counter() - t_restore, 2)})
+        {"step": steps_taken(state), "restore_s": round(time.perf_counter() - t_restore, 2)})
   best = None
   if record.get("selected") and store is not None and store.best_mgr is not None:
     best = store.restore_best  # read when needed: the run may select a later evaluation
 
-  steps_done = int(state.step)
+  steps_done = steps_taken(state)
   run_key = key
   t_start = time.perf_counter()   # training time since the last pause
   since = {"examples": 0, "loss_sum": 0.0, "seconds": 0.0}

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jslide import losses, lsh, optim, parallel
+from jslide import losses, lsh, optim, parallel, row_sharded
 from jslide import tree as jtree
 from jslide._autodiff import value_and_grad
 from jslide.nn.variables import Index, Table
@@ -189,12 +189,12 @@ def _rebuilding(graphdef, schedule: lsh.RebuildSchedule | None):
   return rebuild
 
 
-def _check_mesh(fn: str, mesh, axis: str) -> int:
+def _check_mesh(fn: str, mesh, axis: str, name: str = "data_axis") -> int:
   """The size of ``mesh``'s axis ``axis`` (TypeError / ValueError naming them)."""
   if not isinstance(mesh, jax.sharding.Mesh):
     raise TypeError(f"{fn}: mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
   if axis not in mesh.axis_names:
-    raise ValueError(f"{fn}: data_axis {axis!r} is not an axis of the mesh "
+    raise ValueError(f"{fn}: {name} {axis!r} is not an axis of the mesh "
                      f"{tuple(mesh.axis_names)}")
   return int(mesh.shape[axis])
 
@@ -209,17 +209,33 @@ def _check_batch(fn: str, batch, axis: str, size: int) -> None:
                        f"of {size}")
 
 
-def _build(model, loss, tx, schedule, gradient, mesh=None, axis: str = "data",
-           fn: str = "make_train_step"):
+def _build(model, loss, tx, schedule, gradient, mesh=None, axis: str | None = "data",
+           fn: str = "make_train_step", row_axis: str | None = None):
   graphdef, tables, params, rest = split_model(model)
-  state = TrainState(tables, params, rest, tx.init((tables, params)),
-                     (schedule or lsh.RebuildSchedule()).init(), jnp.zeros([], jnp.int32))
+
+  def init(tables, params, rest):
+    return TrainState(tables, params, rest, tx.init((tables, params)),
+                      (schedule or lsh.RebuildSchedule()).init(), jnp.zeros([], jnp.int32))
+
   loss_fn = _loss_and_state(graphdef, loss)
   rebuild = _rebuilding(graphdef, schedule)
 
-  if mesh is not None:
+  if row_axis is not None:
+    if mesh is None:
+      raise ValueError(f"{fn}: row_axis={row_axis!r} needs a mesh with that axis")
+    shards = _check_mesh(fn, mesh, row_axis, "row_axis")
+    _check_stacked(fn, (tables, params, rest), shards, row_axis)
+    state = jax.vmap(init)(tables, params, rest)  # one optimizer state per shard
+    if axis is not None and axis not in mesh.axis_names:
+      axis = None  # row-sharded only
+  else:
+    state = init(tables, params, rest)
+  if mesh is not None and axis is not None:
     size = _check_mesh(fn, mesh, axis)
-    gradient = _data_parallel_gradient(gradient, axis, size)
+    if row_axis is not None and size == 1:
+      axis = None  # a data axis of one device: nothing to exchange
+    else:
+      gradient = _data_parallel_gradient(gradient, axis, size)
 
   def step(state: TrainState, batch, key):
     trainable = (state.tables, state.params)
@@ -236,37 +252,57 @@ def _build(model, loss, tx, schedule, gradient, mesh=None, axis: str = "data",
 
   if mesh is None:
     return graphdef, state, jax.jit(step, donate_argnums=(0,))
-  # The whole step on every device: its share of the batch in, the summed gradients applied
-  # to its replica of the state (the same update everywhere, so the replicas stay equal).
   P = jax.sharding.PartitionSpec
-  sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(axis), P()),
-                          out_specs=(P(), P()), check_vma=False)
-
-  explicit = mesh.axis_types[mesh.axis_names.index(axis)] == jax.sharding.AxisType.Explicit
+  state_spec, batch_spec = P(row_axis) if row_axis else P(), P(axis) if axis else P()
+  if row_axis is not None:
+    # Each device steps its own entry of the stacked state (its rows of the split layers,
+    # a replica of the rest); the split layers' custom gradients make the replicas' updates
+    # equal (jslide.row_sharded.shared_input).
+    def local_step(state, batch, key):
+      new, metrics = step(row_sharded.local_state(state), batch, key)
+      return jax.tree.map(lambda x: x[None], new), metrics
+  else:
+    # The whole step on every device: its share of the batch in, the summed gradients
+    # applied to its replica of the state (the same update everywhere, so the replicas stay
+    # equal).
+    local_step = step
+  sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(state_spec, batch_spec, P()),
+                          out_specs=(state_spec, P()), check_vma=False)
 
   def place(tree, spec):
-    """``tree`` laid out as ``spec`` on the mesh, as shard_map takes it: with an explicit
-    axis the layout is part of the type (``reshard``), with an automatic one a constraint."""
+    """``tree`` laid out as ``spec`` on the mesh, as shard_map takes it: with explicit axes
+    the layout is part of the type (``reshard``), with automatic ones a constraint."""
     named = jax.sharding.NamedSharding(mesh, spec)
-    if explicit:
+    if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
       return jax.sharding.reshard(tree, named)
     return jax.lax.with_sharding_constraint(tree, named)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
-  def data_parallel_step(state: TrainState, batch, key):
-    _check_batch(fn, batch, axis, size)  # shapes: checked while tracing
-    return sharded(place(state, P()), place(batch, P(axis)), place(key, P()))
+  def parallel_step(state: TrainState, batch, key):
+    if axis is not None:
+      _check_batch(fn, batch, axis, size)  # shapes: checked while tracing
+    return sharded(place(state, state_spec), place(batch, batch_spec), place(key, P()))
 
   # (jax.device_put of a process's own arrays onto a mesh of several processes makes arrays
   # whose replicas cannot be read back one by one: placed from host copies instead.)
-  return graphdef, parallel.replicated(state, mesh), data_parallel_step
+  return graphdef, parallel.placed(state, mesh, state_spec), parallel_step
+
+
+def _check_stacked(fn: str, tree, shards: int, axis: str) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != shards:
+      raise ValueError(f"{fn}: a row-sharded step takes a model split by "
+                       f"jslide.row_sharded.split_rows(model, {shards}, {axis!r}), whose every "
+                       f"variable has a leading axis of {shards} (the size of mesh axis "
+                       f"{axis!r}); {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}")
 
 
 def make_train_step(model: nnx.Module, loss: Loss, *,
                     table_tx: optax.GradientTransformation | None = None,
                     dense_tx: optax.GradientTransformation | None = None,
                     schedule: lsh.RebuildSchedule | None = lsh.RebuildSchedule(),
-                    mesh: jax.sharding.Mesh | None = None, data_axis: str = "data"):
+                    mesh: jax.sharding.Mesh | None = None, data_axis: str | None = "data",
+                    row_axis: str | None = None):
   """``(graphdef, state, step)`` where ``step(state, batch, key) -> (state, metrics)``.
 
   ``loss(model, batch, key) -> (values, mask)``: per-example losses and the mask of those
@@ -287,12 +323,21 @@ def make_train_step(model: nnx.Module, loss: Loss, *,
   exchanged in factored form and the dense ones all-reduced, and every device applies the
   same update to its replica of the state (returned placed on the mesh, replicated). The
   step computes what the one-device step computes on the whole batch, to float rounding.
+
+  With ``row_axis`` (an axis of ``mesh``), the model is one that
+  :func:`jslide.row_sharded.split_rows` split over that axis: each device holds and updates
+  only its rows of the split layers (their tables, optimizer state and index: 1/size of
+  each), and a replica of everything else; the state comes back stacked and placed on the
+  mesh (every leaf's leading axis over ``row_axis``). The loss must form the softmax over
+  the shards (:func:`jslide.row_sharded.active_softmax_cross_entropy`). The batch is
+  split over ``data_axis`` too when the mesh has that axis (data and rows on a 2-D mesh),
+  else every device takes the whole batch.
   """
   _check_loss("make_train_step", loss)
   tx = _skip_nonfinite(optim.partition(table_tx or optim.sparse_adam(1e-3, catch_up=True),
                                        dense_tx or optax.adam(1e-3), TABLES_FIRST))
   gradient = functools.partial(value_and_grad, tables=TABLES_FIRST, has_aux=True)
-  return _build(model, loss, tx, schedule, gradient, mesh, data_axis)
+  return _build(model, loss, tx, schedule, gradient, mesh, data_axis, row_axis=row_axis)
 
 
 def make_dense_train_step(model: nnx.Module, loss: Loss, *,

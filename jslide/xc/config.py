@@ -133,12 +133,20 @@ class RunConfig(run_config.RunConfig):
                               resumable=True)
   test_each_eval: bool = option(False, "score the test split and the inference index at "
                                 "every evaluation, not only at the end", resumable=True)
+  row_shards: int = option(1, "split the output layer's rows over R devices, each with its "
+                           "own rows, index and optimizer state (jslide.row_sharded; the "
+                           "devices of every process, R dividing their number; the batch is "
+                           "split over the rest); 1: whole", metavar="R")
 
   def __post_init__(self):
     super().__post_init__()
     for name in ("max_features", "max_labels"):
       run_config.check_int(self, name, 1)
     run_config.check_int(self, "sampled", 0)
+    run_config.check_int(self, "row_shards", 1)
+    if self.row_shards > 1 and (self.dense or self.sampled or self.loss != "softmax"):
+      raise ValueError("RunConfig: row_shards > 1 trains jslide's softmax over the active set "
+                       "(not the baselines, not loss 'bce')")
     run_config.check_choice(self, "loss", ("softmax", "bce"))
     if not 0 <= self.valid_fraction < 1:
       raise ValueError(f"RunConfig: valid_fraction must lie in [0, 1), got "

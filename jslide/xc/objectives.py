@@ -25,9 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jslide import losses, lsh, optim
+from jslide import losses, lsh, optim, row_sharded
 from jslide._checks import positive_int
-from jslide.train.step import active_set_loss as _active_set_loss
 from jslide.train.step import make_dense_train_step, make_train_step
 
 LOSSES = {"softmax": losses.active_softmax_cross_entropy,
@@ -39,8 +38,18 @@ def active_set_loss(loss: str = "softmax"):
   layer scores for each example."""
   if loss not in LOSSES:
     raise ValueError(f"active_set_loss: loss must be one of {sorted(LOSSES)}, got {loss!r}")
-  return _active_set_loss(
-      lambda m, b, key: m(b["feat_ids"], b["feat_vals"], b["labels"], key=key), LOSSES[loss])
+
+  def per_example(m, b, key):
+    logits, ids = m(b["feat_ids"], b["feat_vals"], b["labels"], key=key)
+    axis = m.output.row_axis
+    if axis is None:
+      return LOSSES[loss](logits, ids, b["labels"])
+    if loss != "softmax":  # a per-id loss would need only a sum; not built
+      raise ValueError(f"active_set_loss: a row-sharded output layer trains with loss "
+                       f"'softmax', got {loss!r}")
+    return row_sharded.active_softmax_cross_entropy(logits, ids, b["labels"], axis)
+
+  return lambda m, b, key: (per_example(m, b, key), b["mask"])
 
 
 def full_softmax_loss(model, batch, key):
@@ -100,13 +109,13 @@ class Sparse:
   uses_index = True  # sparse inference through the index is evaluated
 
   def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule, *,
-                 mesh=None):
+                 mesh=None, row_axis: str | None = None):
     moments = None if self.moment_dtype is None else jnp.dtype(self.moment_dtype)
     return make_train_step(
         model, active_set_loss(self.loss),
         table_tx=optim.sparse_adam(learning_rate, catch_up=self.catch_up,
                                    moment_dtype=moments),
-        dense_tx=optax.adam(learning_rate), schedule=schedule, mesh=mesh)
+        dense_tx=optax.adam(learning_rate), schedule=schedule, mesh=mesh, row_axis=row_axis)
 
   def __str__(self):
     return "jslide"

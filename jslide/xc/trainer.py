@@ -232,6 +232,51 @@ def _scorer(graphdef, k: int, candidates: int, ks: tuple, through: str):
   return score
 
 
+@functools.lru_cache(maxsize=8)
+def _row_sharded_scorer(graphdef, k: int, ks: tuple, mesh):
+  """:func:`_scorer`'s exact metrics for a state split by rows over ``mesh``'s ``"rows"``
+  axis: each device ranks its own rows, and the k best of every device are merged
+  (:func:`jslide.row_sharded.top_k`); no scores of all labels cross devices."""
+
+  def local(state, feat_ids, feat_vals, labels, mask):
+    model = state.model(graphdef)
+    scores = model.output.exact(model.encode(feat_ids, feat_vals))
+    top, pos = jax.lax.top_k(scores, min(k, scores.shape[-1]))
+    ids = jslide.row_sharded.global_ids(pos, scores.shape[-1], "rows")
+    _, best = jslide.row_sharded.top_k(top, ids, k, "rows")
+    return jslide.metrics.summarize(best, labels, mask, ks)
+
+  run = jslide.row_sharded.each_shard(local, mesh, "rows")
+
+  def score(state, feat_ids, feat_vals, labels, mask, key, index):
+    del key, index
+    return run(state, *jslide.parallel.replicated((feat_ids, feat_vals, labels, mask), mesh))
+
+  return score
+
+
+def _rows_held(kernel) -> list[int]:
+  """The output rows held by each process's devices (of a kernel split by rows: every
+  process's count, in process order)."""
+  from jax.experimental import multihost_utils
+  blocks = {tuple((i.start, i.stop) for i in s.index) for s in kernel.addressable_shards}
+  mine = len(blocks) * kernel.shape[1]
+  return [int(v) for v in np.ravel(multihost_utils.process_allgather(np.int32(mine)))]
+
+
+def _state_updates(graphdef, mesh):
+  """``(catch_up, rebuild)``: :func:`jslide.train.catch_up_train_state` and
+  :func:`jslide.train.rebuild_train_state` of a state, jitted (``mesh``: of a state split by
+  rows over its ``"rows"`` axis, each device updating its own entry)."""
+  catch_up = jslide.train.catch_up_train_state
+  rebuild = jax.jit(functools.partial(jslide.train.rebuild_train_state, graphdef),
+                    donate_argnums=0)
+  if mesh is None:
+    return catch_up, rebuild
+  return (jslide.row_sharded.each_shard(catch_up, mesh, "rows", returns_state=True),
+          jslide.row_sharded.each_shard(rebuild, mesh, "rows", returns_state=True))
+
+
 # Batches timed for exact_ms and lsh_ms, after one that compiles.
 TIMED_BATCHES = 8
 
@@ -239,7 +284,7 @@ TIMED_BATCHES = 8
 def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_features: int,
                    max_labels: int, candidates: int, ks=(1, 3, 5),
                    with_lsh: bool = True, index=None, lists=None,
-                   time_ranking: bool = True) -> dict:
+                   time_ranking: bool = True, score=None) -> dict:
   """P@k and nDCG@k over all labels (exact), and with ``with_lsh`` through the index
   (``lists``, neuron lists; else ``index``, an inference index, or None: the model's own):
 
@@ -254,14 +299,15 @@ def evaluate_state(graphdef, state, data: D.XCData, *, batch_size: int, max_feat
     of retrieval + rescoring, each alone, on up to ``TIMED_BATCHES`` batches (after one that
     compiles).
 
-  One jitted pass per batch computes every metric from one encoding of it.
+  One jitted pass per batch computes every metric from one encoding of it (``score``: that
+  pass, when not the one-device model's; :func:`_row_sharded_scorer`).
   """
   ks = tuple(k for k in ks if k <= data.num_labels) or (data.num_labels,)
   kmax = min(max(max(ks), 5), data.num_labels)
   through = "exact" if not with_lsh else "lists" if lists is not None else "index"
   if lists is not None:
     index, candidates = lists, lists.candidates
-  score = _scorer(graphdef, kmax, candidates, tuple(ks), through)
+  score = score or _scorer(graphdef, kmax, candidates, tuple(ks), through)
   sums: dict[str, float] = {}
   key = jax.random.PRNGKey(0)
   batches = list(D.batches(data, batch_size, max_features=max_features,
@@ -316,8 +362,19 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
     raise ValueError(f"train: active={model_cfg.active} must be at least max_labels="
                      f"{cfg.max_labels} (the labels an example keeps, all in its active set)")
   # Several processes (jslide.train.distributed): a data-parallel step over all their
-  # devices; process 0 alone prints and writes.
-  mesh = distributed.data_mesh(batch_size=cfg.batch_size)
+  # devices; process 0 alone prints and writes. Row shards: the output layer split by rows
+  # over a mesh axis (jslide.row_sharded), the batch over the rest.
+  sharded = cfg.row_shards > 1
+  if sharded:
+    if checkpoint_dir:
+      raise ValueError("train: row_shards > 1 with a checkpoint directory: saving a state "
+                       "split over devices is not built (each process holds only its rows)")
+    if model_cfg.num_labels % cfg.row_shards:
+      raise ValueError(f"train: row_shards={cfg.row_shards} must divide the "
+                       f"{model_cfg.num_labels} labels (each device holds an equal block)")
+    mesh = distributed.row_mesh(cfg.row_shards, batch_size=cfg.batch_size)
+  else:
+    mesh = distributed.data_mesh(batch_size=cfg.batch_size)
   if not distributed.is_primary():
     log, progress, json_path = (lambda *_: None), False, None
   if json_path:
@@ -334,32 +391,42 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   model = model_cfg.build(cfg.seed)
   objective = cfg.objective(model_cfg.moment_dtype)
   sparse = objective.uses_index
-  graphdef, state, step = objective.train_step(model, cfg.learning_rate, cfg.rebuild_schedule(),
-                                               mesh=mesh)
+  if sharded:
+    model = jslide.row_sharded.split_rows(model, cfg.row_shards, "rows")
+    graphdef, state, step = objective.train_step(model, cfg.learning_rate,
+                                                 cfg.rebuild_schedule(), mesh=mesh,
+                                                 row_axis="rows")
+  else:
+    graphdef, state, step = objective.train_step(model, cfg.learning_rate,
+                                                 cfg.rebuild_schedule(), mesh=mesh)
   record = {"model": model_cfg.to_json(), "run": cfg.to_json(), "evals": [],
             "processes": jax.process_count()}
+  if sharded:
+    record["output_rows_held"] = _rows_held(state.tables["output"]["kernel"].get_value())
+  catch_up, rebuild = _state_updates(graphdef, mesh if sharded else None)
   n_batches = D.num_batches(train_data, cfg.batch_size)
   # Compiled ahead of the first epoch, so an epoch's seconds are training alone (the same
   # for jslide and the baselines); the compilation is recorded on its own.
   t0 = time.perf_counter()
   step = distributed.compiled_step(step, state, _batch_spec(cfg), jax.random.PRNGKey(cfg.seed),
                                    mesh)
-  jslide.train.catch_up_train_state.lower(state).compile()  # what each evaluation starts with
+  catch_up.lower(state).compile()  # what each evaluation starts with
   if sparse:
-    jslide.train.rebuild_train_state.lower(graphdef, state).compile()
+    rebuild.lower(state).compile()
   record["compile_seconds"] = time.perf_counter() - t0
   log(f"training step compiled in {record['compile_seconds']:.1f} s (not in the training "
       "seconds)")
 
   def prepare(state):
-    state = jslide.train.catch_up_train_state(state)  # every row as dense Adam has it
+    state = catch_up(state)  # every row as dense Adam has it
     if sparse:  # retrieval at evaluation sees the final weights
-      state = jslide.train.rebuild_train_state(graphdef, state)
+      state = rebuild(state)
     return state
 
   # Every process evaluates its own replica (the same numbers: every process selects the
   # same evaluation).
-  evaluate = functools.partial(_evaluate_run, graphdef, model_cfg, cfg, train_data)
+  evaluate = functools.partial(_evaluate_run, graphdef, model_cfg, cfg, train_data,
+                               mesh=mesh if sharded else None)
   inference = {"index": None, "lists": None}  # warm from the last evaluation's
 
   def evaluate_each(state, entry):
@@ -411,10 +478,17 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
 
 
 def _evaluate_run(graphdef, model_cfg: ModelConfig, cfg: RunConfig, train_data, state, data,
-                  *, with_lsh: bool, inference: dict | None = None) -> dict:
+                  *, with_lsh: bool, inference: dict | None = None, mesh=None) -> dict:
   """:func:`evaluate_state` of a training run's state; with ``with_lsh`` its inference index
   (or neuron lists) built first: warm from ``inference``'s last one, which it replaces, or
-  (the first) as ``eval`` builds it from a checkpoint."""
+  (the first) as ``eval`` builds it from a checkpoint. ``mesh``: the row-sharded run's
+  (exact ranking only, merged over the shards: an inference index per shard is not built)."""
+  if mesh is not None:
+    ks = tuple(k for k in (1, 3, 5) if k <= data.num_labels) or (data.num_labels,)
+    score = _row_sharded_scorer(graphdef, min(max(max(ks), 5), data.num_labels), ks, mesh)
+    return evaluate_state(graphdef, state, data, batch_size=1024,
+                          max_features=cfg.max_features, max_labels=cfg.max_labels,
+                          candidates=1, ks=ks, with_lsh=False, score=score)
   state = distributed.local_replica(state)
   index = lists = None
   seconds = None
