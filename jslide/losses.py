@@ -77,6 +77,28 @@ def active_binary_cross_entropy(logits, active_ids, labels):
   return jnp.sum(jnp.where(valid, per, 0.0), axis=-1)
 
 
+def chunked_log_partition(x, w, b, chunk_size: int):
+  """(m f32[T], s f32[T]) with ``logsumexp_n(x @ w[n] + b[n]) = m + log(s)``, accumulated
+  over blocks of ``chunk_size`` rows (a running max and sum, as in online softmax): O(T *
+  chunk_size) memory. Arguments checked by the caller (x f32[T, d], w [N, d], b f32[N])."""
+  n, d = w.shape
+  c = min(chunk_size, n)
+  blocks = -(-n // c)
+  pad = blocks * c - n
+  w_blocks = jnp.pad(w, ((0, pad), (0, 0))).reshape(blocks, c, d)
+  b_blocks = jnp.pad(b, (0, pad), constant_values=-jnp.inf).reshape(blocks, c)
+
+  def accumulate(carry, block):
+    top, total = carry
+    logits = x @ block[0].T.astype(x.dtype) + block[1]
+    new_top = jnp.maximum(top, jnp.max(logits, axis=-1))
+    total = total * jnp.exp(top - new_top) + jnp.sum(jnp.exp(logits - new_top[:, None]), -1)
+    return (new_top, total), None
+
+  start = (jnp.full(x.shape[:1], -jnp.inf, x.dtype), jnp.zeros(x.shape[:1], x.dtype))
+  return jax.lax.scan(accumulate, start, (w_blocks, b_blocks))[0]
+
+
 def chunked_softmax_cross_entropy(x, w, b, targets, *, chunk_size: int = 8192):
   """The exact softmax cross-entropy over all N rows of a layer, f32[T], without a [T, N]
   array: ``logsumexp_n(x @ w[n] + b[n]) - (x @ w[t] + b[t])``.
@@ -103,24 +125,10 @@ def chunked_softmax_cross_entropy(x, w, b, targets, *, chunk_size: int = 8192):
     raise ValueError(f"{fn}: targets shape {targets.shape} must be ({x.shape[0]},)")
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"{fn}: chunk_size must be a positive int, got {chunk_size!r}")
-  c = min(chunk_size, n)
-  blocks = -(-n // c)
-  pad = blocks * c - n
-  w_blocks = jnp.pad(w, ((0, pad), (0, 0))).reshape(blocks, c, d)
-  b_blocks = jnp.pad(b, (0, pad), constant_values=-jnp.inf).reshape(blocks, c)
-
-  def accumulate(carry, block):
-    top, total = carry
-    logits = x @ block[0].T.astype(x.dtype) + block[1]
-    new_top = jnp.maximum(top, jnp.max(logits, axis=-1))
-    total = total * jnp.exp(top - new_top) + jnp.sum(jnp.exp(logits - new_top[:, None]), -1)
-    return (new_top, total), None
-
-  start = (jnp.full(x.shape[:1], -jnp.inf, x.dtype), jnp.zeros(x.shape[:1], x.dtype))
-  (top, total), _ = jax.lax.scan(accumulate, start, (w_blocks, b_blocks))
+  top, total = chunked_log_partition(x, w, b, chunk_size)
   target_logit = sparse_linear(x, w, b, targets[:, None])[:, 0]
   return jnp.where(targets >= 0, top + jnp.log(total) - target_logit, 0.0)
 
 
 __all__ = ["label_targets", "active_softmax_cross_entropy", "softmax_cross_entropy",
-           "active_binary_cross_entropy", "chunked_softmax_cross_entropy"]
+           "active_binary_cross_entropy", "chunked_softmax_cross_entropy", "chunked_log_partition"]

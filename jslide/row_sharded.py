@@ -4,9 +4,11 @@ rows)`` of an [N, d] table (``rows = N / devices``), and every device holds the 
 
 A model's layers are split by :func:`split_rows` (every variable stacked, entry i being
 device i's) and trained by :func:`jslide.train.make_train_step` with ``row_axis``; a split
-:class:`jslide.nn.SparseDense` reads its input through :func:`shared_input` and is trained
-with :func:`active_softmax_cross_entropy`. :func:`each_shard` runs any function of a
-device's entry (an index rebuild, an evaluation).
+:class:`jslide.nn.SparseDense` or :class:`jslide.nn.SparseSoftmaxHead` reads its input
+through :func:`shared_input` and is trained with :func:`active_softmax_cross_entropy`; a
+split token embedding (:class:`jslide.nn.SparseTransformerLM`) sums its parts with
+:func:`sum_over_shards`. :func:`each_shard` runs any function of a device's entry (an index
+rebuild, an evaluation).
 
 What crosses devices is O(batch) per example, never a table nor [batch, N] scores:
 
@@ -34,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jslide import ops
-from jslide.losses import _check_active
+from jslide.losses import _check_active, chunked_log_partition
 
-__all__ = ["active_softmax_cross_entropy", "each_shard", "embedding_bag", "global_ids",
-           "local_ids", "local_state", "shard_start", "shared_input", "split_rows",
+__all__ = ["active_softmax_cross_entropy", "chunked_softmax_cross_entropy", "each_shard", "embedding_bag", "global_ids",
+           "local_ids", "local_state", "shard_start", "shared_input", "split_rows", "sum_over_shards",
            "stacked_state", "top_k"]
 
 
@@ -136,7 +138,32 @@ def embedding_bag(feat_ids, feat_vals, w_shard, axis: str):
   """
   rows = w_shard.shape[0]
   partial = ops.embedding_bag(local_ids(feat_ids, rows, axis), feat_vals, w_shard)
-  return jax.lax.psum(partial, axis)
+  return sum_over_shards(partial, axis)
+
+
+def sum_over_shards(x, axis: str):
+  """``psum(x, axis)`` whose gradient is the output's, unsummed: each device's ``x`` is its
+  rows' part of a result every device then uses alike (an embedding bag), so the output's
+  gradient, the same on every device, is already the gradient of each part (Megatron's
+  reduce from a tensor-parallel region). For a step differentiated inside ``shard_map``."""
+  return _sum_over_shards(x, axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _sum_over_shards(x, axis):
+  return jax.lax.psum(x, axis)
+
+
+def _sum_over_shards_fwd(x, axis):
+  return jax.lax.psum(x, axis), None
+
+
+def _sum_over_shards_bwd(axis, _, g):
+  del axis
+  return (g,)
+
+
+_sum_over_shards.defvjp(_sum_over_shards_fwd, _sum_over_shards_bwd)
 
 
 def shared_input(x, axis: str):
@@ -226,6 +253,28 @@ def _sharded_cross_entropy_bwd(axis, res, g):
 
 
 _sharded_cross_entropy.defvjp(_sharded_cross_entropy_fwd, _sharded_cross_entropy_bwd)
+
+
+def chunked_softmax_cross_entropy(x, w_shard, b_shard, targets, axis: str, *,
+                                  chunk_size: int = 8192):
+  """:func:`jslide.losses.chunked_softmax_cross_entropy` over a table split by rows, f32[T]
+  (the same on every device; for evaluation: no gradient is defined through it).
+
+  Args:
+    x: f32[T, d], the same on every device. w_shard: [rows, d], b_shard: f32[rows], this
+      device's rows. targets: int[T], global ids (-1: padding, loss 0).
+
+  Each device accumulates the log-partition of its rows; the maxima (one all-reduce) and the
+  rescaled sums and the target logits (one of [2, T]) combine them: O(T) numbers."""
+  targets = jnp.asarray(targets, jnp.int32)
+  rows = w_shard.shape[0]
+  top, total = chunked_log_partition(x, w_shard, b_shard, chunk_size)
+  m = jax.lax.pmax(top, axis)
+  local = local_ids(targets, rows, axis)
+  target = jnp.where(local >= 0, ops.sparse_linear(x, w_shard, b_shard, local[:, None])[:, 0],
+                     0.0)
+  sums = jax.lax.psum(jnp.stack([total * jnp.exp(top - m), target]), axis)
+  return jnp.where(targets >= 0, m + jnp.log(sums[0]) - sums[1], 0.0)
 
 
 def top_k(scores, ids, k: int, axis: str):

@@ -297,3 +297,18 @@ def test_plot_draws_each_record_labelled_by_its_model(tmp_path):
   labels = plot_perplexity([json.loads(p.read_text()) for p in paths], str(out))
   assert labels == ["1,103 M parameters, lsh head, sparse FFN (hidden 256)",
                     "26 M parameters, sampled head, dense FFN (hidden 256)"]
+
+
+def test_row_shards_are_checked_before_training(corpus, tmp_path, capsys):
+  """--row-shards (the embedding and the lsh head split by rows over devices,
+  tests/test_row_sharded.py and tests/test_distributed.py) is refused with another head
+  and when it does not divide the devices."""
+  import jax
+  from jslide.lm.__main__ import main
+  common = ["train", "--train", str(corpus / "train.txt"), "--valid", str(corpus / "valid.txt"),
+            "--vocab-size", "100", "--context", "16", "--features", "16", "--heads", "2",
+            "--layers", "1", "--hidden", "32", "--no-progress", "--row-shards", "2"]
+  for flags, message in ((["--head", "sampled"], "row_shards > 1 trains the lsh head"),
+                         ([], f"row_shards=2 must divide the {jax.device_count()} devices")):
+    assert main([*common, *flags]) == 2
+    assert message in capsys.readouterr().err

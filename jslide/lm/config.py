@@ -129,7 +129,13 @@ class RunConfig(run_config.RunConfig):
                                      "model is evaluated with the indices it trains with "
                                      "(a rebuild of the 1b preset's four FFN indices takes "
                                      "about 48 s)", flag="--no-rebuild-before-eval")
+  row_shards: int = option(1, "split the token embedding and the lsh head by rows over R "
+                           "devices, each with its own words, index and optimizer state "
+                           "(jslide.row_sharded; the devices of every process, R dividing "
+                           "their number and the vocabulary; the batch is split over the "
+                           "rest); 1: whole", metavar="R")
 
   def __post_init__(self):
     super().__post_init__()
     run_config.check_int(self, "max_eval_tokens", 1)
+    run_config.check_int(self, "row_shards", 1)

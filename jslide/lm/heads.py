@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jslide import losses, lsh, optim
+from jslide import losses, lsh, optim, row_sharded
 from jslide.nn.softmax_head import PROPOSALS, log_expected_count, sample_words
 from jslide.train.step import make_dense_train_step, make_train_step
 
@@ -41,6 +41,9 @@ def lsh_softmax_loss(model, batch, key):
   shared corrected sample (:class:`jslide.nn.SparseSoftmaxHead`)."""
   logits, ids = model(batch["tokens"], batch["targets"], key=key)
   targets = batch["targets"].reshape(-1, 1)
+  if model.head.row_axis is not None:  # split by rows: the softmax over every device's words
+    return _every_position(row_sharded.active_softmax_cross_entropy(
+        logits, ids, targets, model.head.row_axis))
   return _every_position(losses.active_softmax_cross_entropy(logits, ids, targets))
 
 
@@ -80,11 +83,12 @@ class LSHHead:
   uses_head_index = True
 
   def train_step(self, model, learning_rate: float, schedule: lsh.RebuildSchedule | None, *,
-                 mesh=None):
+                 mesh=None, row_axis: str | None = None):
     return make_train_step(model, lsh_softmax_loss,
                            table_tx=optim.sparse_adam(learning_rate, catch_up=True,
                                                       moment_dtype=jnp.dtype(self.moment_dtype)),
-                           dense_tx=optax.adam(learning_rate), schedule=schedule, mesh=mesh)
+                           dense_tx=optax.adam(learning_rate), schedule=schedule, mesh=mesh,
+                           row_axis=row_axis)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 import jslide
@@ -31,11 +32,14 @@ def windows(ids: np.ndarray, context: int) -> np.ndarray:
 def make_step(model, cfg: ModelConfig, run: RunConfig, mesh=None):
   """(graphdef, state, step) of the configured head (one jit, state donated). The indices
   the step reads (the lsh head's, the sparse FFNs') are rebuilt on the run's schedule. With a
-  ``mesh``, the step is data-parallel over its axis ``data``."""
+  ``mesh``, the step is data-parallel over its axis ``data``; with ``run.row_shards > 1``,
+  ``model`` is split by rows (:func:`jslide.row_sharded.split_rows`) over its axis
+  ``rows``."""
   head = cfg.head_objective()
   reads_index = head.uses_head_index or cfg.ffn == "sparse"
+  rows = {"row_axis": "rows"} if run.row_shards > 1 else {}
   return head.train_step(model, run.learning_rate,
-                         run.rebuild_schedule() if reads_index else None, mesh=mesh)
+                         run.rebuild_schedule() if reads_index else None, mesh=mesh, **rows)
 
 
 def abstract_state(cfg: ModelConfig, run: RunConfig, vocab_size: int):
@@ -92,15 +96,32 @@ def validation_windows(ids, cfg: ModelConfig, run: RunConfig, path: str,
   return corpus.window_rows(ids, np.arange(count), cfg.context)
 
 
+@functools.lru_cache(maxsize=4)
+def _split_nll_sum(graphdef, mesh, exact_ffn: bool):
+  """:func:`_nll_sum` of a state split by rows over ``mesh``'s axis ``rows`` (each device's
+  entry; the softmax over every device's words), taking host arrays."""
+  def local(state, tokens, targets):
+    model = state.model(graphdef)
+    return jnp.sum(model.token_nll(tokens, targets, key=jax.random.key(0), exact_ffn=exact_ffn))
+
+  run = jslide.row_sharded.each_shard(local, mesh, "rows")
+  return lambda state, tokens, targets: run(
+      state, *jslide.parallel.replicated((tokens, targets), mesh))
+
+
 def perplexity(graphdef, state, wins: np.ndarray, batch_size: int, *,
-               exact_ffn: bool = False) -> float:
+               exact_ffn: bool = False, mesh=None) -> float:
   """exp(mean exact full-softmax loss) over every window (batches of ``batch_size``; a
-  shorter last batch compiles once more)."""
+  shorter last batch compiles once more). ``mesh``: of a state split by rows over its axis
+  ``rows``."""
   total, count = 0.0, 0
   for i in range(0, len(wins), batch_size):
     w = wins[i:i + batch_size]
-    total += float(_nll_sum(graphdef, state, jnp.asarray(w[:, :-1]), jnp.asarray(w[:, 1:]),
-                            exact_ffn))
+    if mesh is not None:
+      total += float(_split_nll_sum(graphdef, mesh, exact_ffn)(state, w[:, :-1], w[:, 1:]))
+    else:
+      total += float(_nll_sum(graphdef, state, jnp.asarray(w[:, :-1]), jnp.asarray(w[:, 1:]),
+                              exact_ffn))
     count += w[:, 1:].size
   return math.exp(total / max(count, 1))
 
@@ -118,18 +139,19 @@ def vocabulary_digest(vocab: Vocabulary) -> str:
 
 
 def evaluate(graphdef, state, cfg: ModelConfig, run: RunConfig, valid_w: np.ndarray,
-             train_sample: np.ndarray | None = None) -> dict:
+             train_sample: np.ndarray | None = None, mesh=None) -> dict:
   """Exact full-softmax perplexity of the validation windows (and of a training sample);
   with sparse FFNs also computed with every FFN neuron (unless ``run.eval_exact_ffn`` is
   off), and for block FFNs the share of
-  block choices the blocks' capacity dropped (first validation batch)."""
-  out = {"valid_ppl": perplexity(graphdef, state, valid_w, run.batch_size)}
+  block choices the blocks' capacity dropped (first validation batch). ``mesh``: of a state
+  split by rows (:func:`perplexity`; the blocks' drops are then not measured)."""
+  out = {"valid_ppl": perplexity(graphdef, state, valid_w, run.batch_size, mesh=mesh)}
   if train_sample is not None:
-    out["train_ppl"] = perplexity(graphdef, state, train_sample, run.batch_size)
+    out["train_ppl"] = perplexity(graphdef, state, train_sample, run.batch_size, mesh=mesh)
   if cfg.ffn != "dense" and run.eval_exact_ffn:
     out["valid_ppl_exact_ffn"] = perplexity(graphdef, state, valid_w, run.batch_size,
-                                            exact_ffn=True)
-  if cfg.ffn == "block":
+                                            exact_ffn=True, mesh=mesh)
+  if cfg.ffn == "block" and mesh is None:
     out["ffn_dropped"] = [round(float(f), 4) for f in _ffn_dropped(
         graphdef, state, jnp.asarray(valid_w[:run.batch_size, :-1]))]
   return out
@@ -146,8 +168,15 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   refuses one made on another training text (another vocabulary or number of windows).
   """
   # Several processes (jslide.train.distributed): a data-parallel step over all their
-  # devices; process 0 alone prints and writes.
-  mesh = distributed.data_mesh(batch_size=run.batch_size)
+  # devices; process 0 alone prints and writes. Row shards: the embedding and the head split
+  # by rows over a mesh axis (jslide.row_sharded), the batch over the rest.
+  split = run.row_shards > 1
+  if split:
+    if cfg.head != "lsh":
+      raise ValueError(f"train: row_shards > 1 trains the lsh head, not the {cfg.head} head")
+    mesh = distributed.row_mesh(run.row_shards, batch_size=run.batch_size)
+  else:
+    mesh = distributed.data_mesh(batch_size=run.batch_size)
   if not distributed.is_primary():
     progress, json_path = False, None
   if json_path:
@@ -171,7 +200,18 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   store = T.Checkpoints(ckpt, resume=resume, overwrite=overwrite, best=False) if ckpt else None
   fits = (f"this model's training step ({cfg.vocab_size:,} words, {cfg.layers} layers of "
           f"width {cfg.features}, FFN {cfg.hidden:,})")
-  if mesh is None:
+  if split:
+    model = cfg.build(len(vocab), run.seed, train_ids)
+    if len(vocab) % run.row_shards:
+      raise ValueError(f"train: row_shards={run.row_shards} must divide the vocabulary of "
+                       f"{len(vocab):,} words (each device holds an equal block; set "
+                       "--vocab-size)")
+    params = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+    graphdef, state, step = make_step(jslide.row_sharded.split_rows(model, run.row_shards),
+                                      cfg, run, mesh)
+    step, peak = compile_step(step, state, cfg, run, mesh)
+    T.check_fits(peak, fits)
+  elif mesh is None:
     # The step compiled from the model's shapes alone, and its peak memory checked, before
     # any of the model is allocated.
     graphdef, shapes, step = abstract_state(cfg, run, len(vocab))
@@ -189,23 +229,34 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
   record = {"model": cfg.to_json(), "run": run.to_json(), "vocab_size": len(vocab),
             "train_tokens": int(len(train_ids)),
             "unknown_share": float(np.mean(train_ids == 0)),
-            "params": int(sum(x.size for x in jax.tree.leaves((state.tables, state.params)))),
+            "params": (params if split else
+                       int(sum(x.size for x in jax.tree.leaves((state.tables, state.params))))),
             "active_params_per_token": cfg.active_params_per_token(len(vocab)),
             "estimated_step_peak_mb": round(peak / 2**20, 1), "evals": [],
             "processes": jax.process_count()}
+  if split:
+    record["head_rows_held"] = distributed.rows_held(state.tables["head"]["kernel"].get_value())
+  catch_up = jslide.train.catch_up_train_state
+  rebuild = jax.jit(functools.partial(jslide.train.rebuild_train_state, graphdef),
+                    donate_argnums=0)
+  if split:  # each device's entry updated on its own device
+    catch_up = jslide.row_sharded.each_shard(catch_up, mesh, "rows", returns_state=True)
+    rebuild = jslide.row_sharded.each_shard(rebuild, mesh, "rows", returns_state=True)
   per_epoch = n_train // run.batch_size
   tokens_per_step = run.batch_size * cfg.context
 
   def prepare(state):
-    state = jslide.train.catch_up_train_state(state)
-    return jslide.train.rebuild_train_state(graphdef, state) if run.rebuild_before_eval else state
+    state = catch_up(state)
+    return rebuild(state) if run.rebuild_before_eval else state
 
   def evaluate_at(state, entry):
     tokens = entry["step"] * tokens_per_step
     out = {"tokens": tokens,
            "tokens_per_s": round(tokens / max(entry["train_s"], 1e-9), 1)}
-    # every process evaluates its own replica (the same numbers)
-    out.update(evaluate(graphdef, distributed.local_replica(state), cfg, run, valid_w,
+    # every process evaluates its own replica (the same numbers); split by rows, together
+    out.update(evaluate(graphdef, state, cfg, run, valid_w, train_sample, mesh)
+               if split else
+               evaluate(graphdef, distributed.local_replica(state), cfg, run, valid_w,
                         train_sample))
     return out
 
@@ -283,6 +334,10 @@ def load(ckpt: str):
                                      "(python -m jslide.lm train)")
   cfg = run_config.from_json(ModelConfig, meta["model"])
   run = run_config.from_json(RunConfig, meta["run"])
+  if run.row_shards > 1:
+    raise checkpoint.CheckpointError(
+        f"{ckpt}: a checkpoint of a run with --row-shards {run.row_shards} (its embedding and "
+        "head split by rows); evaluating or generating from it is not built")
   vocab = Vocabulary(meta["vocab"])
   graphdef, state, _ = abstract_state(cfg, run, len(vocab))
   state, _ = checkpoint.restore_checked(

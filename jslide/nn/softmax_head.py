@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jslide import losses, lsh
+from jslide import losses, lsh, row_sharded
 from jslide._checks import int32_ids, positive_int
 from jslide.initializers import check_param_dtype, init_table
 from jslide.nn.variables import Index, Table
@@ -113,12 +113,46 @@ class SparseSoftmaxHead(nnx.Module):
                            num_hash_tables=num_hash_tables)
     self.index = Index(jax.jit(lsh.build)(hasher, self.kernel.get_value(),
                                           self.bias.get_value()))
+    self.row_axis: str | None = None
+    self.vocab_words = num_words  # the whole vocabulary, split or not
+
+  def keep_rows(self, shard: int, shards: int, axis: str) -> None:
+    """Keeps words ``[shard * rows, (shard + 1) * rows)`` (``rows = num_words / shards``),
+    an index over them with the same hash functions and ``1 / shards`` of the retrieved
+    words: the head of device ``shard`` of mesh axis ``axis``
+    (:func:`jslide.row_sharded.split_rows`). Every device draws the whole head's shared
+    sample (the same key) and scores the words of it that it holds, so the split head's
+    sample and corrections are the whole head's."""
+    fn = "SparseSoftmaxHead.keep_rows"
+    if self.row_axis is not None:
+      raise ValueError(f"{fn}: the head is already split over {self.row_axis!r}")
+    if self.num_words % shards:
+      raise ValueError(f"{fn}: num_words={self.num_words} must be a multiple of "
+                       f"shards={shards}")
+    rows = self.num_words // shards
+    kernel = self.kernel.get_value()[shard * rows:(shard + 1) * rows]
+    bias = self.bias.get_value()[shard * rows:(shard + 1) * rows]
+    self.kernel.set_value(kernel)
+    self.bias.set_value(bias)
+    self.index.set_value(lsh.build(self.index.get_value().hasher, kernel, bias))
+    self.num_words, self.row_axis = rows, axis
+    self.retrieved = min(-(-self.retrieved // shards), rows)  # the target may be elsewhere
+
+  def _check_local(self, fn: str) -> None:
+    if self.kernel.get_value().ndim != 2:
+      raise ValueError(f"SparseSoftmaxHead.{fn}: the head is split over {self.row_axis!r} and "
+                       f"holds every shard (kernel {self.kernel.get_value().shape}); call it "
+                       "inside shard_map over that axis (jslide.train.make_train_step("
+                       "row_axis=...), jslide.row_sharded.each_shard)")
 
   def __call__(self, h, targets, *, key):
     """(logits f32[T, 1 + retrieved + sampled], word ids int32[T, 1 + retrieved + sampled])
     for hidden states h f32[T, features] and targets int[T]: column 0 is the target, -1 marks
     what is not scored. Feed them to :func:`jslide.losses.active_softmax_cross_entropy` with
-    ``targets[:, None]``."""
+    ``targets[:, None]``. Split by rows: the ids are global, this device's words (the target
+    where it holds it), for :func:`jslide.row_sharded.active_softmax_cross_entropy`."""
+    if self.row_axis is not None:
+      return self._split_call(h, targets, key)
     targets = int32_ids("SparseSoftmaxHead", "targets", targets, num_rows=self.num_words, ndim=1)
     query_key, sample_key = jax.random.split(key)
     ids = lsh.query(self.index.get_value(), jax.lax.stop_gradient(h),
@@ -131,12 +165,42 @@ class SparseSoftmaxHead(nnx.Module):
     far_ids = jnp.where(_is_in_rows(words, ids), -1, words[None, :])
     return jnp.concatenate([near, far], axis=-1), jnp.concatenate([ids, far_ids], axis=-1)
 
+  def _split_call(self, h, targets, key):
+    axis, rows = self.row_axis, self.num_words
+    self._check_local("__call__")
+    targets = int32_ids("SparseSoftmaxHead", "targets", targets, num_rows=self.vocab_words,
+                        ndim=1)
+    h = row_sharded.shared_input(h, axis)
+    query_key, sample_key = jax.random.split(key)
+    local_targets = row_sharded.local_ids(targets, rows, axis)
+    ids = lsh.query(self.index.get_value(), jax.lax.stop_gradient(h),
+                    active=1 + self.retrieved, key=query_key, strategy=self.strategy,
+                    force_ids=local_targets[:, None], fill=False)
+    w, b = self.kernel.get_value(), self.bias.get_value()
+    near = sparse_linear(h, w, b, ids)
+    # the whole head's sample on every device (one key), each scoring the words it holds
+    words = sample_words(sample_key, self.sampled, self.vocab_words, self.proposal)
+    local = row_sharded.local_ids(words, rows, axis)
+    far = (shared_linear(h, w, b, jnp.maximum(local, 0))
+           - log_expected_count(words, self.sampled, self.vocab_words, self.proposal))
+    hit = _is_in_rows(jnp.where(local >= 0, local, -2), ids)  # -2: never an id
+    far_ids = jnp.where((local >= 0)[None, :] & ~hit, words[None, :], -1)
+    return (jnp.concatenate([near, far], axis=-1),
+            jnp.concatenate([row_sharded.global_ids(ids, rows, axis), far_ids], axis=-1))
+
   def exact(self, h):
-    """Scores of every word, f32[T, num_words] (small vocabularies and tests)."""
+    """Scores of every word, f32[T, num_words] (small vocabularies and tests; split by rows,
+    this device's words)."""
     return h @ self.kernel.get_value().T.astype(h.dtype) + self.bias.get_value()
 
   def nll(self, h, targets, *, chunk_size: int = 8192):
-    """f32[T]: the exact full-softmax loss, chunked over the vocabulary."""
+    """f32[T]: the exact full-softmax loss, chunked over the vocabulary (split by rows, over
+    every device's words: :func:`jslide.row_sharded.chunked_softmax_cross_entropy`)."""
+    if self.row_axis is not None:
+      self._check_local("nll")
+      return row_sharded.chunked_softmax_cross_entropy(
+          h, self.kernel.get_value(), self.bias.get_value(), targets, self.row_axis,
+          chunk_size=chunk_size)
     return losses.chunked_softmax_cross_entropy(h, self.kernel.get_value(),
                                                 self.bias.get_value(), targets,
                                                 chunk_size=chunk_size)
@@ -144,6 +208,9 @@ class SparseSoftmaxHead(nnx.Module):
   def topk(self, h, k: int, *, key, candidates: int | None = None):
     """(scores, ids) f32/int32[T, k]: the k best of ``candidates`` (default ``retrieved``)
     retrieved words, rescored exactly (-inf / -1 where fewer were found)."""
+    if self.row_axis is not None:  # decoding a split head: not built
+      raise NotImplementedError("SparseSoftmaxHead.topk: the head is split by rows; "
+                                "ranking over its shards is not built")
     ids = lsh.query(self.index.get_value(), h, active=candidates or max(self.retrieved, k),
                     key=key, strategy=self.strategy, fill=False)
     y = jnp.where(ids >= 0, sparse_linear(h, self.kernel.get_value(), self.bias.get_value(),

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jslide import lsh
+from jslide import lsh, row_sharded
 from jslide._checks import int32_ids, positive_int
 from jslide.initializers import check_param_dtype, normal_table
 from jslide.nn.block_ffn import BlockSparseFFN
@@ -131,6 +131,22 @@ class SparseTransformerLM(nnx.Module):
                                   sampled=head_sampled, proposal=proposal,
                                   hash_family=hash_family, bias_init=head_bias_init,
                                   param_dtype=table_dtype, rngs=rngs)
+    self.embed_axis: str | None = None
+
+  def keep_rows(self, shard: int, shards: int, axis: str) -> None:
+    """Keeps the token embedding's rows ``[shard * rows, (shard + 1) * rows)`` (``rows =
+    vocab_size / shards``): the model of device ``shard`` of mesh axis ``axis``
+    (:func:`jslide.row_sharded.split_rows`, which splits the head by its own
+    ``keep_rows``). Each device then looks up the tokens in its rows and the partial
+    embeddings are summed over the axis (O(tokens x features))."""
+    if self.embed_axis is not None:
+      raise ValueError(f"SparseTransformerLM.keep_rows: already split over {self.embed_axis!r}")
+    if self.vocab_size % shards:
+      raise ValueError(f"SparseTransformerLM.keep_rows: vocab_size={self.vocab_size} must be a "
+                       f"multiple of shards={shards}")
+    rows = self.vocab_size // shards
+    self.embed.set_value(self.embed.get_value()[shard * rows:(shard + 1) * rows])
+    self.embed_axis = axis
 
   def check_tokens(self, tokens, name: str = "tokens"):
     """tokens as int32[B, T], T <= context, ids in [0, vocab_size) (checked when concrete)."""
@@ -147,8 +163,12 @@ class SparseTransformerLM(nnx.Module):
     block's FFN input appended to ``ffn_inputs`` when given)."""
     tokens = self.check_tokens(tokens)
     b, t = tokens.shape
-    h = embedding_bag(tokens[..., None], jnp.ones((b, t, 1), jnp.float32),
-                      self.embed.get_value())
+    ones = jnp.ones((b, t, 1), jnp.float32)
+    if self.embed_axis is None:
+      h = embedding_bag(tokens[..., None], ones, self.embed.get_value())
+    else:  # split by rows: this device's tokens, summed over the devices
+      h = row_sharded.embedding_bag(tokens[..., None], ones, self.embed.get_value(),
+                                    self.embed_axis)
     h = h + self.positions.get_value()[:t]
     keys = (jax.random.split(key, len(self.blocks)) if key is not None
             else [None] * len(self.blocks))

@@ -16,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import jax
+import numpy as np
 
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
@@ -138,7 +139,7 @@ def save(mgr: ocp.CheckpointManager, state, meta: dict) -> None:
     raise ValueError(f"checkpoint.save: the state has an array of {need:,} bytes, over the "
                      f"manager's save window of {mgr.jslide_save_window:,}; open the "
                      f"manager with manager(directory, window=save_window(state))")
-  step = int(state.step)
+  step = int(np.ravel(np.asarray(state.step))[0])  # a scalar, or one per row shard (equal)
   if step in mgr.all_steps():
     mgr.delete(step)
   args = _ocp().args

@@ -45,7 +45,9 @@ import numpy as np
 
 __all__ = ["add_arguments", "agree", "broadcast_json", "broadcast_tree", "check_same",
            "command_status", "compiled_step", "data_mesh", "exit_status",
-           "initialize", "is_primary", "launch", "local_replica", "place_like", "start"]
+           "gather_split", "initialize", "is_primary", "is_split", "launch", "local_replica",
+           "place_like", "row_mesh",
+           "rows_held", "start"]
 
 # Seconds without a heartbeat after which the coordination service declares a process dead
 # and stops the others (JAX's default is 100).
@@ -266,6 +268,17 @@ def row_mesh(row_shards: int, *, batch_size: int | None = None) -> jax.sharding.
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
+def rows_held(table) -> list[int]:
+  """The rows of ``table`` (a stacked state's leaf split by rows: [shards, rows, ...]) held
+  by each process's devices, in process order (a replica counted once)."""
+  blocks = {tuple((i.start, i.stop) for i in s.index) for s in table.addressable_shards}
+  mine = np.int32(len(blocks) * table.shape[1])
+  if jax.process_count() == 1:
+    return [int(mine)]
+  from jax.experimental import multihost_utils
+  return [int(v) for v in np.ravel(multihost_utils.process_allgather(mine))]
+
+
 def broadcast_tree(tree, *, is_source: bool | None = None):
   """Process 0's ``tree`` of arrays (every process passes arrays of the same shapes and
   dtypes; the others' values are ignored), as host arrays in every process; one leaf at a
@@ -314,6 +327,20 @@ def check_same(what: str, value) -> None:
     raise ValueError(f"{what} differs between the processes: processes {bad} were not "
                      f"started like process 0" + (f" ({here})" if here else "") +
                      "; start every process with the same settings and data")
+
+
+def is_split(x) -> bool:
+  """Whether ``x`` is an array split over the processes (each holding only its part: a
+  row-sharded state's tables), not replicated."""
+  return (isinstance(x, jax.Array) and not x.is_fully_addressable
+          and not x.is_fully_replicated)
+
+
+def gather_split(x) -> np.ndarray:
+  """``x`` (an array split over the processes) whole, as a host array, in every process (a
+  collective: every process calls it). Memory: the whole array in every process."""
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def local_replica(tree):

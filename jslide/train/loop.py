@@ -99,22 +99,28 @@ class Checkpoints:
     mgr.close()
     return checkpoint.manager(directory, window=window)
 
-  @staticmethod
-  def _host(state):
-    # Orbax refuses a process's own arrays in a run of several processes: host copies.
+  def _host(self, state):
+    """The state to save: itself in a run of one process; else host copies (orbax refuses a
+    process's own arrays in a run of several processes), an array split over the processes
+    (a row-sharded state) gathered whole first. Called in every process (the gather is a
+    collective); None outside process 0."""
     if jax.process_count() == 1:
       return state
+    state = jax.tree.map(lambda x: distributed.gather_split(x) if distributed.is_split(x)
+                         else x, state)
+    if not self.writer:
+      return None
     return jax.tree.map(np.asarray, distributed.local_replica(state))
 
   def save(self, state, meta: dict) -> None:
+    state = self._host(state)
     if self.writer:
-      state = self._host(state)
       self.mgr = self._fitted(self.mgr, self.directory, state)
       checkpoint.save(self.mgr, state, meta)
 
   def save_best(self, state, meta: dict) -> None:
+    state = self._host(state)
     if self.writer:
-      state = self._host(state)
       self.best_mgr = self._fitted(self.best_mgr, self.best_directory, state)
       checkpoint.save(self.best_mgr, state, meta)
 
@@ -123,7 +129,10 @@ class Checkpoints:
     (a CheckpointError raised in every process)."""
     if jax.process_count() == 1:
       return checkpoint.restore_checked(directory, state_like, check_meta)
-    local_like = distributed.local_replica(state_like)
+    # a split array restored whole on process 0 (then each process keeps its part)
+    local_like = distributed.local_replica(jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(
+            jax.local_devices()[0])) if distributed.is_split(x) else x, state_like))
     state = meta = failure = None
     if self.writer:
       try:
@@ -138,6 +147,7 @@ class Checkpoints:
       raise checkpoint.CheckpointError(f"process 0: {said['error']}")
     if state is None:
       state = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), local_like)
+    state = jax.tree.map(np.asarray, state)
     state = distributed.broadcast_tree(state)
     return distributed.place_like(state, state_like), said["meta"]
 

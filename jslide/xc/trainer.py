@@ -255,15 +255,6 @@ def _row_sharded_scorer(graphdef, k: int, ks: tuple, mesh):
   return score
 
 
-def _rows_held(kernel) -> list[int]:
-  """The output rows held by each process's devices (of a kernel split by rows: every
-  process's count, in process order)."""
-  from jax.experimental import multihost_utils
-  blocks = {tuple((i.start, i.stop) for i in s.index) for s in kernel.addressable_shards}
-  mine = len(blocks) * kernel.shape[1]
-  return [int(v) for v in np.ravel(multihost_utils.process_allgather(np.int32(mine)))]
-
-
 def _state_updates(graphdef, mesh):
   """``(catch_up, rebuild)``: :func:`jslide.train.catch_up_train_state` and
   :func:`jslide.train.rebuild_train_state` of a state, jitted (``mesh``: of a state split by
@@ -366,9 +357,6 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   # over a mesh axis (jslide.row_sharded), the batch over the rest.
   sharded = cfg.row_shards > 1
   if sharded:
-    if checkpoint_dir:
-      raise ValueError("train: row_shards > 1 with a checkpoint directory: saving a state "
-                       "split over devices is not built (each process holds only its rows)")
     if model_cfg.num_labels % cfg.row_shards:
       raise ValueError(f"train: row_shards={cfg.row_shards} must divide the "
                        f"{model_cfg.num_labels} labels (each device holds an equal block)")
@@ -402,7 +390,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
   record = {"model": model_cfg.to_json(), "run": cfg.to_json(), "evals": [],
             "processes": jax.process_count()}
   if sharded:
-    record["output_rows_held"] = _rows_held(state.tables["output"]["kernel"].get_value())
+    record["output_rows_held"] = distributed.rows_held(state.tables["output"]["kernel"].get_value())
   catch_up, rebuild = _state_updates(graphdef, mesh if sharded else None)
   n_batches = D.num_batches(train_data, cfg.batch_size)
   # Compiled ahead of the first epoch, so an epoch's seconds are training alone (the same
@@ -554,6 +542,11 @@ def load_model_config(checkpoint_dir: str) -> ModelConfig:
 def load_model(checkpoint_dir: str):
   """(graphdef, state, model config, run config) from a checkpoint directory."""
   model_cfg, cfg = _read_configs(checkpoint_dir)
+  if cfg.row_shards > 1:
+    raise checkpoint.CheckpointError(
+        f"{checkpoint_dir}: a checkpoint of a run with --row-shards {cfg.row_shards} (its "
+        "output layer split by rows); evaluating or predicting from it is not built "
+        "(the run's record has its test metrics)")
   graphdef, state, _ = cfg.objective(model_cfg.moment_dtype).train_step(
       model_cfg.build(0), cfg.learning_rate, cfg.rebuild_schedule())
   state, _ = checkpoint.restore_checked(
