@@ -25,6 +25,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + f" --xla_force_host_platform_device_count={max(DEVICES)}")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import re  # noqa: E402
 
 import jax  # noqa: E402
@@ -197,7 +198,13 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--json")
+  p.add_argument("--table-of", metavar="JSON",
+                 help="print the table of a record this command wrote (--json), and exit")
   args = p.parse_args()
+  if args.table_of:
+    with open(args.table_of) as f:
+      print(table(json.load(f)))
+    return
   rows = []
   for case, per_device in ((xc_case(), 128), (lm_case(), 16)):
     for d in DEVICES:

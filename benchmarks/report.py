@@ -13,7 +13,10 @@ Sections, each a command of its own run here in a fresh process (its JSON kept i
    P@1 against training time);
 4. language models: validation perplexity against training time from the JSON records of
    ``python -m jslide.lm train --json`` runs (``--lm-records``; by default the records kept
-   in ``docs/records/lm_*.json``, which are hour-long runs and are not re-run here).
+   in ``docs/records/lm_*.json``, which are hour-long runs and are not re-run here);
+5. the records of retrieval, of the bytes a multi-device step sends and of the scaling
+   model (``docs/records/{retrieval,exchange,scaling}.json``), each table printed from its
+   record by its own benchmark (``--table-of``).
 
     python benchmarks/report.py                      # the full report, about 15 minutes
     python benchmarks/report.py --quick --out /tmp/report/benchmarks.md   # CI-sized
@@ -149,6 +152,34 @@ def xc(results: str, quick: bool, log) -> dict:
            "1" if quick else "5", "--json", path]
     run(cmd, log)
     out[dataset] = {"command": "python " + " ".join(cmd[:-2]), "runs": _load(path)}
+  return out
+
+
+# Records kept in the repository of runs too long (or needing data built apart) to repeat
+# here: (name, title, the command that wrote it). Their tables are printed by the same
+# benchmark (``--table-of``), so the page shows what the command printed.
+RECORDS = (
+    ("retrieval", "Retrieval without a vector database",
+     "python benchmarks/retrieval.py SETS --json docs/records/retrieval.json"),
+    ("exchange", "Several devices: bytes sent per step",
+     "python benchmarks/exchange.py --json docs/records/exchange.json"),
+    ("scaling", "Several hosts: the scaling model",
+     "python benchmarks/scaling.py --json docs/records/scaling.json"),
+)
+
+
+def records() -> dict:
+  """{name: {"title", "command", "table"}} of :data:`RECORDS`, each table printed from its
+  record by its benchmark."""
+  out = {}
+  for name, title, command in RECORDS:
+    record = os.path.join(ROOT, "docs", "records", f"{name}.json")
+    run_ = subprocess.run([sys.executable, os.path.join(HERE, f"{name}.py"), "--table-of",
+                           record], cwd=ROOT, capture_output=True, text=True)
+    if run_.returncode:
+      raise RuntimeError(f"{name}.py --table-of {record} failed:\n{run_.stderr[-4000:]}")
+    out[name] = {"title": title, "command": command, "record": f"docs/records/{name}.json",
+                 "table": run_.stdout.strip()}
   return out
 
 
@@ -302,6 +333,10 @@ def render(report: dict, figures: dict[str, str]) -> str:
     md += [f"![validation perplexity against training time]({figures['lm']})", ""]
   else:
     md += ["No records given (`--lm-records`).", ""]
+  for entry in report.get("records", {}).values():
+    md += [f"## {entry['title']}", "",
+           f"From `{entry['record']}`, written by `{entry['command']}` (not re-run here; "
+           "the table is the one that command prints).", "", entry["table"], ""]
   return "\n".join(md)
 
 
@@ -341,6 +376,7 @@ def main(argv=None) -> None:
   report["lsh_retrieval"] = lsh_retrieval(args.results, args.quick, log)
   report["xc"] = xc(args.results, args.quick, log)
   report["lm"] = lm(lm_paths)
+  report["records"] = records()
 
   stem = os.path.splitext(os.path.basename(args.out))[0]
   figures = {"step_scaling": f"{stem}_step_scaling.png", "lm": f"{stem}_lm.png"}

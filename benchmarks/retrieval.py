@@ -110,10 +110,18 @@ def table(rows: list[dict]) -> str:
 def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("sets", nargs="+", help="folders with docs.jsonl and queries.jsonl")
+  p.add_argument("sets", nargs="*", help="folders with docs.jsonl and queries.jsonl")
   p.add_argument("--json", help="write the results here")
   p.add_argument("--work", help="where the indices go (default: a temporary folder)")
+  p.add_argument("--table-of", metavar="JSON",
+                 help="print the table of a record this command wrote (--json), and exit")
   args, options = p.parse_known_args()  # the rest: options of `python -m jslide.retrieval index`
+  if args.table_of:
+    with open(args.table_of) as f:
+      print(table(json.load(f)))
+    return
+  if not args.sets:
+    p.error("name at least one set (a folder with docs.jsonl and queries.jsonl)")
   work = args.work or tempfile.mkdtemp(prefix="jslide-retrieval-")
   rows = [run_set(s, work, options) for s in args.sets]
   print(table(rows))

@@ -23,6 +23,7 @@ machine (2 cores); a bigger host shortens the compute terms alike.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -201,7 +202,13 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--json")
   p.add_argument("--repeats", type=int, default=10)
+  p.add_argument("--table-of", metavar="JSON",
+                 help="print the table of a record this command wrote (--json), and exit")
   args = p.parse_args()
+  if args.table_of:
+    with open(args.table_of) as f:
+      print("\n\n".join(table(e["measured"], e["rows"]) for e in json.load(f)))
+    return
   out = []
   for case in (xc_case(), lm_case()):
     m = measure(case, args.repeats)

@@ -38,6 +38,10 @@ def test_quick_report_regenerates_every_section(tmp_path):
   for name in ("jslide", "sampled", "dense JAX"):
     assert re.search(rf"^\| {name}", xc, re.M), name
   assert "perplexity against training time" in page
+  for title in ("Retrieval without a vector database", "bytes sent per step",
+                "the scaling model"):
+    assert title in page
+  assert re.search(r"^\| manpages \| jslide \|", page, re.M)
   # the plots it links are there, and are PNG files
   figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", page)
   assert len(figures) >= 3
