@@ -36,10 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jslide import ops
+from jslide.lsh.index import build as lsh_build
 from jslide.losses import _check_active, chunked_log_partition
 
 __all__ = ["active_softmax_cross_entropy", "chunked_softmax_cross_entropy", "each_shard", "embedding_bag", "global_ids",
-           "local_ids", "local_state", "shard_start", "shared_input", "split_rows", "sum_over_shards",
+           "check_local", "keep_layer_rows", "local_ids", "local_state", "shard_start", "shared_input", "split_rows", "sum_over_shards",
            "stacked_state", "top_k"]
 
 
@@ -91,6 +92,37 @@ def split_rows(model, shards: int, axis: str = "rows"):
     raise ValueError("row_sharded.split_rows: the model has no layer that can be split by rows "
                      "(a module with a keep_rows method, as jslide.nn.SparseDense)")
   return nnx.merge(parts[0][0], stacked_state([state for _, state in parts]))
+
+
+def keep_layer_rows(layer, fn: str, name: str, shard: int, shards: int, axis: str) -> int:
+  """Keeps rows ``[shard * rows, (shard + 1) * rows)`` of ``layer.kernel`` and ``layer.bias``
+  (``rows``: the ``layer.<name>`` rows over ``shards``, returned) and rebuilds
+  ``layer.index`` over them with the same hash functions; ``layer.row_axis`` becomes
+  ``axis``. The common part of the layers' ``keep_rows`` (:func:`split_rows`); ValueError
+  naming ``fn`` for a layer already split or rows that do not divide."""
+  if layer.row_axis is not None:
+    raise ValueError(f"{fn}: the layer is already split over {layer.row_axis!r}")
+  total = getattr(layer, name)
+  if total % shards:
+    raise ValueError(f"{fn}: {name}={total} must be a multiple of shards={shards}")
+  rows = total // shards
+  kernel = layer.kernel.get_value()[shard * rows:(shard + 1) * rows]
+  bias = layer.bias.get_value()[shard * rows:(shard + 1) * rows]
+  layer.kernel.set_value(kernel)
+  layer.bias.set_value(bias)
+  layer.index.set_value(lsh_build(layer.index.get_value().hasher, kernel, bias))
+  layer.row_axis = axis
+  return rows
+
+
+def check_local(fn: str, axis: str, table) -> None:
+  """ValueError unless ``table`` (a split layer's kernel) is one device's rows: a stacked
+  state's layer is called inside ``shard_map`` over ``axis``."""
+  if table.ndim != 2:
+    raise ValueError(f"{fn}: the layer is split over {axis!r} and holds every shard (kernel "
+                     f"{table.shape}); call it inside shard_map over that axis "
+                     "(jslide.train.make_train_step(row_axis=...), "
+                     "jslide.row_sharded.each_shard)")
 
 
 def stacked_state(states):

@@ -123,27 +123,10 @@ class SparseSoftmaxHead(nnx.Module):
     (:func:`jslide.row_sharded.split_rows`). Every device draws the whole head's shared
     sample (the same key) and scores the words of it that it holds, so the split head's
     sample and corrections are the whole head's."""
-    fn = "SparseSoftmaxHead.keep_rows"
-    if self.row_axis is not None:
-      raise ValueError(f"{fn}: the head is already split over {self.row_axis!r}")
-    if self.num_words % shards:
-      raise ValueError(f"{fn}: num_words={self.num_words} must be a multiple of "
-                       f"shards={shards}")
-    rows = self.num_words // shards
-    kernel = self.kernel.get_value()[shard * rows:(shard + 1) * rows]
-    bias = self.bias.get_value()[shard * rows:(shard + 1) * rows]
-    self.kernel.set_value(kernel)
-    self.bias.set_value(bias)
-    self.index.set_value(lsh.build(self.index.get_value().hasher, kernel, bias))
-    self.num_words, self.row_axis = rows, axis
+    rows = row_sharded.keep_layer_rows(self, "SparseSoftmaxHead.keep_rows", "num_words", shard,
+                                       shards, axis)
+    self.num_words = rows
     self.retrieved = min(-(-self.retrieved // shards), rows)  # the target may be elsewhere
-
-  def _check_local(self, fn: str) -> None:
-    if self.kernel.get_value().ndim != 2:
-      raise ValueError(f"SparseSoftmaxHead.{fn}: the head is split over {self.row_axis!r} and "
-                       f"holds every shard (kernel {self.kernel.get_value().shape}); call it "
-                       "inside shard_map over that axis (jslide.train.make_train_step("
-                       "row_axis=...), jslide.row_sharded.each_shard)")
 
   def __call__(self, h, targets, *, key):
     """(logits f32[T, 1 + retrieved + sampled], word ids int32[T, 1 + retrieved + sampled])
@@ -167,7 +150,7 @@ class SparseSoftmaxHead(nnx.Module):
 
   def _split_call(self, h, targets, key):
     axis, rows = self.row_axis, self.num_words
-    self._check_local("__call__")
+    row_sharded.check_local("SparseSoftmaxHead.__call__", axis, self.kernel.get_value())
     targets = int32_ids("SparseSoftmaxHead", "targets", targets, num_rows=self.vocab_words,
                         ndim=1)
     h = row_sharded.shared_input(h, axis)
@@ -197,7 +180,7 @@ class SparseSoftmaxHead(nnx.Module):
     """f32[T]: the exact full-softmax loss, chunked over the vocabulary (split by rows, over
     every device's words: :func:`jslide.row_sharded.chunked_softmax_cross_entropy`)."""
     if self.row_axis is not None:
-      self._check_local("nll")
+      row_sharded.check_local("SparseSoftmaxHead.nll", self.row_axis, self.kernel.get_value())
       return row_sharded.chunked_softmax_cross_entropy(
           h, self.kernel.get_value(), self.bias.get_value(), targets, self.row_axis,
           chunk_size=chunk_size)

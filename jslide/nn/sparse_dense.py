@@ -111,22 +111,13 @@ class SparseDense(nnx.Module):
     an index over them with the same hash functions, and ``1 / shards`` of the active set
     and of its parts: the layer of device ``shard`` of mesh axis ``axis``
     (:func:`jslide.row_sharded.split_rows`)."""
-    if self.row_axis is not None:
-      raise ValueError(f"SparseDense.keep_rows: the layer is already split over {self.row_axis!r}")
-    if self.out_features % shards:
-      raise ValueError(f"SparseDense.keep_rows: out_features={self.out_features} must be a "
-                       f"multiple of shards={shards}")
-    rows = self.out_features // shards
     part = lambda n: -(-n // shards)  # noqa: E731 (a share, rounded up)
-    if part(self.active) > rows:
+    if self.row_axis is None and not self.out_features % shards and (
+        part(self.active) > self.out_features // shards):
       raise ValueError(f"SparseDense.keep_rows: active={self.active} over {shards} shards is "
-                       f"more than a shard's {rows} rows")
-    kernel = self.kernel.get_value()[shard * rows:(shard + 1) * rows]
-    bias = self.bias.get_value()[shard * rows:(shard + 1) * rows]
-    self.kernel.set_value(kernel)
-    self.bias.set_value(bias)
-    self.index.set_value(lsh.build(self.index.get_value().hasher, kernel, bias))
-    self.out_features, self.row_axis = rows, axis
+                       f"more than a shard's {self.out_features // shards} rows")
+    self.out_features = row_sharded.keep_layer_rows(self, "SparseDense.keep_rows",
+                                                    "out_features", shard, shards, axis)
     self.active = part(self.active)
     self.batch_negatives = min(part(self.batch_negatives), max(self.active - 1, 0))
     if self.retrieved is not None:
@@ -153,7 +144,7 @@ class SparseDense(nnx.Module):
     """(logits f32[B, active], active ids int32[B, active]); split by rows, the ids are
     global (this device's rows; -1 padding)."""
     if self.row_axis is not None:
-      self._check_local("__call__")
+      row_sharded.check_local("SparseDense.__call__", self.row_axis, self.kernel.get_value())
       x = row_sharded.shared_input(x, self.row_axis)
     ids = self.active_ids(x, labels, key=key)
     logits = sparse_linear(x, self.kernel.get_value(), self.bias.get_value(), ids)
@@ -161,12 +152,6 @@ class SparseDense(nnx.Module):
       ids = row_sharded.global_ids(ids, self.out_features, self.row_axis)
     return logits, ids
 
-  def _check_local(self, fn: str) -> None:
-    if self.kernel.get_value().ndim != 2:
-      raise ValueError(f"SparseDense.{fn}: the layer is split over {self.row_axis!r} and holds "
-                       f"every shard (kernel {self.kernel.get_value().shape}); call it inside "
-                       "shard_map over that axis (jslide.train.make_train_step(row_axis=...), "
-                       "jslide.row_sharded.each_shard)")
 
   def scores(self, x, ids):
     """Exact scores of given ids int32[B, A] (-1 padding scores -inf)."""

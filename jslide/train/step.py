@@ -229,6 +229,9 @@ def _build(model, loss, tx, schedule, gradient, mesh=None, axis: str | None = "d
     if axis is not None and axis not in mesh.axis_names:
       axis = None  # row-sharded only
   else:
+    if mesh is not None and axis is None:
+      raise ValueError(f"{fn}: a mesh needs data_axis (data parallelism) or row_axis (tables "
+                       "split by rows)")
     state = init(tables, params, rest)
   if mesh is not None and axis is not None:
     size = _check_mesh(fn, mesh, axis)
