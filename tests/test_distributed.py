@@ -246,10 +246,12 @@ def test_ctrl_c_and_the_time_limit_stop_every_process_at_the_same_step(tmp_path)
   DECISION_STEPS), process 0 saving it; the run resumed on 2 processes with a time limit
   stops both at an agreed step and ends normally."""
   ckpt, rec = tmp_path / "run", tmp_path / "run.json"
+  # Started as a foreground command is: with SIGINT's default action. (A test run started in
+  # the background by a shell inherits SIGINT ignored, and the launcher would never see it.)
   launcher = subprocess.Popen(
       [sys.executable, "-m", "jslide.xc", *XC, "--processes", "2", "--ckpt", str(ckpt),
        "--json", str(rec)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env=ENV, cwd=CWD)
+      env=ENV, cwd=CWD, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     deadline = time.monotonic() + 300
     line = ""
