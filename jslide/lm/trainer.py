@@ -236,12 +236,7 @@ def train(train_path: str, valid_path: str, cfg: ModelConfig, run: RunConfig, *,
             "processes": jax.process_count()}
   if split:
     record["head_rows_held"] = distributed.rows_held(state.tables["head"]["kernel"].get_value())
-  catch_up = jslide.train.catch_up_train_state
-  rebuild = jax.jit(functools.partial(jslide.train.rebuild_train_state, graphdef),
-                    donate_argnums=0)
-  if split:  # each device's entry updated on its own device
-    catch_up = jslide.row_sharded.each_shard(catch_up, mesh, "rows", returns_state=True)
-    rebuild = jslide.row_sharded.each_shard(rebuild, mesh, "rows", returns_state=True)
+  catch_up, rebuild = jslide.train.state_updates(graphdef, mesh if split else None)
   per_epoch = n_train // run.batch_size
   tokens_per_step = run.batch_size * cfg.context
 

@@ -28,7 +28,8 @@ from jslide.train.memory import NotEnoughMemoryError, available_bytes, check_fit
 from jslide.train.records import check_writable, write_json
 from jslide.train.step import (TrainState, active_set_loss, catch_up_train_state,
                                make_dense_train_step, make_train_step, masked_mean,
-                               rebuild_indices, rebuild_train_state, split_model)
+                               rebuild_indices, rebuild_train_state, split_model,
+                               state_updates)
 
 __all__ = ["CheckpointError", "Checkpoints", "FitResult", "NonFiniteLossError",
            "NotEnoughMemoryError", "Position", "available_bytes", "check_fits",
@@ -36,4 +37,4 @@ __all__ = ["CheckpointError", "Checkpoints", "FitResult", "NonFiniteLossError",
            "RunConfig", "TrainState", "active_set_loss", "add_arguments", "catch_up_train_state",
            "check_writable", "checkpoint", "distributed", "fit", "from_args",
            "make_dense_train_step", "make_train_step", "masked_mean", "option", "rebuild_indices",
-           "rebuild_train_state", "split_model", "write_json"]
+           "rebuild_train_state", "split_model", "state_updates", "write_json"]

@@ -376,3 +376,15 @@ def rebuild_train_state(graphdef, state: TrainState) -> TrainState:
   model = state.model(graphdef)
   rebuild_indices(model)
   return state._replace(rest=split_model(model)[3])
+
+
+def state_updates(graphdef, mesh: jax.sharding.Mesh | None = None, row_axis: str = "rows"):
+  """``(catch_up, rebuild)``: :func:`catch_up_train_state` and :func:`rebuild_train_state`
+  of a state, each jitted with the state donated (what a trainer runs before evaluating).
+  With ``mesh``: of a state split by rows over its axis ``row_axis``
+  (:func:`jslide.row_sharded.split_rows`), each device updating its own entry."""
+  rebuild = jax.jit(functools.partial(rebuild_train_state, graphdef), donate_argnums=0)
+  if mesh is None:
+    return catch_up_train_state, rebuild
+  return (row_sharded.each_shard(catch_up_train_state, mesh, row_axis, returns_state=True),
+          row_sharded.each_shard(rebuild, mesh, row_axis, returns_state=True))

@@ -255,19 +255,6 @@ def _row_sharded_scorer(graphdef, k: int, ks: tuple, mesh):
   return score
 
 
-def _state_updates(graphdef, mesh):
-  """``(catch_up, rebuild)``: :func:`jslide.train.catch_up_train_state` and
-  :func:`jslide.train.rebuild_train_state` of a state, jitted (``mesh``: of a state split by
-  rows over its ``"rows"`` axis, each device updating its own entry)."""
-  catch_up = jslide.train.catch_up_train_state
-  rebuild = jax.jit(functools.partial(jslide.train.rebuild_train_state, graphdef),
-                    donate_argnums=0)
-  if mesh is None:
-    return catch_up, rebuild
-  return (jslide.row_sharded.each_shard(catch_up, mesh, "rows", returns_state=True),
-          jslide.row_sharded.each_shard(rebuild, mesh, "rows", returns_state=True))
-
-
 # Batches timed for exact_ms and lsh_ms, after one that compiles.
 TIMED_BATCHES = 8
 
@@ -391,7 +378,7 @@ def train(train_data: D.XCData, test_data: D.XCData | None, model_cfg: ModelConf
             "processes": jax.process_count()}
   if sharded:
     record["output_rows_held"] = distributed.rows_held(state.tables["output"]["kernel"].get_value())
-  catch_up, rebuild = _state_updates(graphdef, mesh if sharded else None)
+  catch_up, rebuild = jslide.train.state_updates(graphdef, mesh if sharded else None)
   n_batches = D.num_batches(train_data, cfg.batch_size)
   # Compiled ahead of the first epoch, so an epoch's seconds are training alone (the same
   # for jslide and the baselines); the compilation is recorded on its own.
